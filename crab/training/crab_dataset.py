@@ -1,0 +1,218 @@
+"""CrabDataset: the LeRobot datasets of a manifest, each item annotated with its rewards.
+
+Rewards are computed once per dataset, vectorised over its parquet frames (see
+`docs/reward_weighting.md` for the formulas and the order of sources); `__getitem__` only indexes
+precomputed arrays. Picklable, so DataLoader workers work under spawn (Windows).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.dataset as pads
+import torch
+from torch.utils.data import Dataset
+
+from crab.data.lerobot_writer import LABELS_FILE
+from crab.training import rewards
+from crab.training.manifest import ManifestError, ManifestRow, check_roots
+from crab.training.rewards import QUALITY_LABELS, RewardSpec
+
+# Features that must agree across the datasets of one manifest (what the policy consumes).
+POLICY_FEATURE_PREFIXES = ("observation.", "action")
+
+
+@dataclass
+class RewardTable:
+    """Per-frame reward annotation of one dataset, indexed by the dataset's absolute frame `index`."""
+
+    index: np.ndarray  # (N,) absolute frame index, sorted
+    episode_index: np.ndarray  # (N,)
+    step_reward: np.ndarray  # (N,) float64
+    chunk_return: np.ndarray
+    episode_reward: np.ndarray
+    episode_success: np.ndarray
+    episode_damage: np.ndarray
+
+    @property
+    def signal(self) -> np.ndarray:
+        return rewards.return_signal(self.episode_reward, self.chunk_return)
+
+
+def _read_labels(row: ManifestRow) -> dict[int, tuple[float, float]] | None:
+    path = row.root / LABELS_FILE
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("episode_index", "success", "damage") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ManifestError(f"{path}: missing column(s) {missing} (dataset {row.name!r})")
+        labels = {}
+        for line, rec in enumerate(reader, start=2):
+            try:
+                s, d = float(rec["success"]), float(rec["damage"])
+            except ValueError as e:
+                raise ManifestError(f"{path}:{line}: non-numeric label ({e})") from None
+            if not (np.isfinite(s) and np.isfinite(d)):
+                raise ManifestError(f"{path}:{line}: NaN or infinite label in `success`/`damage`")
+            labels[int(rec["episode_index"])] = (s, d)
+    return labels
+
+
+def annotate(row: ManifestRow, spec: RewardSpec) -> RewardTable:
+    """Compute the reward fields of every frame of one dataset (vectorised over its parquet files)."""
+    data_dir = row.root / "data"
+    parquet = pads.dataset(data_dir, format="parquet")
+    wanted = [c for c in ("index", "episode_index", "next.reward", "next.success") if c in parquet.schema.names]
+    table = parquet.to_table(columns=wanted).sort_by("index")
+    index = table.column("index").to_numpy()
+    ep = table.column("episode_index").to_numpy()
+    episodes, ep_pos = np.unique(ep, return_inverse=True)
+
+    # Episode labels: quality, overridden by the label file, `success` overridden by `next.success`.
+    success = np.full(len(episodes), QUALITY_LABELS[row.quality][0])
+    damage = np.full(len(episodes), QUALITY_LABELS[row.quality][1])
+    labels = _read_labels(row)
+    if labels is not None:
+        absent = [int(e) for e in episodes if int(e) not in labels]
+        if absent:
+            raise ManifestError(f"{row.root / LABELS_FILE}: no labels for episode(s) {absent[:10]} of {row.name!r}")
+        success = np.array([labels[int(e)][0] for e in episodes])
+        damage = np.array([labels[int(e)][1] for e in episodes])
+    if "next.success" in wanted:
+        ok = _flat(table, "next.success", row).astype(np.float64)
+        success = np.zeros(len(episodes))
+        np.maximum.at(success, ep_pos, ok)
+
+    if "next.reward" in wanted:
+        step = _flat(table, "next.reward", row)
+        ep_reward = np.zeros(len(episodes))
+        np.add.at(ep_reward, ep_pos, step)
+    else:
+        ep_reward = rewards.episode_reward_from_labels(success, damage, spec.damage_penalty)
+        step = rewards.sparse_step_rewards(ep, ep_reward[ep_pos])
+    return RewardTable(
+        index=index,
+        episode_index=ep,
+        step_reward=step,
+        chunk_return=rewards.chunk_returns(step, ep, spec.chunk_size, spec.gamma),
+        episode_reward=ep_reward[ep_pos],
+        episode_success=success[ep_pos],
+        episode_damage=damage[ep_pos],
+    )
+
+
+def _flat(table, column: str, row: ManifestRow) -> np.ndarray:
+    values = np.asarray(table.column(column).to_pylist(), dtype=np.float64).reshape(len(table))
+    bad = ~np.isfinite(values)
+    if bad.any():
+        frames = table.column("index").to_numpy()[bad][:5].tolist()
+        raise ManifestError(
+            f"{row.source}: dataset {row.name!r} ({row.root / 'data'}): NaN or infinite values in column "
+            f"`{column}` at frame index {frames}"
+        )
+    return values
+
+
+def fingerprint(rows: list[ManifestRow], tables: list[RewardTable], spec: RewardSpec) -> str:
+    """Identifies the manifest, the reward spec and every frame's return signal."""
+    h = hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode())
+    for row, t in zip(rows, tables, strict=True):
+        h.update(json.dumps([row.name, row.repo_id, row.task, row.quality, list(row.cycles)]).encode())
+        h.update(np.round(t.signal, 9).astype(np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _policy_features(meta) -> dict:
+    return {
+        k: (v["dtype"], tuple(v["shape"]))
+        for k, v in meta.features.items()
+        if k.startswith(POLICY_FEATURE_PREFIXES)
+    }
+
+
+class CrabDataset(Dataset):
+    """Concatenation of a manifest's LeRobot datasets; items carry the guide's reward fields.
+
+    `episodes` optionally restricts each dataset (by name) to a list of episode indices.
+    """
+
+    def __init__(
+        self,
+        rows: list[ManifestRow],
+        spec: RewardSpec,
+        episodes: dict[str, list[int]] | None = None,
+        video_backend: str = "torchcodec",
+    ):
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+        check_roots(rows)
+        self.rows, self.spec = rows, spec
+        first = LeRobotDatasetMetadata(rows[0].repo_id, root=rows[0].root)
+        self.fps = first.fps
+        delta = {"action": [i / self.fps for i in range(spec.chunk_size)]}
+        self.datasets, self.tables = [], []
+        for row in rows:
+            meta = LeRobotDatasetMetadata(row.repo_id, root=row.root)
+            _check_compatible(rows[0], first, row, meta)
+            if row.task not in set(meta.tasks.index):
+                raise ManifestError(
+                    f"{row.source}: task {row.task!r} of dataset {row.name!r} is not among its tasks "
+                    f"{sorted(meta.tasks.index)}"
+                )
+            ds = LeRobotDataset(
+                row.repo_id,
+                root=row.root,
+                episodes=None if episodes is None else episodes[row.name],
+                delta_timestamps=delta,
+                video_backend=video_backend,
+            )
+            self.datasets.append(ds)
+            self.tables.append(annotate(row, spec))
+        self.meta = first
+        self._offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.rows, self.tables, self.spec)
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def locate(self, idx: int) -> tuple[int, int]:
+        """Global item index -> (dataset position, index within that dataset)."""
+        if not 0 <= idx < len(self):
+            raise IndexError(idx)
+        d = int(np.searchsorted(self._offsets, idx, side="right") - 1)
+        return d, idx - int(self._offsets[d])
+
+    def __getitem__(self, idx: int) -> dict:
+        d, local = self.locate(idx)
+        item = self.datasets[d][local]
+        table, row = self.tables[d], self.rows[d]
+        pos = int(np.searchsorted(table.index, int(item["index"])))
+        for name in rewards.REWARD_FIELDS:
+            item[name] = torch.tensor(getattr(table, name)[pos], dtype=torch.float32)
+        item["dataset_name"] = row.name
+        item["task_name"] = item["task"]
+        item["quality"] = row.quality
+        return item
+
+
+def _check_compatible(row0: ManifestRow, meta0, row: ManifestRow, meta) -> None:
+    if meta.fps != meta0.fps:
+        raise ManifestError(
+            f"{row.source}: dataset {row.name!r} has fps {meta.fps} but {row0.name!r} ({row0.source}) has {meta0.fps}"
+        )
+    f0, f = _policy_features(meta0), _policy_features(meta)
+    for key in sorted(set(f0) | set(f)):
+        if f0.get(key) != f.get(key):
+            raise ManifestError(
+                f"{row.source}: feature `{key}` of dataset {row.name!r} is {f.get(key)} but "
+                f"{f0.get(key)} in {row0.name!r} ({row0.source}); the datasets of one manifest must agree"
+            )

@@ -1,0 +1,167 @@
+"""CrabDataset on real LeRobot v3.0 datasets with video, the statistics command, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import ALL_ROWS, OPEN, PLACE, synthetic_episode, write, write_manifest
+
+from crab.data.lerobot_writer import LABELS_FILE
+from crab.training import reward_stats
+from crab.training.crab_dataset import CrabDataset
+from crab.training.manifest import ManifestError, load_manifest
+from crab.training.rewards import REWARD_FIELDS, RewardSpec
+
+SPEC = RewardSpec(chunk_size=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(data_root, tmp_path_factory):
+    manifest = write_manifest(tmp_path_factory.mktemp("m") / "all.csv", ALL_ROWS)
+    return CrabDataset(load_manifest(manifest, data_root), SPEC)
+
+
+def test_items_carry_lerobot_fields_and_rewards(dataset):
+    assert len(dataset) == 12 + 9 + 8 + 7 + 4
+    item = dataset[0]
+    assert item["observation.images.top"].shape == (3, 32, 32)
+    assert item["action"].shape == (3, 4) and item["action_is_pad"].shape == (3,)
+    for name in REWARD_FIELDS:
+        assert item[name].dtype == torch.float32 and item[name].shape == ()
+    assert (item["dataset_name"], item["task_name"], item["quality"]) == ("clean", PLACE, "clean")
+    last = dataset[11]  # last frame of the first clean episode: chunk padded past the end
+    assert last["action_is_pad"].tolist() == [False, True, True]
+
+
+def test_reward_values_follow_the_spec(dataset):
+    clean, labelled, stepwise = dataset.tables
+    # quality only: clean -> s=1, d=0, R_e=1 on the last frame of each episode
+    assert clean.episode_reward.tolist() == [1.0] * 21
+    assert clean.step_reward[[11, 20]].tolist() == [1.0, 1.0] and clean.step_reward.sum() == 2
+    assert clean.chunk_return[9:12].tolist() == [1.0, 1.0, 1.0] and clean.chunk_return[8] == 0
+    # label file overrides quality `cracked`: episode 0 (s=1, d=1), episode 1 (s=0, d=0)
+    assert labelled.episode_success.tolist() == [1.0] * 8 + [0.0] * 7
+    assert labelled.episode_damage.tolist() == [1.0] * 8 + [0.0] * 7
+    assert labelled.episode_reward.tolist() == [0.0] * 15
+    # per-step columns: the worked example of reward_weighting.md
+    assert stepwise.chunk_return.tolist() == [-1, 0, 1, 1]
+    assert stepwise.signal.tolist() == [-1, 0, 1, 1]
+    assert stepwise.episode_success.tolist() == [1.0] * 4
+    item = dataset[len(dataset) - 3]
+    assert item["chunk_return"].item() == 0.0 and item["step_reward"].item() == -1.0
+
+
+def test_episode_subset_keeps_rewards_aligned(data_root, tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", [("clean", PLACE, "clean")])
+    ds = CrabDataset(load_manifest(manifest, data_root), SPEC, episodes={"clean": [1]})
+    assert len(ds) == 9
+    assert ds[8]["step_reward"].item() == 1.0 and ds[8]["episode_index"].item() == 1
+
+
+def test_default_collate_with_spawn_workers(dataset):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn")
+    batch = next(iter(loader))
+    assert batch["chunk_return"].shape == (4,) and batch["dataset_name"] == ["clean"] * 4
+    assert batch["observation.images.top"].shape == (4, 3, 32, 32)
+
+
+def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
+    manifest = write_manifest(tmp_path / "m.csv", ALL_ROWS)
+    out = tmp_path / "stats.json"
+    reward_stats.main(["--manifest", str(manifest), "--out", str(out), "--data-root", str(data_root), "--chunk-size", "3"])
+    assert "40 frames, 5 episodes" in capsys.readouterr().out
+    stats = json.loads(out.read_text())
+    assert stats["alpha"] == 0.25 and stats["overall"]["episodes"] == 5
+    assert stats["per_dataset"]["stepwise"]["signal"]["mean"] == pytest.approx(0.25)
+    assert stats["per_dataset"]["clean"]["success_rate"] == 1.0
+    ds = CrabDataset(load_manifest(manifest, data_root), SPEC)
+    assert reward_stats.load_checked(out, manifest, ds.fingerprint, SPEC)["fingerprint"] == ds.fingerprint
+
+    other = write_manifest(tmp_path / "other.csv", [(n, t, "failed" if n == "clean" else q) for n, t, q in ALL_ROWS])
+    stale = CrabDataset(load_manifest(other, data_root), SPEC)
+    with pytest.raises(ManifestError, match="stale statistics.*recompute with: python -m crab.training.reward_stats"):
+        reward_stats.load_checked(out, other, stale.fingerprint, SPEC)
+    with pytest.raises(ManifestError, match="reward spec"):
+        reward_stats.load_checked(out, manifest, ds.fingerprint, RewardSpec(chunk_size=5))
+    with pytest.raises(ManifestError, match="reward statistics not found"):
+        reward_stats.load_checked(tmp_path / "nope.json", manifest, ds.fingerprint, SPEC)
+
+
+# --- bad input: each error names the file / row / column ---------------------------------------------
+
+
+def test_manifest_errors(tmp_path, data_root):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("name,repo_id,root,task,quality,cycle\n")
+    with pytest.raises(ManifestError, match="empty.csv: the manifest lists no datasets"):
+        load_manifest(empty, data_root)
+    no_col = tmp_path / "nocol.csv"
+    no_col.write_text("name,repo_id,root,task,cycle\nclean,a,b,c,cycle1\n")
+    with pytest.raises(ManifestError, match=r"nocol.csv: missing column\(s\) \['quality'\]"):
+        load_manifest(no_col, data_root)
+    bad_quality = write_manifest(tmp_path / "q.csv", [("clean", PLACE, "broken")])
+    with pytest.raises(ManifestError, match=r"q.csv:2: unknown quality 'broken' in column `quality`"):
+        load_manifest(bad_quality, data_root)
+    dup = write_manifest(tmp_path / "dup.csv", [("clean", PLACE, "clean"), ("clean", PLACE, "clean")])
+    with pytest.raises(ManifestError, match=r"dup.csv:3: dataset name 'clean' already used at .*dup.csv:2"):
+        load_manifest(dup, data_root)
+    with pytest.raises(ManifestError, match="manifest not found"):
+        load_manifest(tmp_path / "missing.csv", data_root)
+
+
+def test_missing_root_is_reported_and_not_created(tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", [("ghost", PLACE, "clean")])
+    with pytest.raises(ManifestError, match=r"m.csv:2: dataset 'ghost': no LeRobot dataset at"):
+        CrabDataset(load_manifest(manifest, tmp_path), SPEC)
+    assert not (tmp_path / "ghost").exists()
+
+
+def test_task_not_in_dataset(data_root, tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", [("clean", OPEN, "clean")])
+    with pytest.raises(ManifestError, match="task 'Open the carton.' of dataset 'clean' is not among its tasks"):
+        CrabDataset(load_manifest(manifest, data_root), SPEC)
+
+
+def test_bad_label_files(data_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "labelled", root / "labelled")
+    manifest = write_manifest(tmp_path / "m.csv", [("labelled", PLACE, "cracked")])
+    labels = root / "labelled" / LABELS_FILE
+    labels.write_text("episode_index,success\n0,1\n1,0\n")
+    with pytest.raises(ManifestError, match=r"crab_episode_labels.csv: missing column\(s\) \['damage'\]"):
+        CrabDataset(load_manifest(manifest, root), SPEC)
+    labels.write_text("episode_index,success,damage\n0,1,nan\n1,0,0\n")
+    with pytest.raises(ManifestError, match=r"crab_episode_labels.csv:2: NaN or infinite label"):
+        CrabDataset(load_manifest(manifest, root), SPEC)
+    labels.write_text("episode_index,success,damage\n0,1,0\n")
+    with pytest.raises(ManifestError, match=r"no labels for episode\(s\) \[1\]"):
+        CrabDataset(load_manifest(manifest, root), SPEC)
+
+
+def test_nan_step_reward(tmp_path):
+    rng = np.random.default_rng(1)
+    write(tmp_path, "nan", [synthetic_episode(rng, PLACE, 4, rewards=[0, np.nan, 0, 1])])
+    manifest = write_manifest(tmp_path / "m.csv", [("nan", PLACE, "clean")])
+    with pytest.raises(ManifestError, match=r"dataset 'nan' .*NaN or infinite values in column `next.reward` at frame index \[1\]"):
+        CrabDataset(load_manifest(manifest, tmp_path), SPEC)
+
+
+def test_features_and_fps_must_agree(data_root, tmp_path):
+    rng = np.random.default_rng(2)
+    ep = synthetic_episode(rng, PLACE, 5)
+    ep.frames["observation.state"] = ep.frames["observation.state"][:, :5]
+    from crab.data.lerobot_writer import write_lerobot_dataset
+
+    write_lerobot_dataset(tmp_path / "narrow", "crab_test/narrow", 10, [ep], [f"s{i}" for i in range(5)], list("abcd"))
+    write_lerobot_dataset(tmp_path / "slow", "crab_test/slow", 5, [synthetic_episode(rng, PLACE, 5)], list("abcdef"), list("abcd"))
+    shutil.copytree(data_root / "clean", tmp_path / "clean")
+    narrow = write_manifest(tmp_path / "n.csv", [("clean", PLACE, "clean"), ("narrow", PLACE, "clean")])
+    with pytest.raises(ManifestError, match=r"n.csv:3: feature `observation.state` of dataset 'narrow' is .*\(5,\).* in 'clean'"):
+        CrabDataset(load_manifest(narrow, tmp_path), SPEC)
+    slow = write_manifest(tmp_path / "s.csv", [("clean", PLACE, "clean"), ("slow", PLACE, "clean")])
+    with pytest.raises(ManifestError, match=r"s.csv:3: dataset 'slow' has fps 5 but 'clean' .* has 10"):
+        CrabDataset(load_manifest(slow, tmp_path), SPEC)

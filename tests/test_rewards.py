@@ -1,0 +1,64 @@
+"""The worked example of docs/reward_weighting.md, number for number, and the pure reward math."""
+
+import numpy as np
+import pytest
+import torch
+
+from crab.training import rewards
+
+
+def test_annotation_worked_example_sparse_from_quality():
+    ep = np.zeros(4, dtype=int)
+    success, damage = rewards.QUALITY_LABELS["cracked"]
+    r_e = rewards.episode_reward_from_labels(np.array([success]), np.array([damage]), damage_penalty=1.0)
+    assert r_e.tolist() == [-1.0]
+    step = rewards.sparse_step_rewards(ep, np.full(4, r_e[0]))
+    assert step.tolist() == [0, 0, 0, -1]
+    chunk = rewards.chunk_returns(step, ep, chunk_size=3, gamma=1.0)
+    assert chunk.tolist() == [0, -1, -1, -1]
+    assert rewards.return_signal(np.full(4, -1.0), chunk).tolist() == [-1, -2, -2, -2]
+
+
+def test_annotation_worked_example_step_rewards():
+    ep = np.zeros(4, dtype=int)
+    chunk = rewards.chunk_returns(np.array([0, -1, 0, 1.0]), ep, chunk_size=3, gamma=1.0)
+    assert chunk.tolist() == [-1, 0, 1, 1]
+
+
+def test_chunk_return_stops_at_episode_boundary_and_discounts():
+    ep = np.array([0, 0, 1, 1, 1])
+    step = np.array([1.0, 2.0, 10.0, 20.0, 40.0])
+    assert rewards.chunk_returns(step, ep, 2, 0.5).tolist() == [2.0, 2.0, 20.0, 40.0, 40.0]
+    assert rewards.sparse_step_rewards(ep, np.array([3.0, 3.0, 5.0, 5.0, 5.0])).tolist() == [0, 3, 0, 0, 5]
+
+
+def test_weights_worked_example():
+    g = torch.tensor([2.0, 1.0, -1.0, -2.0], dtype=torch.float64)
+    a = rewards.advantage(g, mean=0.5, std=1.5, eps=0.0)
+    torch.testing.assert_close(a, torch.tensor([1.0, 1 / 3, -1.0, -5 / 3], dtype=torch.float64))
+    w, clipped = rewards.rwfm_weights(a, alpha=0.25, clip_min=0.7, clip_max=10.0, normalize=True)
+    expected = torch.tensor([1.334146, 1.129330, 0.809200, 0.727324], dtype=torch.float64)
+    torch.testing.assert_close(w, expected, atol=1e-6, rtol=0)
+    assert clipped.tolist() == [False, False, False, True]
+    loss = (w * torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)).mean()
+    assert loss.item() == pytest.approx(1.581025, abs=1e-6)
+    stats = {k: v.item() for k, v in rewards.weight_statistics(w, clipped).items()}
+    assert stats == pytest.approx(
+        {
+            "w_mean": 1.0,
+            "w_std": 0.244508,
+            "w_p95": 1.303424,
+            "w_max": 1.334146,
+            "clipped_frac": 0.25,
+            "effective_batch_weight": 0.943588,
+        },
+        abs=1e-6,
+    )
+
+
+def test_weights_without_batch_normalisation_and_effective_weight_bounds():
+    w, clipped = rewards.rwfm_weights(torch.zeros(3), alpha=0.25, clip_min=0.1, clip_max=10.0, normalize=False)
+    assert w.tolist() == [1.0, 1.0, 1.0] and not clipped.any()
+    assert rewards.weight_statistics(w, clipped)["effective_batch_weight"].item() == pytest.approx(1.0)
+    one_hot = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert rewards.weight_statistics(one_hot, torch.zeros(4, dtype=torch.bool))["effective_batch_weight"].item() == pytest.approx(0.25)
