@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 
 class ConfigError(ValueError):
     pass
@@ -22,7 +24,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     manifest: str  # CSV manifest (see crab/training/docs/manifest_schema.md)
-    reward_stats: str  # statistics JSON recomputed for that manifest
+    # Statistics JSON recomputed for that manifest (reward_stats.py); needed when weighting is on.
+    reward_stats: str | None = None
     data_root: str = "data"  # relative dataset roots in the manifest resolve against this
     batch_size: int = 8
     num_workers: int = 2
@@ -59,15 +62,14 @@ class AnchorConfig:
 
 @dataclass
 class TrainConfig:
+    # Optimiser, learning-rate schedule and gradient clipping are lerobot's SmolVLA presets; change them
+    # through `policy.overrides` (optimizer_lr, scheduler_warmup_steps, optimizer_grad_clip_norm, ...).
     steps: int = 1000
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 3
-    grad_clip_norm: float = 10.0
-    # None: use the policy config's optimizer/scheduler presets (lerobot's SmolVLA recipe).
-    lr: float | None = None
-    warmup_steps: int | None = None
-    decay_steps: int | None = None
+    val_every_epochs: int = 1
+    val_max_batches: int = 20  # bound on the validation pass at each epoch end
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # applied only where a GPU is present
     progress_bar: bool = True
     tensorboard: bool = False
@@ -94,19 +96,20 @@ class CrabConfig:
 
 
 def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Validate (and lightly coerce int -> float) `value` against the annotation `tp`."""
+    """Validate `value` against the annotation `tp` (an int is accepted where a float is expected)."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.", source)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{source}: `{key}` must be one of {typing.get_args(tp)}, got {value!r}")
+            raise ConfigError(f"{source}: `{key}` must be one of {list(typing.get_args(tp))}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if value is None:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
         return _check_type(value, inner, key, source)
     if origin is list:
         if not isinstance(value, list):
@@ -118,33 +121,90 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: `{key}` must be a mapping, got {value!r}")
         kt, vt = typing.get_args(tp)
         return {_check_type(k, kt, key, source): _check_type(v, vt, f"{key}.{k}", source) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, source)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
         raise ConfigError(f"{source}: `{key}` must be {tp.__name__}, got {value!r}")
     return value
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str):
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: `{prefix or 'top level'}` must be a mapping, got {raw!r}")
+        raise ConfigError(f"{source}: `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         names = ", ".join(f"`{prefix}{k}`" for k in unknown)
-        raise ConfigError(f"{source}: unknown key(s) {names}; known: {sorted(fields)}")
+        raise ConfigError(f"{source}: unknown key(s) {names}; known keys here: {sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():
-        key = f"{prefix}{name}"
         if name in raw:
-            kwargs[name] = _check_type(raw[name], hints[name], key, source)
+            kwargs[name] = _check_type(raw[name], hints[name], f"{prefix}{name}", source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source}: missing required key `{key}`")
-    return cls(**kwargs) if not prefix else _nested(cls, kwargs)
-
-
-def _nested(cls: type, kwargs: dict) -> Any:
+            raise ConfigError(f"{source}: missing required key `{prefix}{name}`")
     return cls(**kwargs)
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set one dotted key from `key=value`, the value parsed as YAML (`train.steps=20`, `anchor.enabled=false`)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: `{part}` is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _deep_merge(merged[key], value) if both_maps and key != "task_masks" else value
+    return merged
+
+
+def load_config(paths: str | Path | list, overrides: list[str] = ()) -> CrabConfig:
+    """Load one YAML, or several layered left to right (e.g. a cycle config, then demo overrides)."""
+    paths = [Path(p) for p in (paths if isinstance(paths, list | tuple) else [paths])]
+    raw: dict = {}
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        layer = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: a config is a mapping of keys, got {type(layer).__name__}")
+        raw = _deep_merge(raw, layer)
+    for override in overrides:
+        apply_override(raw, override)
+    source = " + ".join(map(str, paths)) + (f" (with overrides {list(overrides)})" if overrides else "")
+    cfg = _build(CrabConfig, raw, "", source)
+    _check_values(cfg, source)
+    return cfg
+
+
+def _check_values(cfg: CrabConfig, source: str) -> None:
+    rw, anchor = cfg.reward_weighting, cfg.anchor
+    checks = [
+        (rw.enabled and not cfg.data.reward_stats, "`data.reward_stats` is required when `reward_weighting.enabled`"),
+        (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),
+        (not 0 < rw.clip_min < rw.clip_max, "need 0 < `reward_weighting.clip_min` < `reward_weighting.clip_max`"),
+        (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
+        (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
+        (cfg.data.batch_size < 1, "`data.batch_size` must be >= 1"),
+        (cfg.data.num_workers < 0, "`data.num_workers` must be >= 0"),
+        (cfg.train.steps < 1, "`train.steps` must be >= 1"),
+        (min(cfg.train.log_every, cfg.train.save_every, cfg.train.val_every_epochs) < 1,
+         "`train.log_every`, `save_every` and `val_every_epochs` must be >= 1"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(f"{source}: {message}")
+
+
+def to_dict(cfg: CrabConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -39,7 +39,7 @@ def load_manifest(path: str | Path, data_root: str | Path) -> list[ManifestRow]:
         rows = []
         for line, raw in enumerate(reader, start=2):
             source = f"{path}:{line}"
-            for col in COLUMNS:
+            for col in COLUMNS[:-1]:  # `cycle` may be empty
                 if not (raw[col] or "").strip():
                     raise ManifestError(f"{source}: empty value in column `{col}`")
             quality = raw["quality"].strip()

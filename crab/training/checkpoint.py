@@ -1,0 +1,110 @@
+"""Atomic checkpoints under `outputs/<run>/step_XXXXXX`.
+
+Layout of one checkpoint:
+    step_000100/
+      pretrained_model/      lerobot format: config.json, model.safetensors, policy pre/post-processor
+                             files (SmolVLAPolicy.from_pretrained and lerobot's tools load it)
+      training_state.pt      optimizer, scheduler, RNG states, step, epoch, data position, epoch metrics
+      crab_config.yaml       the resolved training config
+      reward_stats.json      the reward statistics the run used
+
+A checkpoint is written into a hidden temporary folder beside it and renamed into place, so a kill
+mid-write leaves at most a `.tmp` folder (ignored, removed by the next save) and every `step_*`
+folder complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+TMP_PREFIX = ".tmp_step_"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / f"step_{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    write_model: Callable[[Path], None],
+    training_state: dict,
+    config: dict,
+    reward_stats: dict,
+    keep_last: int,
+) -> Path:
+    """Write everything into a temporary folder, then rename it to `step_XXXXXX`; keep the last N."""
+    for stale in run_dir.glob(f"{TMP_PREFIX}*"):  # left by a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    final = step_dir(run_dir, step)
+    tmp = run_dir / f"{TMP_PREFIX}{step:06d}_{os.getpid()}"
+    tmp.mkdir(parents=True)
+    try:
+        write_model(tmp / "pretrained_model")
+        torch.save(training_state, tmp / "training_state.pt")
+        (tmp / "crab_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        (tmp / "reward_stats.json").write_text(json.dumps(reward_stats, indent=2), encoding="utf-8")
+        if final.exists():  # re-saving a step after a resume: swap, so a whole copy exists at every moment
+            old = run_dir / f"{TMP_PREFIX}old_{step:06d}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def load_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
+    """-> (pretrained_model folder, training state, saved config); a clear error if anything is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    missing = [n for n in ("pretrained_model", "training_state.pt", "crab_config.yaml") if not (path / n).exists()]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete Crab checkpoint: missing {missing}")
+    state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+    config = yaml.safe_load((path / "crab_config.yaml").read_text(encoding="utf-8"))
+    return path / "pretrained_model", state, config
