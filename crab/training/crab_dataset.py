@@ -156,7 +156,7 @@ class CrabDataset(Dataset):
         first = LeRobotDatasetMetadata(rows[0].repo_id, root=rows[0].root)
         self.fps = first.fps
         delta = {"action": [i / self.fps for i in range(spec.chunk_size)]}
-        self.datasets, self.tables = [], []
+        self.datasets, self.tables, self._rewards = [], [], []
         for row in rows:
             meta = LeRobotDatasetMetadata(row.repo_id, root=row.root)
             _check_compatible(rows[0], first, row, meta)
@@ -172,8 +172,14 @@ class CrabDataset(Dataset):
                 delta_timestamps=delta,
                 video_backend=video_backend,
             )
+            table = annotate(row, spec)
+            # Reward fields of every item this dataset serves, in its own (possibly episode-filtered) order.
+            local_index = np.asarray(ds.hf_dataset.with_format("numpy")["index"])
+            pos = np.searchsorted(table.index, local_index)
+            values = np.stack([getattr(table, name)[pos] for name in rewards.REWARD_FIELDS], axis=1)
             self.datasets.append(ds)
-            self.tables.append(annotate(row, spec))
+            self.tables.append(table)
+            self._rewards.append(torch.from_numpy(values.astype(np.float32)))
         self.meta = first
         self._offsets = np.cumsum([0] + [len(d) for d in self.datasets])
 
@@ -194,10 +200,8 @@ class CrabDataset(Dataset):
     def __getitem__(self, idx: int) -> dict:
         d, local = self.locate(idx)
         item = self.datasets[d][local]
-        table, row = self.tables[d], self.rows[d]
-        pos = int(np.searchsorted(table.index, int(item["index"])))
-        for name in rewards.REWARD_FIELDS:
-            item[name] = torch.tensor(getattr(table, name)[pos], dtype=torch.float32)
+        row = self.rows[d]
+        item.update(zip(rewards.REWARD_FIELDS, self._rewards[d][local].clone().unbind(), strict=True))
         item["dataset_name"] = row.name
         item["task_name"] = item["task"]
         item["quality"] = row.quality

@@ -12,9 +12,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from crab.training.monitoring import read_epoch_summaries  # noqa: E402
+from crab.training.monitoring import read_epoch_summaries
 
 LOSSES = ("loss", "loss_unweighted", "loss_weighted", "loss_anchor")
 WEIGHT_STATS = ("w_mean", "w_std", "w_p95", "w_max", "clipped_frac", "effective_batch_weight")
