@@ -1,0 +1,99 @@
+"""Atomic checkpoints, resumable batch order, and the three epoch-summary files agreeing."""
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from crab.training import checkpoint as ckpt
+from crab.training.monitoring import STEP_METRICS, EpochAccumulator, read_epoch_summaries, write_epoch_summaries
+from crab.training.sampling import EpochBatchSampler
+
+
+def write_model(folder):
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+
+
+def test_save_keeps_last_n_and_round_trips(tmp_path):
+    for step in (10, 20, 30):
+        ckpt.save_checkpoint(tmp_path, step, write_model, {"step": step}, {"run_name": "r"}, {"alpha": 0.25}, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000020", "step_000030"]
+    model_dir, state, config = ckpt.load_checkpoint(tmp_path / "step_000030")
+    assert state == {"step": 30} and config == {"run_name": "r"}
+    assert (model_dir / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((tmp_path / "step_000030" / "reward_stats.json").read_text()) == {"alpha": 0.25}
+
+
+def test_kill_mid_write_leaves_previous_checkpoint_whole(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 10, write_model, {"step": 10}, {}, {}, keep_last=3)
+
+    def dies_half_way(folder):
+        write_model(folder)
+        raise KeyboardInterrupt("killed while writing")
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 20, dies_half_way, {"step": 20}, {}, {}, keep_last=3)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000010"]
+    assert ckpt.load_checkpoint(tmp_path / "step_000010")[1] == {"step": 10}
+    # A hard kill leaves its temporary folder behind: never listed, removed by the next save.
+    (tmp_path / ".tmp_step_000020_999").mkdir()
+    ckpt.save_checkpoint(tmp_path, 20, write_model, {"step": 20}, {}, {}, keep_last=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000010", "step_000020"]
+
+
+def test_resave_same_step_replaces_it(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 10, write_model, {"v": 1}, {}, {}, keep_last=3)
+    ckpt.save_checkpoint(tmp_path, 10, write_model, {"v": 2}, {}, {}, keep_last=3)
+    assert ckpt.load_checkpoint(tmp_path / "step_000010")[1] == {"v": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000010"]
+
+
+def test_missing_or_incomplete_checkpoint(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint not found"):
+        ckpt.load_checkpoint(tmp_path / "step_000100")
+    (tmp_path / "step_000100").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match=r"not a complete Crab checkpoint: missing \['pretrained_model'"):
+        ckpt.load_checkpoint(tmp_path / "step_000100")
+
+
+def test_rng_state_round_trip():
+    state = ckpt.rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_batch_order_is_resumable_and_sharded():
+    sampler = EpochBatchSampler(23, batch_size=4, seed=7)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert len(full) == len(sampler) == 5 and all(len(b) == 4 for b in full)
+    sampler.set_epoch(2, start=3)
+    assert list(sampler) == full[3:]
+    sampler.set_epoch(3)
+    assert list(sampler) != full
+    shards = [EpochBatchSampler(23, 4, 7, rank=r, world_size=2) for r in (0, 1)]
+    for s in shards:
+        s.set_epoch(2)
+    assert [list(s) for s in shards] == [full[0::2][:2], full[1::2][:2]]
+
+
+def test_three_summary_files_agree(tmp_path):
+    acc = EpochAccumulator()
+    for k in range(4):
+        acc.add([float(k + i) for i in range(len(STEP_METRICS))], batch_size=8)
+    acc.add_weights(["clean", "cracked"], [1.2, 0.8])
+    summaries = [acc.summary(0, 4, 1.5, {"clean": 0.3, "cracked": 0.9}, complete=True)]
+    write_epoch_summaries(tmp_path, summaries)
+    as_json = json.loads((tmp_path / "epoch_summary.json").read_text())
+    assert as_json == read_epoch_summaries(tmp_path) == summaries
+    (row,) = list(csv.DictReader((tmp_path / "epoch_summary.csv").read_text().splitlines()))
+    loss = summaries[0]["metrics"]["loss"]
+    # "loss" is the 12th metric: values 11, 12, 13, 14 over the four steps
+    assert loss == {"mean": 12.5, "min": 11.0, "max": 14.0, "p95": pytest.approx(13.85)}
+    assert float(row["loss_mean"]) == loss["mean"] and float(row["loss_p95"]) == loss["p95"]
+    assert float(row["val_loss_cracked"]) == 0.9 and int(row["samples"]) == 32 and int(row["steps"]) == 4

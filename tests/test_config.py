@@ -1,0 +1,78 @@
+"""Strict YAML configs: the four cycle configs load; bad keys and values are errors naming key and file."""
+
+from pathlib import Path
+
+import pytest
+
+from crab.training.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "crab" / "training" / "configs"
+CYCLE = sorted(CONFIGS.glob("train_cycle1_*.yaml"))
+
+
+def test_the_four_cycle_configs_load_with_the_guide_run_names():
+    runs = {p.stem: load_config(p) for p in CYCLE}
+    assert {k: v.run_name for k, v in runs.items()} == {
+        "train_cycle1_baseline_il": "cycle1_baseline_il",
+        "train_cycle1_rwfm": "cycle1_rwfm",
+        "train_cycle1_rwfm_anchor": "cycle1_rwfm_anchor",
+        "train_cycle1_rwfm_anchor_cracked_factor": "cycle1_rwfm_anchor_with_cracked",
+    }
+    il, rwfm, anchor, cracked = (runs[p.stem] for p in CYCLE)
+    assert not il.reward_weighting.enabled and not il.anchor.enabled
+    assert rwfm.reward_weighting.enabled and not rwfm.anchor.enabled and rwfm.reward_weighting.alpha == 0.25
+    assert anchor.anchor.enabled and cracked.anchor.enabled
+    assert cracked.data.manifest.endswith("dataset_manifest_cycle1_with_cracked.csv")
+    for cfg in runs.values():
+        assert any(task.startswith("Open the carton") for task in cfg.task_masks)
+        assert cfg.policy.pretrained_path == "lerobot/smolvla_base"
+
+
+def test_layered_configs_and_overrides():
+    cfg = load_config(
+        [CYCLE[0], CONFIGS / "demo_overrides.yaml"],
+        ["train.steps=7", "policy.overrides.chunk_size=5", "anchor.lambda_anchor=1"],
+    )
+    assert cfg.policy.pretrained_path == "tiny" and cfg.train.steps == 7
+    assert cfg.policy.overrides == {"chunk_size": 5}
+    assert cfg.anchor.lambda_anchor == 1.0 and isinstance(cfg.anchor.lambda_anchor, float)
+    assert cfg.task_masks == load_config(CYCLE[0]).task_masks  # a layer replaces task_masks, never merges
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "run_name: x\ndata: {manifest: m.csv, reward_stats: s.json, batchsize: 3}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key\(s\) `data.batchsize`"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"c.yaml .*unknown key\(s\) `trian`"):
+        load_config(write(tmp_path, "run_name: x\ndata: {manifest: m.csv}\n"), ["trian.steps=3"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data: {manifest: m.csv}\n", "missing required key `run_name`"),
+        ("run_name: x\ndata: {manifest: m.csv, batch_size: eight}\n", "`data.batch_size` must be int, got 'eight'"),
+        ("run_name: x\ndata: {manifest: m.csv}\nanchor: {mode: fast}\n", "`anchor.mode` must be one of"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: yes}\n", "`data.reward_stats` is required"),
+        ("run_name: x\ndata: {manifest: m.csv}\ntask_masks: {a: [0, x]}\n", r"`task_masks.a\[1\]` must be int"),
+        ("run_name: x\ndata: {manifest: m.csv}\nanchor: {enabled: 1}\n", "`anchor.enabled` must be bool"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, clip_min: 2, clip_max: 1}\n",
+         "clip_min"),
+    ],
+)
+def test_bad_values(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(write(tmp_path, "run_name: x\ndata: {manifest: m.csv}\n"), ["train.steps"])
