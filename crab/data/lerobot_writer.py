@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 LABELS_FILE = Path("meta") / "crab_episode_labels.csv"  # per-episode success/damage labels
+MIN_VIDEO_SIDE = 28  # lerobot's AV1 encoder (SVT-AV1) kills the process on smaller frames
 
 
 @dataclass
@@ -43,6 +44,8 @@ def lerobot_features(example: Episode, state_names: list[str], action_names: lis
     for key, arr in example.frames.items():
         if key.startswith("observation.images."):
             h, w, c = arr.shape[1:]
+            if min(h, w) < MIN_VIDEO_SIDE:
+                raise ValueError(f"{key}: frames of {h}x{w} px; the AV1 encoder needs at least {MIN_VIDEO_SIDE} px")
             features[key] = {"dtype": "video", "shape": (h, w, c), "names": ["height", "width", "channels"]}
         elif key == "observation.state":
             features[key] = {"dtype": "float32", "shape": (arr.shape[1],), "names": state_names}
