@@ -1,0 +1,140 @@
+"""Roll out the scripted demonstrators and write them as LeRobot v3.0 datasets.
+
+    python -m crab.sim.generate --out data --episodes-per-dataset 8 --seed 0 [--image-size 32]
+
+Each dataset holds one quality, by rejection: rollouts are screened without rendering (physics does
+not depend on it) and only those whose outcome matches the dataset are replayed with the camera and
+written:
+
+- `egg_carton_to_tray` (clean): careful transfers that succeeded without a crack;
+- `egg_carton_to_tray_cracked` (cracked): rough transfers that cracked the egg;
+- `egg_carton_to_tray_failed` (failed): failing attempts, no success and no crack;
+- `open_the_carton` (clean): careful carton openings that succeeded.
+
+Every episode's true `success`/`damage` also goes to the label file, and `next.reward`/`next.success`
+hold the per-step reward (+1 success, -1 crack) and success flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crab.sim.demonstrators import Rollout, rollout
+from crab.sim.egg_env import ACTION_NAMES, FPS, OPEN_CARTON, PUT_EGG, STATE_NAMES
+
+REPO_PREFIX = "crab"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task: str
+    style: str
+    quality: str  # clean | cracked | failed (the lead's manifest schema)
+    cycle: str  # ';'-separated training cycles, may be empty
+    keep: Callable[[Rollout], bool]
+
+
+DATASETS = (
+    DatasetSpec("egg_carton_to_tray", PUT_EGG, "careful", "clean", "cycle1", lambda r: r.success and not r.cracked),
+    DatasetSpec("egg_carton_to_tray_cracked", PUT_EGG, "rough", "cracked", "cycle1", lambda r: r.cracked),
+    DatasetSpec(
+        "egg_carton_to_tray_failed", PUT_EGG, "failing", "failed", "", lambda r: not r.success and not r.cracked
+    ),
+    DatasetSpec("open_the_carton", OPEN_CARTON, "careful", "clean", "cycle1", lambda r: r.success),
+)
+def collect(spec: DatasetSpec, episodes: int, seed: int, image_size: int) -> tuple[list[Rollout], int]:
+    """`episodes` rendered rollouts that `spec.keep`s, and how many candidates were screened."""
+    rng = np.random.default_rng([seed, [d.name for d in DATASETS].index(spec.name)])
+    candidates = rng.integers(0, 2**31 - 1, size=10 * episodes + 20)
+    kept: list[Rollout] = []
+    tried = 0
+    for ep_seed in candidates:
+        if len(kept) == episodes:
+            break
+        tried += 1
+        if spec.keep(rollout(spec.task, spec.style, int(ep_seed), render=False)):
+            rendered = rollout(spec.task, spec.style, int(ep_seed), image_size=image_size)
+            if not spec.keep(rendered):  # rendering must not change the physics
+                raise RuntimeError(f"{spec.name}: seed {ep_seed} changed outcome when rendered")
+            kept.append(rendered)
+    if len(kept) < episodes:
+        raise RuntimeError(f"{spec.name}: only {len(kept)} of {tried} {spec.style} rollouts matched")
+    return kept, tried
+
+
+def generate(out: Path, episodes_per_dataset: int, seed: int, image_size: int = 32, overwrite: bool = False) -> Path:
+    """Write the four datasets under `out` (the data root of crab/training/docs/dataset_manifest*.csv).
+
+    With `overwrite`, existing folders of these datasets are replaced; otherwise they are an error.
+    """
+    # Quiet per-episode encoder output: SVT-AV1 (lerobot's video encoder) prints its banner and settings
+    # unless told to log errors only (read when each encoder starts), FFmpeg's muxer logs at info
+    # level, and Hugging Face datasets shows a progress bar per saved episode.
+    os.environ.setdefault("SVT_LOG", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import av
+
+    from crab.data.lerobot_writer import MIN_VIDEO_SIDE, Episode, write_lerobot_dataset
+
+    av.logging.set_libav_level(av.logging.ERROR)  # lerobot restores FFmpeg's own callback after encoding
+
+    if image_size < MIN_VIDEO_SIDE:
+        raise ValueError(f"image_size must be at least {MIN_VIDEO_SIDE} for video encoding, got {image_size}")
+    out = Path(out)
+    for spec in DATASETS:
+        if (out / spec.name).exists():
+            if not overwrite:
+                raise FileExistsError(f"{out / spec.name} exists (pass overwrite=True / --overwrite)")
+            shutil.rmtree(out / spec.name)
+    summary = {}
+    for spec in DATASETS:
+        start = time.perf_counter()
+        kept, tried = collect(spec, episodes_per_dataset, seed, image_size)
+        episodes = [
+            Episode(r.task, r.frames, labels={"success": int(r.success), "damage": int(r.cracked)}) for r in kept
+        ]
+        with warnings.catch_warnings():
+            # lerobot's statistics histogram converts the bool `next.success` column, and says so.
+            warnings.filterwarnings("ignore", "Converting input from bool", RuntimeWarning)
+            write_lerobot_dataset(
+                out / spec.name, f"{REPO_PREFIX}/{spec.name}", FPS, episodes, STATE_NAMES, ACTION_NAMES
+            )
+        frames = sum(r.length for r in kept)
+        summary[spec.name] = {"style": spec.style, "episodes": len(kept), "screened": tried, "frames": frames}
+        print(
+            f"{spec.name}: {len(kept)} episodes ({tried} {spec.style} rollouts screened), {frames} frames, "
+            f"{time.perf_counter() - start:.1f}s",
+            flush=True,
+        )
+    (out / "generation_summary.json").write_text(
+        json.dumps({"seed": seed, "image_size": image_size, "datasets": summary}, indent=2)
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="data root to write the datasets under")
+    parser.add_argument("--episodes-per-dataset", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing dataset folders")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    out = generate(args.out, args.episodes_per_dataset, args.seed, args.image_size, args.overwrite)
+    print(f"datasets under {out} ({time.perf_counter() - start:.1f}s in all); manifests: crab/training/docs/")
+
+
+if __name__ == "__main__":
+    main()

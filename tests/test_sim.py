@@ -1,0 +1,185 @@
+"""The egg simulator: crack rule, determinism, demonstrator qualities, evaluation helpers, generation."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crab.sim.demonstrators import make_demonstrator, rollout
+from crab.sim.egg_env import (
+    ACTION_NAMES,
+    CRACK_FORCE,
+    CRACK_SPEED,
+    IMAGE_KEY,
+    MAX_STEPS,
+    OPEN_CARTON,
+    PUT_EGG,
+    STATE_KEY,
+    STATE_NAMES,
+    TASK_ACTION_DIMS,
+    TASKS,
+    EggEnv,
+    egg_cracks,
+)
+from crab.sim.evaluate import evaluate, mean_interval, run_episode, wilson_interval
+
+SEEDS = range(8)
+
+
+def test_crack_rule():
+    assert not egg_cracks(0.0, 0.0)
+    assert not egg_cracks(CRACK_FORCE, CRACK_SPEED)  # thresholds themselves are safe
+    assert egg_cracks(CRACK_FORCE + 0.01, 0.0)
+    assert egg_cracks(0.0, CRACK_SPEED + 0.01)
+
+
+def test_spaces_and_task_action_dims():
+    env = EggEnv(PUT_EGG, image_size=24)
+    obs, info = env.reset(seed=0)
+    assert obs in env.observation_space
+    assert obs[IMAGE_KEY].shape == (24, 24, 3) and obs[IMAGE_KEY].dtype == np.uint8
+    assert obs[STATE_KEY].shape == (len(STATE_NAMES),) and len(STATE_NAMES) <= 8
+    assert env.action_space.shape == (len(ACTION_NAMES),) and len(ACTION_NAMES) <= 8
+    assert info == {"success": False, "cracked": False, "task": PUT_EGG}
+    assert set(TASK_ACTION_DIMS) == set(TASKS)
+    assert TASK_ACTION_DIMS[PUT_EGG] == [0, 1, 2, 3] and TASK_ACTION_DIMS[OPEN_CARTON] == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown task"):
+        EggEnv("Juggle the eggs.")
+
+
+def _trajectory(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    env = EggEnv(PUT_EGG)
+    obs, _ = env.reset(seed=seed)
+    images, states = [obs[IMAGE_KEY]], [obs[STATE_KEY]]
+    for action in np.random.default_rng(0).uniform(-1, 1, (5, 4)):
+        obs, *_ = env.step(action)
+        images.append(obs[IMAGE_KEY])
+        states.append(obs[STATE_KEY])
+    return np.stack(images), np.stack(states)
+
+
+def test_deterministic_under_seed():
+    images_a, states_a = _trajectory(3)
+    images_b, states_b = _trajectory(3)
+    np.testing.assert_array_equal(images_a, images_b)
+    np.testing.assert_array_equal(states_a, states_b)
+    env = EggEnv(PUT_EGG, render_images=False)
+    env.reset(seed=3)
+    egg_3 = env.egg_pos
+    env.reset(seed=4)
+    assert np.abs(env.egg_pos - egg_3).max() > 1e-4  # scenes are randomised per seed
+
+
+def test_rendering_does_not_change_physics():
+    a = rollout(PUT_EGG, "rough", 5, render=False)
+    b = rollout(PUT_EGG, "rough", 5)
+    np.testing.assert_array_equal(a.frames["action"], b.frames["action"])
+    np.testing.assert_array_equal(a.frames[STATE_KEY], b.frames[STATE_KEY])
+    assert b.frames[IMAGE_KEY].any() and not a.frames[IMAGE_KEY].any()
+
+
+def test_demonstrator_qualities():
+    careful = [rollout(PUT_EGG, "careful", s, render=False) for s in SEEDS]
+    rough = [rollout(PUT_EGG, "rough", s, render=False) for s in SEEDS]
+    failing = [rollout(PUT_EGG, "failing", s, render=False) for s in SEEDS]
+    opening = [rollout(OPEN_CARTON, "careful", s, render=False) for s in SEEDS]
+    assert all(r.success and not r.cracked for r in careful)
+    assert all(r.success and not r.cracked for r in opening)
+    assert sum(r.cracked for r in rough) >= len(SEEDS) // 2
+    assert sum(r.length < MAX_STEPS for r in rough) >= len(SEEDS) // 2  # the egg still reaches the tray
+    assert not any(r.success for r in failing)
+    # Rewards: +1 on the success step, -1 on the crack step, nothing else.
+    for r in careful + rough:
+        rewards = r.frames["next.reward"]
+        assert r.episode_return == int(r.success) - int(r.cracked)
+        assert set(np.unique(rewards)) <= {-1.0, 0.0, 1.0}
+        assert r.frames["next.success"][-1] == r.success and r.frames["next.success"][:-1].sum() == 0
+    # Same scenes, different behaviour: the rough operator squeezes harder and moves faster.
+    for c, r in zip(careful, rough, strict=True):
+        assert r.frames["action"][:, 3].max() > c.frames["action"][:, 3].max() or r.cracked
+        assert np.abs(r.frames["action"][:, :3]).max() > np.abs(c.frames["action"][:, :3]).max()
+
+
+def test_demonstrator_actions_are_smooth():
+    for style in ("careful", "rough", "failing"):
+        actions = rollout(PUT_EGG, style, 1, render=False).frames["action"]
+        assert np.abs(actions).max() <= 1.0
+        assert np.abs(np.diff(actions, axis=0)).max() < 1.8  # filtered: no full-range jumps
+
+
+def test_wilson_interval_hand_checked():
+    # p = 0.5, n = 10: centre 0.5, half-width 1.96/1.38416 * sqrt(0.025 + 0.009604) = 0.26341
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.23659, abs=1e-5) and hi == pytest.approx(0.76341, abs=1e-5)
+    # k = 0: lower bound 0, upper 2 * (z^2 / 2n) / (1 + z^2 / n) = 0.27754
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27754), abs=1e-5)
+    assert wilson_interval(10, 10) == pytest.approx((0.72246, 1.0), abs=1e-5)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    mean, lo, hi = mean_interval([1.0, 0.0, 1.0, 1.0])  # sd 0.5, t(3) = 3.182
+    assert mean == 0.75 and hi - mean == pytest.approx(3.182 * 0.5 / 2)
+
+
+def test_closed_loop_runner_with_a_demonstrator_as_policy():
+    env = EggEnv(PUT_EGG, render_images=False)
+    demo = make_demonstrator(PUT_EGG, "careful", 2)
+    success, cracked, total, frames = run_episode(lambda obs: demo(env)[None], env, 2, n_action_steps=5)
+    assert success and not cracked and total == 1.0
+    assert len(frames) == rollout(PUT_EGG, "careful", 2, render=False).length + 1
+
+
+def test_evaluate_reports_rates_and_saves_videos(tmp_path):
+    results = evaluate(lambda obs: np.zeros((10, 4), np.float32), episodes_per_task=2, video_dir=tmp_path)
+    assert set(results) == set(TASKS)
+    for summary in results.values():
+        assert summary["episodes"] == 2 and summary["success_rate"] == 0.0 and summary["crack_rate"] == 0.0
+        assert summary["success_ci95"] == pytest.approx(wilson_interval(0, 2))
+        assert summary["mean_length"] == MAX_STEPS
+    assert len(list(tmp_path.glob("*.mp4"))) == 4
+
+
+def test_rendering_then_importing_torch_compiler_does_not_crash():
+    # Mesa's EGL loads LLVM; triton loaded after it used to segfault the process (see egg_env).
+    code = "from crab.sim.egg_env import EggEnv; e = EggEnv(); e.reset(seed=0); import torch._dynamo; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_generate_writes_readable_lerobot_datasets_and_manifests(tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from crab.sim.generate import DATASETS, generate
+    from crab.training.manifest import check_roots, load_manifest
+
+    with pytest.raises(ValueError, match="image_size"):
+        generate(tmp_path, episodes_per_dataset=1, seed=0, image_size=16)
+    assert generate(tmp_path, episodes_per_dataset=2, seed=0, image_size=32) == tmp_path
+    manifests = Path(__file__).resolve().parents[1] / "crab" / "training" / "docs"  # the shipped manifests
+    rows = load_manifest(manifests / "dataset_manifest.csv", tmp_path)
+    check_roots(rows)
+    assert [r.name for r in rows] == [d.name for d in DATASETS]
+    assert [r.name for r in load_manifest(manifests / "dataset_manifest_cycle1_clean.csv", tmp_path)] == [
+        "egg_carton_to_tray",
+        "open_the_carton",
+    ]
+    with_cracked = load_manifest(manifests / "dataset_manifest_cycle1_with_cracked.csv", tmp_path)
+    assert {r.name: r.quality for r in with_cracked}["egg_carton_to_tray_cracked"] == "cracked"
+
+    expected_labels = {"clean": ("1.0", "0.0"), "cracked": ("0.0", "1.0"), "failed": ("0.0", "0.0")}
+    for row in rows:
+        ds = LeRobotDataset(row.repo_id, root=row.root, video_backend="torchcodec")
+        assert ds.num_episodes == 2 and ds.fps == 10
+        item = ds[0]
+        assert item[IMAGE_KEY].shape == (3, 32, 32)
+        assert item[STATE_KEY].shape == (len(STATE_NAMES),) and item["action"].shape == (len(ACTION_NAMES),)
+        assert item["task"] == row.task
+        with open(row.root / "meta" / "crab_episode_labels.csv", newline="") as f:
+            labels = {(r["success"], r["damage"]) for r in csv.DictReader(f)}
+        assert labels == {expected_labels[row.quality]}
+    with pytest.raises(FileExistsError):
+        generate(tmp_path, episodes_per_dataset=1, seed=0)
