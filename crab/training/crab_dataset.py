@@ -181,6 +181,10 @@ class CrabDataset(Dataset):
             self.tables.append(table)
             self._rewards.append(torch.from_numpy(values.astype(np.float32)))
         self.meta = first
+        # Features only some datasets have (e.g. `next.reward`) would break default collate; the
+        # reward fields carry what they mean.
+        keys = [set(ds.meta.features) for ds in self.datasets]
+        self._uncommon = set.union(*keys) - set.intersection(*keys)
         self._offsets = np.cumsum([0] + [len(d) for d in self.datasets])
 
     @property
@@ -200,6 +204,8 @@ class CrabDataset(Dataset):
     def __getitem__(self, idx: int) -> dict:
         d, local = self.locate(idx)
         item = self.datasets[d][local]
+        for key in self._uncommon.intersection(item):
+            del item[key]
         row = self.rows[d]
         item.update(zip(rewards.REWARD_FIELDS, self._rewards[d][local].clone().unbind(), strict=True))
         item["dataset_name"] = row.name

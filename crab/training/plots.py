@@ -35,6 +35,9 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def _save(fig, path: Path) -> None:
+    for ax in fig.axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
@@ -63,7 +66,6 @@ def plot_run(run_dir: Path, weights_by_quality: dict[str, list[float]]) -> None:
             ax.plot(*_series(rows, key), label=key)
         ax.set_xlabel("step")
         ax.set_title(f"{run_dir.name}: {name}")
-        ax.legend(fontsize=8)
         _save(fig, out / f"{name}.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -72,7 +74,6 @@ def plot_run(run_dir: Path, weights_by_quality: dict[str, list[float]]) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation flow loss (unweighted)")
     ax.set_title(f"{run_dir.name}: validation loss per quality group")
-    ax.legend(fontsize=8)
     _save(fig, out / "val_loss.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -80,7 +81,6 @@ def plot_run(run_dir: Path, weights_by_quality: dict[str, list[float]]) -> None:
         ax.hist(weights, bins=30, alpha=0.5, label=f"{group} (n={len(weights)})")
     ax.set_xlabel("RWFM weight (after clipping and batch normalisation)")
     ax.set_title(f"{run_dir.name}: weights per quality group, last epoch")
-    ax.legend(fontsize=8)
     _save(fig, out / "weight_hist.png")
 
 
@@ -99,8 +99,6 @@ def compare_runs(run_dirs: list[Path], out: Path) -> None:
             axes[1, 1].plot(epochs, values, marker="o", label=f"{run_dir.name} / {group}")
     axes[1, 1].set_title("validation loss per quality group")
     axes[1, 1].set_xlabel("epoch")
-    for ax in axes.flat:
-        ax.legend(fontsize=7)
     _save(fig, out)
 
 

@@ -1,0 +1,703 @@
+"""RWFM + anchor training module around lerobot 0.4.4's real `SmolVLAPolicy`.
+
+- `policy_config` / `make_policy` build (or load) the policy and lerobot's own pre/post-processors;
+  the preprocessor keeps the batch keys lerobot's pipeline would drop (reward fields, string lists).
+- `flow_velocity` computes the flow-matching velocity/target exactly as lerobot's
+  `VLAFlowMatching.forward` does; `CrabSmolVLA.per_sample_loss` masks it correctly (lerobot 0.6
+  semantics). lerobot's `SmolVLAPolicy.forward` is not used: it misreads the padding key, averages
+  over padded action dimensions and calls `.item()`.
+- `CrabSmolVLA.forward` is the training loss: reward-weighted flow matching plus an output-space anchor
+  to a frozen reference copy that shares every frozen parameter with the trained policy. With a frozen
+  VLM the image+language keys/values are computed once per batch (no autograd) and only the state
+  token and the action expert run for the policy and, in the "shared_prefix" anchor mode, the reference.
+
+Shapes: B batch, H chunk size, D = max_action_dim (padded action size), A real action size.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.datasets.utils import dataset_to_policy_features
+from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+from lerobot.policies.smolvla.modeling_smolvla import (
+    SmolVLAPolicy,
+    create_sinusoidal_pos_embedding,
+    make_att_2d_masks,
+)
+from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
+from lerobot.policies.smolvla.smolvlm_with_expert import apply_rope
+from lerobot.processor import PolicyProcessorPipeline
+from lerobot.processor.converters import batch_to_transition
+from lerobot.processor.core import EnvTransition, TransitionKey
+from lerobot.utils.constants import (
+    ACTION,
+    DONE,
+    OBS_LANGUAGE_ATTENTION_MASK,
+    OBS_LANGUAGE_TOKENS,
+    OBS_PREFIX,
+    OBS_STATE,
+    REWARD,
+    TRUNCATED,
+)
+from torch import Tensor, nn
+
+from crab.training.config import AnchorConfig, PolicyConfig, RewardWeightingConfig
+from crab.training.flow_loss import (
+    TaskDimMask,
+    loss_mask,
+    masked_mean_sq_diff,
+    masked_per_sample_loss,
+    sample_flow_time,
+)
+from crab.training.rewards import advantage, return_signal, rwfm_weights, weight_statistics
+from crab.training.tiny_smolvla import TINY_VLM_DIRNAME, ensure_tiny_vlm
+
+logger = logging.getLogger(__name__)
+
+ACTION_IS_PAD = f"{ACTION}_is_pad"
+
+# The offline test-size SmolVLA (see docs in tiny_smolvla.py); PolicyConfig.overrides apply on top.
+TINY_SMOLVLA_DEFAULTS: dict[str, Any] = {
+    "load_vlm_weights": False,
+    "num_vlm_layers": 2,
+    "chunk_size": 10,
+    "n_action_steps": 10,
+    "max_state_dim": 8,
+    "max_action_dim": 8,
+    "resize_imgs_with_padding": (32, 32),
+    "expert_width_multiplier": 1.0,
+    "optimizer_lr": 5e-4,
+    "scheduler_warmup_steps": 200,
+}
+
+
+@runtime_checkable
+class FlowPolicy(Protocol):
+    """What the trainer, benchmarks and simulator evaluation need from a flow-matching policy.
+
+    Batches are preprocessed (normalised, tokenised, on the policy's device).
+    """
+
+    @property
+    def chunk_size(self) -> int:
+        """H, the number of actions per predicted chunk."""
+
+    @property
+    def action_dim(self) -> int:
+        """A, the robot's real action size (predicted chunks are (B, H, A))."""
+
+    def sample_noise_time(
+        self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Fresh flow noise (B, H, D) and time (B,) for `batch` (from `generator` when given)."""
+
+    def velocity_and_target(self, batch: Mapping[str, Any], noise: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
+        """Predicted velocity v_t and target u_t = noise - actions, both (B, H, D), at the given noise/time."""
+
+    def per_sample_loss(self, batch: Mapping[str, Any], noise: Tensor, time: Tensor) -> Tensor:
+        """Masked flow-matching loss per sample (B,) at the given noise/time."""
+
+    def predict_action_chunk(self, batch: Mapping[str, Any], noise: Tensor | None = None) -> Tensor:
+        """Sampled normalised action chunk (B, H, A) (the postprocessor unnormalises it)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Construction
+
+
+def policy_config(policy_cfg: PolicyConfig) -> SmolVLAConfig:
+    """The run's SmolVLAConfig, before the dataset's features are known (chunk size, optimiser presets).
+
+    "tiny": the offline test-size SmolVLA (`TINY_SMOLVLA_DEFAULTS`); otherwise the config stored with
+    the pretrained policy (Hub id or folder). `policy_cfg.overrides` apply on top, through the config's
+    own validation.
+    """
+    overrides = dict(policy_cfg.overrides)
+    known = {f.name for f in dataclasses.fields(SmolVLAConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"policy.overrides: unknown SmolVLAConfig field(s) {unknown}")
+    if policy_cfg.pretrained_path == "tiny":
+        return SmolVLAConfig(vlm_model_name=str(ensure_tiny_vlm()), **{**TINY_SMOLVLA_DEFAULTS, **overrides})
+    loaded = PreTrainedConfig.from_pretrained(policy_cfg.pretrained_path)
+    if not isinstance(loaded, SmolVLAConfig):
+        raise ValueError(f"{policy_cfg.pretrained_path} is a {type(loaded).__name__}, not a SmolVLA policy")
+    # dataclasses.replace re-runs SmolVLAConfig's validation on the overridden values.
+    return dataclasses.replace(loaded, **overrides)
+
+
+def make_policy(
+    smolvla_cfg: SmolVLAConfig,
+    policy_cfg: PolicyConfig,
+    features: Mapping[str, Mapping[str, Any]],
+    dataset_stats: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[SmolVLAPolicy, Any, Any]:
+    """Build the SmolVLA policy and lerobot's SmolVLA pre/post-processors.
+
+    `smolvla_cfg` comes from `policy_config(policy_cfg)`. `features` is a LeRobot dataset's
+    `meta.features` (cameras, `observation.state`, `action`; other keys are ignored) and replaces the
+    config's input/output features, so the dataset's cameras and sizes are the ones used;
+    `dataset_stats` are `meta.stats`-style statistics for normalisation. "tiny" builds a randomly
+    initialised policy (seed first); anything else loads weights with `SmolVLAPolicy.from_pretrained`.
+    Returns (policy in train mode, preprocessor, postprocessor); the preprocessor keeps the batch keys
+    lerobot's pipeline would drop (see `batch_to_transition_keeping_extras`).
+    """
+    policy_features = dataset_to_policy_features(dict(features))
+    if ACTION not in policy_features:
+        raise ValueError("dataset features have no 'action'")
+    cfg = dataclasses.replace(
+        smolvla_cfg,
+        output_features={k: f for k, f in policy_features.items() if k == ACTION},
+        input_features={k: f for k, f in policy_features.items() if k != ACTION},
+    )
+    # A checkpoint of the tiny policy names the cache folder; rebuild it if this machine lacks it.
+    if Path(cfg.vlm_model_name).name == TINY_VLM_DIRNAME:
+        ensure_tiny_vlm(cfg.vlm_model_name)
+    if policy_cfg.pretrained_path == "tiny":
+        policy = SmolVLAPolicy(cfg)
+    else:
+        policy = SmolVLAPolicy.from_pretrained(policy_cfg.pretrained_path, config=cfg)
+    policy.train()
+    pre, postprocessor = make_smolvla_pre_post_processors(policy.config, dataset_stats=dataset_stats)
+    preprocessor = PolicyProcessorPipeline[dict[str, Any], dict[str, Any]](
+        steps=pre.steps, name=pre.name, to_transition=batch_to_transition_keeping_extras, to_output=pre.to_output
+    )
+    return policy, preprocessor, postprocessor
+
+
+# Batch keys lerobot's `batch_to_transition` maps to transition fields other than complementary data.
+_TRANSITION_KEYS = {ACTION, REWARD, DONE, TRUNCATED, "info"}
+
+
+def batch_to_transition_keeping_extras(batch: dict[str, Any]) -> EnvTransition:
+    """lerobot's `batch_to_transition`, with every other batch key kept as complementary data.
+
+    lerobot keeps only observation.*, action, *_is_pad, task, subtask, index, task_index and
+    episode_index, so our reward fields (`step_reward`, `chunk_return`, ...) and string lists
+    (`dataset_name`, `task_name`, `quality`) would vanish. As complementary data they pass the
+    pipeline's device step (tensors moved) and come back as batch keys. The processed `task` strings
+    end with "\n" (SmolVLA's newline step); task-mask lookups strip it.
+    """
+    transition = batch_to_transition(batch)
+    extras = {k: v for k, v in batch.items() if not k.startswith(OBS_PREFIX) and k not in _TRANSITION_KEYS}
+    transition[TransitionKey.COMPLEMENTARY_DATA] = {**extras, **transition[TransitionKey.COMPLEMENTARY_DATA]}
+    return transition
+
+
+def _frozen_memo(policy: SmolVLAPolicy) -> dict[int, Any]:
+    """deepcopy memo that makes a copy reuse every frozen parameter (and the read-only processor)."""
+    memo: dict[int, Any] = {id(p): p for p in policy.parameters() if not p.requires_grad}
+    processor = policy.model.vlm_with_expert.processor
+    memo[id(processor)] = processor
+    return memo
+
+
+def make_reference(policy: SmolVLAPolicy) -> SmolVLAPolicy:
+    """Frozen reference = the policy as it is now, in eval mode, without gradients.
+
+    Only trainable modules are copied; parameters training leaves frozen (the whole VLM with
+    `train_expert_only`, the vision tower with `freeze_vision_encoder`) are the same tensors as the
+    policy's. Build it after moving the policy to its device.
+    """
+    reference = copy.deepcopy(policy, memo=_frozen_memo(policy))
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def _tensor_bytes(module: nn.Module, exclude_ptrs: frozenset[int] | set[int] = frozenset()) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in (*module.parameters(), *module.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in exclude_ptrs or ptr in seen:
+            continue
+        seen.add(ptr)
+        total += t.untyped_storage().nbytes()
+    return total
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of all parameter and buffer storages of `module` (a full copy would add this much)."""
+    return _tensor_bytes(module)
+
+
+def reference_extra_bytes(policy: nn.Module, reference: nn.Module) -> int:
+    """Bytes of parameter/buffer storage the reference holds that the policy does not share."""
+    shared = {t.untyped_storage().data_ptr() for t in (*policy.parameters(), *policy.buffers())}
+    return _tensor_bytes(reference, shared)
+
+
+# --------------------------------------------------------------------------------------------------
+# Velocity computations on SmolVLA internals
+
+
+@dataclasses.dataclass
+class _Inputs:
+    images: list[Tensor]  # per camera (B, C, h, w) in [-1, 1]
+    img_masks: list[Tensor]  # per camera (B,)
+    lang_tokens: Tensor  # (B, T)
+    lang_masks: Tensor  # (B, T)
+    state: Tensor  # (B, max_state_dim)
+    actions: Tensor  # (B, H, D)
+
+
+def _prepare_inputs(policy: SmolVLAPolicy, batch: Mapping[str, Any]) -> _Inputs:
+    """SmolVLA's own input preparation, on a shallow copy: `adapt_to_pi_aloha` edits tensors in place."""
+    batch = dict(batch)
+    if policy.config.adapt_to_pi_aloha:
+        batch[OBS_STATE] = policy._pi_aloha_decode_state(batch[OBS_STATE].clone())
+        batch[ACTION] = policy._pi_aloha_encode_actions_inv(batch[ACTION].clone())
+    images, img_masks = policy.prepare_images(batch)
+    return _Inputs(
+        images=images,
+        img_masks=img_masks,
+        lang_tokens=batch[OBS_LANGUAGE_TOKENS],
+        lang_masks=batch[OBS_LANGUAGE_ATTENTION_MASK],
+        state=policy.prepare_state(batch),
+        actions=policy.prepare_action(batch),
+    )
+
+
+def _noisy_actions(actions: Tensor, noise: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
+    """x_t = t * noise + (1 - t) * actions and u_t = noise - actions, (B, H, D) each."""
+    t = time[:, None, None]
+    return t * noise + (1 - t) * actions, noise - actions
+
+
+def _full_velocity(policy: SmolVLAPolicy, inp: _Inputs, x_t: Tensor, time: Tensor) -> Tensor:
+    """v_t (B, H, D) exactly as `VLAFlowMatching.forward` computes it (one pass over prefix + suffix)."""
+    flow = policy.model
+    prefix_embs, prefix_pad, prefix_att = flow.embed_prefix(
+        inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, state=inp.state
+    )
+    suffix_embs, suffix_pad, suffix_att = flow.embed_suffix(x_t, time)
+    pad = torch.cat([prefix_pad, suffix_pad], dim=1)
+    att = torch.cat([prefix_att, suffix_att], dim=1)
+    (_, suffix_out), _ = flow.vlm_with_expert.forward(
+        attention_mask=make_att_2d_masks(pad, att),
+        position_ids=torch.cumsum(pad, dim=1) - 1,
+        past_key_values=None,
+        inputs_embeds=[prefix_embs, suffix_embs],
+        use_cache=False,
+        fill_kv_cache=False,
+    )
+    return flow.action_out_proj(suffix_out[:, -flow.config.chunk_size :].to(torch.float32))
+
+
+def flow_velocity(
+    policy: SmolVLAPolicy, batch: Mapping[str, Any], noise: Tensor, time: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(v_t, u_t), both (B, H, D), of `policy` on a preprocessed batch at noise (B, H, D), time (B,)."""
+    inp = _prepare_inputs(policy, batch)
+    x_t, u_t = _noisy_actions(inp.actions, noise, time)
+    return _full_velocity(policy, inp, x_t, time), u_t
+
+
+@dataclasses.dataclass
+class _SharedContext:
+    """Per-layer keys/values of the image+language tokens, identical for every model sharing the VLM."""
+
+    kv: dict[int, dict[str, Tensor]]  # layer -> key_states / value_states (B, n_ctx, kv_heads, head_dim)
+    pad: Tensor  # (B, n_ctx) valid-token mask
+
+
+def _embed_context(flow: Any, inp: _Inputs) -> tuple[Tensor, Tensor]:
+    """Image (+ optional special tokens) and language token embeddings (B, n_ctx, hidden) and their
+    validity (B, n_ctx): `VLAFlowMatching.embed_prefix` without the state token. Unlike it, no tensor
+    is built from a Python list on the device (a blocking host-to-device copy on CUDA)."""
+    vwe = flow.vlm_with_expert
+    embs, pads = [], []
+
+    def special(tokens: Tensor, batch_size: int) -> None:
+        emb = vwe.embed_language_tokens(tokens.to(inp.lang_tokens.device, non_blocking=True))
+        embs.append(emb.unsqueeze(0).expand(batch_size, -1, -1))
+        pads.append(torch.ones(batch_size, emb.shape[0], dtype=torch.bool, device=emb.device))
+
+    for img, img_mask in zip(inp.images, inp.img_masks, strict=True):
+        batch_size = img.shape[0]
+        if flow.add_image_special_tokens:
+            special(flow.global_image_start_token, batch_size)
+        img_emb = vwe.embed_image(img)
+        # A 0-d tensor in the embedding's dtype, as embed_prefix scales (same rounding in bf16).
+        img_emb = img_emb * torch.full((), img_emb.shape[-1] ** 0.5, dtype=img_emb.dtype, device=img_emb.device)
+        embs.append(img_emb)
+        pads.append(img_mask[:, None].expand(batch_size, img_emb.shape[1]))
+        if flow.add_image_special_tokens:
+            special(flow.image_end_token, batch_size)
+    lang_emb = vwe.embed_language_tokens(inp.lang_tokens)
+    embs.append(lang_emb * math.sqrt(lang_emb.shape[-1]))
+    pads.append(inp.lang_masks)
+    # embed_prefix concatenates these with the float32 state embedding, which promotes a bf16 VLM's
+    # embeddings; keep that dtype so the VLM layers see the same inputs.
+    dtype = torch.promote_types(embs[0].dtype, flow.state_proj.weight.dtype)
+    return torch.cat(embs, dim=1).to(dtype), torch.cat(pads, dim=1)
+
+
+def _embed_actions(flow: Any, x_t: Tensor, time: Tensor) -> Tensor:
+    """Action-time tokens (B, H, expert_hidden): `VLAFlowMatching.embed_suffix` without its masks
+    (built from a Python list on the device there)."""
+    action_emb = flow.action_in_proj(x_t)
+    time_emb = create_sinusoidal_pos_embedding(
+        time,
+        flow.vlm_with_expert.expert_hidden_size,
+        flow.config.min_period,
+        flow.config.max_period,
+        device=action_emb.device,
+    ).type(dtype=action_emb.dtype)
+    fused = torch.cat([action_emb, time_emb[:, None, :].expand_as(action_emb)], dim=2)
+    return flow.action_time_mlp_out(F.silu(flow.action_time_mlp_in(fused)))
+
+
+def _shared_context(policy: SmolVLAPolicy, inp: _Inputs) -> _SharedContext:
+    """Run the frozen VLM over the image+language tokens once, filling a KV cache.
+
+    In `embed_prefix` those tokens have attention block 0 and the state token opens block 1, so they
+    never attend to the state (or actions): their keys/values at every layer depend only on the frozen
+    VLM. It is the cache `sample_actions` fills, minus the state token. No trainable parameter is
+    involved, hence no_grad.
+    """
+    flow = policy.model
+    with torch.no_grad():
+        embs, pad = _embed_context(flow, inp)
+        _, kv = flow.vlm_with_expert.forward(
+            attention_mask=make_att_2d_masks(pad, torch.zeros_like(pad)),
+            position_ids=torch.cumsum(pad, dim=1) - 1,
+            past_key_values=None,
+            inputs_embeds=[embs, None],
+            use_cache=True,
+            fill_kv_cache=True,
+        )
+    return _SharedContext(kv=kv, pad=pad)
+
+
+def _qkv(layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v (B, L, heads, head_dim) of a decoder layer, as SmolVLMWithExpertModel computes them."""
+    hidden = layer.input_layernorm(hidden).to(dtype=layer.self_attn.q_proj.weight.dtype)
+    shape = (*hidden.shape[:-1], -1, layer.self_attn.head_dim)
+    attn = layer.self_attn
+    return attn.q_proj(hidden).view(shape), attn.k_proj(hidden).view(shape), attn.v_proj(hidden).view(shape)
+
+
+def _finish_layer(layer: nn.Module, att_out: Tensor, hidden: Tensor) -> Tensor:
+    """Output projection, residual, MLP, residual (SmolVLMWithExpertModel.forward's per-layer tail).
+
+    The residual adds are in place as there, so the stream keeps the layer's dtype (a bf16 VLM's
+    state token stays bf16 even though the state projection is float32)."""
+    out = layer.self_attn.o_proj(att_out.to(layer.self_attn.o_proj.weight.dtype))
+    out += hidden
+    mlp_out = layer.mlp(layer.post_attention_layernorm(out))
+    mlp_out += out
+    return mlp_out
+
+
+def _expert_velocity(policy: SmolVLAPolicy, ctx: _SharedContext, state: Tensor, x_t: Tensor, time: Tensor) -> Tensor:
+    """v_t (B, H, D) given the shared image+language context: only the state token and the action
+    expert run. Mirrors `SmolVLMWithExpertModel.forward` layer by layer (self-attention layers: state
+    and actions attend jointly over context+state+actions; cross-attention layers: the state token
+    attends over context+state, the expert attends over the expert-projected context+state keys)."""
+    flow = policy.model
+    vwe = flow.vlm_with_expert
+    batch_size, chunk = x_t.shape[:2]
+    n_ctx = ctx.pad.shape[1]
+    n_prefix = n_ctx + 1  # context + state token
+
+    state_emb = flow.state_proj(state)[:, None, :]  # (B, 1, hidden)
+    suffix_emb = _embed_actions(flow, x_t, time)  # (B, H, expert_hidden)
+
+    # Masks/positions of the [state, actions] rows over [context, state, actions] columns, as built for
+    # the full sequence (state: block 1, each action token its own block; all valid).
+    ones = ctx.pad.new_ones(batch_size, 1 + chunk)
+    pad = torch.cat([ctx.pad, ones], dim=1)
+    att = torch.cat([torch.zeros_like(ctx.pad), ones], dim=1)
+    mask = make_att_2d_masks(pad, att)[:, n_ctx:]  # (B, 1 + H, n_ctx + 1 + H)
+    pos = (torch.cumsum(pad, dim=1) - 1)[:, n_ctx:]  # (B, 1 + H)
+    pos_state, pos_act = pos[:, :1], pos[:, 1:]
+    pos_act_cross = pos_act - pos_act.min(dim=1, keepdim=True).values  # cross layers restart at 0
+
+    vlm_layers, expert_layers = vwe.get_model_layers([vwe.get_vlm_model().text_model, vwe.lm_expert])
+    head_dim = vwe.vlm.config.text_config.head_dim
+    attend = vwe.get_attention_interface()
+    h_state, h_act = state_emb, suffix_emb
+    for i in range(vwe.num_vlm_layers):
+        vlm_layer, expert_layer = vlm_layers[i], expert_layers[i]
+        q_s, k_s, v_s = _qkv(vlm_layer, h_state)
+        ctx_k, ctx_v = ctx.kv[i]["key_states"], ctx.kv[i]["value_states"]  # (B, n_ctx, kv_heads, head_dim)
+        self_attn_layer = "cross" not in vwe.attention_mode or (
+            vwe.self_attn_every_n_layers > 0 and i % vwe.self_attn_every_n_layers == 0
+        )
+        if expert_layer is not None and self_attn_layer:
+            # Concatenate before RoPE, as the full pass does (it matters for dtypes: a bf16 VLM's state
+            # q/k are promoted to the float32 expert's dtype before rotation there).
+            q_a, k_a, v_a = _qkv(expert_layer, h_act)
+            out = attend(
+                mask,
+                batch_size,
+                head_dim,
+                apply_rope(torch.cat([q_s, q_a], dim=1), pos),
+                torch.cat([ctx_k, apply_rope(torch.cat([k_s, k_a], dim=1), pos)], dim=1),
+                torch.cat([ctx_v, v_s, v_a], dim=1),
+            )
+            att_state, att_act = out[:, :1], out[:, 1:]
+        else:
+            keys = torch.cat([ctx_k, apply_rope(k_s, pos_state)], dim=1)  # (B, n_prefix, kv_heads, head_dim)
+            values = torch.cat([ctx_v, v_s], dim=1)
+            att_state = attend(mask[:, :1, :n_prefix], batch_size, head_dim, apply_rope(q_s, pos_state), keys, values)
+            if expert_layer is not None:
+                e_attn = expert_layer.self_attn
+                dtype = e_attn.k_proj.weight.dtype
+                hidden = expert_layer.input_layernorm(h_act).to(dtype=e_attn.q_proj.weight.dtype)
+                q_a = e_attn.q_proj(hidden).view(*hidden.shape[:-1], -1, e_attn.head_dim)
+                k_a = e_attn.k_proj(keys.to(dtype).flatten(2)).view(batch_size, n_prefix, -1, e_attn.head_dim)
+                v_a = e_attn.v_proj(values.to(dtype).flatten(2)).view(batch_size, n_prefix, -1, e_attn.head_dim)
+                q_a = apply_rope(q_a, pos_act_cross)
+                att_act = attend(mask[:, 1:, :n_prefix], batch_size, head_dim, q_a, k_a, v_a)
+        h_state = _finish_layer(vlm_layer, att_state, h_state)
+        if expert_layer is not None:
+            h_act = _finish_layer(expert_layer, att_act, h_act)
+    h_act = vwe.lm_expert.norm(h_act)
+    return flow.action_out_proj(h_act[:, -chunk:].to(torch.float32))
+
+
+def shared_prefix_supported(policy: SmolVLAPolicy) -> str | None:
+    """None when the image+language context can be computed once and shared (exactly), else why not."""
+    if any(p.requires_grad for p in policy.model.vlm_with_expert.vlm.parameters()):
+        return "the VLM has trainable parameters (train_expert_only=False), so its keys/values differ per model"
+    if policy.config.prefix_length > 0:
+        return "prefix_length > 0 pads the prefix after the state token"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Training module
+
+
+class CrabSmolVLA(nn.Module):
+    """Trained SmolVLA policy + optional frozen reference; `forward` is the RWFM + anchor loss.
+
+    Implements `FlowPolicy` for the trained policy. Batches must be preprocessed (`make_policy`'s preprocessor)
+    and carry, besides SmolVLA's inputs, `action_is_pad` (B, H) and - with reward weighting enabled -
+    `episode_reward` and `chunk_return` (B,); with task masks, `task` (list of B str).
+
+    Args:
+        policy: the SmolVLA policy to train (already on its device).
+        reward_weighting / anchor: the run's config sections.
+        signal_mean / signal_std: frame-level statistics of the return signal G of the manifest.
+        task_masks: instruction -> counted action-dimension indices ({}: all real dimensions).
+        reference: frozen reference policy; built with `make_reference(policy)` when the anchor is
+            enabled and none is given. To resume, build from the starting policy and then
+            `load_policy_weights(checkpoint)`.
+    """
+
+    def __init__(
+        self,
+        policy: SmolVLAPolicy,
+        reward_weighting: RewardWeightingConfig,
+        anchor: AnchorConfig,
+        signal_mean: float = 0.0,
+        signal_std: float = 1.0,
+        task_masks: Mapping[str, Sequence[int]] | None = None,
+        reference: SmolVLAPolicy | None = None,
+    ):
+        super().__init__()
+        self.policy = policy
+        self.reward_weighting = reward_weighting
+        self.anchor = anchor
+        self.signal_mean = float(signal_mean)
+        self.signal_std = float(signal_std)
+        self.dim_mask = TaskDimMask(task_masks or {}, self.action_dim, policy.config.max_action_dim)
+        if anchor.enabled and reference is None:
+            reference = make_reference(policy)
+        self.reference = reference
+        # With a frozen VLM the image+language context is computed once without autograd and only the
+        # state token and the expert run per model (exact); the anchor then costs one more expert pass.
+        unsupported = shared_prefix_supported(policy)
+        self.context_shared = unsupported is None
+        self.anchor_mode = anchor.mode
+        if anchor.enabled and anchor.mode == "shared_prefix":
+            if unsupported is None and not self._reference_shares_vlm():
+                unsupported = "the reference does not share the policy's VLM parameters (use make_reference)"
+            if unsupported is not None:
+                logger.warning("anchor mode shared_prefix is not exact here (%s); using naive", unsupported)
+                self.anchor_mode = "naive"
+
+    def _reference_shares_vlm(self) -> bool:
+        ours = self.policy.model.vlm_with_expert.vlm.parameters()
+        theirs = self.reference.model.vlm_with_expert.vlm.parameters()
+        return all(p is q for p, q in zip(ours, theirs, strict=True))
+
+    def check_tasks(self, tasks: Sequence[str]) -> None:
+        """Fail before training when per-task masks are set and some of `tasks` have none."""
+        missing = self.dim_mask.missing(tasks)
+        if missing:
+            raise ValueError(f"task(s) {missing} have no entry in task_masks")
+
+    def load_policy_weights(self, pretrained_dir: str | Path) -> None:
+        """Load trained weights saved with `policy.save_pretrained` into the policy (resume); the
+        reference keeps the starting weights. Frozen parameters are shared and unchanged by training,
+        so copying them in place leaves the reference intact."""
+        device = next(self.policy.parameters()).device
+        missing, unexpected = safetensors.torch.load_model(
+            self.policy, str(Path(pretrained_dir) / SAFETENSORS_SINGLE_FILE), strict=True, device=str(device)
+        )
+        if missing or unexpected:
+            raise ValueError(f"{pretrained_dir}: missing {missing}, unexpected {unexpected}")
+
+    def train(self, mode: bool = True) -> CrabSmolVLA:
+        """Train/eval the policy; the reference always stays in eval mode."""
+        self.training = mode
+        self.policy.train(mode)
+        return self
+
+    # FlowPolicy ------------------------------------------------------------------------------------
+
+    @property
+    def chunk_size(self) -> int:
+        return self.policy.config.chunk_size
+
+    @property
+    def action_dim(self) -> int:
+        return self.policy.config.action_feature.shape[0]
+
+    def sample_noise_time(
+        self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """noise (B, H, D) ~ N(0, 1) and time (B,) ~ Beta(1.5, 1) * 0.999 + 0.001 on the batch's device,
+        drawn from `generator` (on its device, then moved) when given."""
+        state = batch[OBS_STATE]
+        cfg = self.policy.config
+        shape = (state.shape[0], cfg.chunk_size, cfg.max_action_dim)
+        if generator is None:
+            return torch.randn(shape, device=state.device), sample_flow_time(shape[0], state.device)
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+        time = sample_flow_time(shape[0], generator.device, generator)
+        return noise.to(state.device, non_blocking=True), time.to(state.device, non_blocking=True)
+
+    def velocity_and_target(self, batch: Mapping[str, Any], noise: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
+        v, u, _ = self._velocities(batch, noise, time, with_reference=False)
+        return v, u
+
+    def loss_mask(self, batch: Mapping[str, Any]) -> Tensor:
+        """Bool (B, H, D): in-episode steps x counted action dimensions of each sample's task."""
+        batch_size = batch[OBS_STATE].shape[0]
+        dims = self.dim_mask(batch.get("task"), batch_size, batch[OBS_STATE].device)
+        return loss_mask(batch.get(ACTION_IS_PAD), dims, self.chunk_size)
+
+    def per_sample_loss(self, batch: Mapping[str, Any], noise: Tensor, time: Tensor) -> Tensor:
+        v, u = self.velocity_and_target(batch, noise, time)
+        return masked_per_sample_loss(v, u, self.loss_mask(batch))
+
+    def validation_loss(self, batch: Mapping[str, Any], generator: torch.Generator) -> Tensor:
+        """Unweighted masked flow loss per sample (B,), noise and time drawn from `generator`."""
+        return self.per_sample_loss(batch, *self.sample_noise_time(batch, generator))
+
+    def predict_action_chunk(self, batch: Mapping[str, Any], noise: Tensor | None = None) -> Tensor:
+        batch = dict(batch)
+        if self.policy.config.adapt_to_pi_aloha:  # edits the state tensor in place
+            batch[OBS_STATE] = batch[OBS_STATE].clone()
+        was_training = self.policy.training
+        try:
+            return self.policy.predict_action_chunk(batch, noise=noise)
+        finally:
+            self.policy.train(was_training)
+
+    # Training loss ---------------------------------------------------------------------------------
+
+    def _velocities(
+        self, batch: Mapping[str, Any], noise: Tensor, time: Tensor, with_reference: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(v_theta, u_t, v_ref or None), each (B, H, D); v_ref carries no graph.
+
+        The "naive" anchor runs both models' full forward (nothing shared); otherwise the policy uses
+        the shared context whenever its VLM is frozen, and the "shared_prefix" reference reuses it.
+        """
+        inp = _prepare_inputs(self.policy, batch)
+        x_t, u_t = _noisy_actions(inp.actions, noise, time)
+        naive = with_reference and self.anchor_mode == "naive"
+        if self.context_shared and not naive:
+            ctx = _shared_context(self.policy, inp)
+            v = _expert_velocity(self.policy, ctx, inp.state, x_t, time)
+        else:
+            v = _full_velocity(self.policy, inp, x_t, time)
+        if not with_reference:
+            return v, u_t, None
+        with torch.no_grad():
+            if naive:
+                v_ref = _full_velocity(self.reference, _prepare_inputs(self.reference, batch), x_t, time)
+            else:
+                v_ref = _expert_velocity(self.reference, ctx, inp.state, x_t, time)
+        return v, u_t, v_ref
+
+    def _weights(self, batch: Mapping[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
+        """RWFM weights w (B,) and the clipped flags (B,) from the batch's reward fields."""
+        for key in ("episode_reward", "chunk_return"):
+            if key not in batch:
+                raise KeyError(f"reward weighting is enabled but the batch has no '{key}' field")
+        signal = return_signal(batch["episode_reward"], batch["chunk_return"]).to(like)
+        rw = self.reward_weighting
+        adv = advantage(signal, self.signal_mean, self.signal_std)
+        return rwfm_weights(adv, rw.alpha, rw.clip_min, rw.clip_max, rw.normalize_batch)
+
+    def forward(
+        self,
+        batch: Mapping[str, Any],
+        lambda_anchor: float,
+        noise: Tensor | None = None,
+        time: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_total = mean_i(w_i * l_i) + lambda_anchor * L_anchor, and detached 0-d metrics.
+
+        `noise` (B, H, D) / `time` (B,) are drawn when omitted. `lambda_anchor` is this step's value
+        (see `schedules.lambda_anchor_at`); at 0, or with the anchor disabled, the reference is not run.
+        `metrics["nonfinite"]` is 1.0 when the loss or a weight is NaN/inf (checked on the device);
+        `metrics["weights"]` holds the per-sample weights (B,), every other metric is 0-d.
+        """
+        if noise is None or time is None:
+            noise, time = self.sample_noise_time(batch)
+        use_anchor = self.anchor.enabled and lambda_anchor != 0.0
+        v, u, v_ref = self._velocities(batch, noise, time, with_reference=use_anchor)
+        mask = self.loss_mask(batch)
+        per_sample = masked_per_sample_loss(v, u, mask)  # (B,)
+        loss_unweighted = per_sample.mean()
+
+        if self.reward_weighting.enabled:
+            w, clipped = self._weights(batch, per_sample)
+            loss_weighted = (w * per_sample).mean()
+            alpha = self.reward_weighting.alpha
+        else:
+            # Plain IL, bit-identical to the unweighted loss; statistics are those of all-ones weights.
+            w, clipped = torch.ones_like(per_sample), torch.zeros_like(per_sample, dtype=torch.bool)
+            loss_weighted = loss_unweighted
+            alpha = 0.0
+
+        if use_anchor:
+            loss_anchor = masked_mean_sq_diff(v, v_ref, mask)
+            loss = loss_weighted + lambda_anchor * loss_anchor
+        else:
+            loss_anchor = loss_weighted.new_zeros(())
+            loss = loss_weighted
+
+        metrics = weight_statistics(w, clipped)
+        metrics.update(
+            loss_unweighted=loss_unweighted.detach(),
+            loss_weighted=loss_weighted.detach(),
+            loss_anchor=loss_anchor.detach(),
+            alpha=loss.new_full((), alpha).detach(),
+            lambda_anchor=loss.new_full((), lambda_anchor).detach(),
+            loss=loss.detach(),
+            nonfinite=(~torch.isfinite(loss) | ~torch.isfinite(w).all()).float().detach(),
+            weights=w.detach(),
+        )
+        return loss, metrics

@@ -1,0 +1,318 @@
+"""Train SmolVLA with RWFM and the anchor regulariser: the one training loop.
+
+    python crab/training/train.py --config crab/training/configs/train_cycle1_rwfm_anchor_cracked_factor.yaml
+    python crab/training/train.py --config <yaml> --resume outputs/<run>/step_XXXXXX
+    python crab/training/train.py --config <yaml> --set train.steps=200 --set policy.pretrained_path=tiny
+    accelerate launch crab/training/train.py --config <yaml>          # several GPUs or machines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from crab.training import checkpoint as ckpt
+from crab.training.config import ConfigError, CrabConfig, load_config, to_dict
+from crab.training.crab_dataset import CrabDataset
+from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
+from crab.training.manifest import load_manifest
+from crab.training.monitoring import (
+    STEP_METRICS,
+    EpochAccumulator,
+    read_epoch_summaries,
+    write_epoch_summaries,
+)
+from crab.training.plots import plot_run
+from crab.training.reward_stats import load_checked
+from crab.training.rewards import RewardSpec
+from crab.training.sampling import EpochBatchSampler, split_episodes
+from crab.training.schedules import lambda_anchor_at
+
+# Keys that must match between a checkpoint's config and the resuming one (others, such as
+# train.steps or log_every, may change so that a run can be extended).
+RESUME_MUST_MATCH = ("data", "policy", "reward_weighting", "anchor", "task_masks", "seed")
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--config", required=True, action="append", help="training config YAML; repeat to layer overrides files"
+    )
+    p.add_argument("--resume", help="checkpoint folder outputs/<run>/step_XXXXXX to continue from")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
+    return p.parse_args(argv)
+
+
+def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
+    current = to_dict(cfg)
+    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != current[k]]
+    if changed:
+        raise ConfigError(
+            f"cannot resume from {path}: its config differs in {changed} "
+            f"(saved {[saved.get(k) for k in changed]}, now {[current[k] for k in changed]})"
+        )
+
+
+def train(cfg: CrabConfig, resume: str | None = None) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from lerobot.datasets.compute_stats import aggregate_stats
+
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.train.mixed_precision if cuda else "no")
+    main_process = accelerator.is_main_process
+    run_dir = cfg.run_dir
+    log = print if main_process else (lambda *a, **k: None)
+
+    # --- everything that can be wrong with the input fails here, before any step -------------------
+    resume_state = None
+    if resume:
+        pretrained_dir, resume_state, saved_cfg = ckpt.load_checkpoint(resume)
+        check_resume_config(saved_cfg, cfg, resume)
+    elif ckpt.list_checkpoints(run_dir):
+        raise TrainingError(
+            f"{run_dir} already holds checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}; "
+            f"continue with --resume {ckpt.list_checkpoints(run_dir)[-1]} or choose another run_name "
+            "(--set run_name=...)"
+        )
+    set_seed(cfg.seed)
+    smolvla_cfg = policy_config(cfg.policy)
+    spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
+    rows = load_manifest(cfg.data.manifest, cfg.data.data_root)
+    train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
+    train_ds = CrabDataset(rows, spec, episodes=train_eps, video_backend=cfg.data.video_backend)
+    val_ds = CrabDataset(rows, spec, episodes=val_eps, video_backend=cfg.data.video_backend) if val_eps else None
+    reward_stats = load_checked(cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec)
+    signal = reward_stats["overall"]["signal"]
+
+    dataset_stats = aggregate_stats([ds.meta.stats for ds in train_ds.datasets])
+    policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
+    model = CrabSmolVLA(
+        policy,
+        cfg.reward_weighting,
+        cfg.anchor,
+        signal_mean=signal["mean"],
+        signal_std=signal["std"],
+        task_masks=cfg.task_masks,
+    )
+    model.check_tasks(sorted({row.task for row in rows}))
+    if resume_state is not None:  # the reference stays the starting policy; the trained one resumes
+        model.load_policy_weights(pretrained_dir)
+    params = [p for p in model.policy.parameters() if p.requires_grad]
+    optimizer = smolvla_cfg.get_optimizer_preset().build(params)
+    scheduler = smolvla_cfg.get_scheduler_preset().build(optimizer, cfg.train.steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    step, epoch, position = 0, 0, 0
+    accumulator = EpochAccumulator()
+    summaries = read_epoch_summaries(run_dir) if resume else []
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        ckpt.set_rng_state(resume_state["rng"])
+        step, epoch, position = resume_state["step"], resume_state["epoch"], resume_state["position"]
+        accumulator.load_state_dict(resume_state["epoch_metrics"])
+        summaries = [s for s in summaries if s["epoch"] < epoch]
+        log(f"resumed from {resume} at step {step} (epoch {epoch}, batch {position})")
+
+    sampler = EpochBatchSampler(
+        len(train_ds), cfg.data.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes
+    )
+    if len(sampler) == 0:
+        raise TrainingError(f"{cfg.data.manifest}: {len(train_ds)} training frames, fewer than one batch")
+    loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=cuda,
+        # Its own generator: creating the iterator (again, on resume) must not draw from the global RNG
+        # that samples the flow noise, or a resumed run would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = make_tracker(cfg, run_dir) if main_process else None
+    log(
+        f"run {cfg.run_name}: {len(train_ds)} training frames ({sum(map(len, train_eps.values()))} episodes), "
+        f"{len(sampler)} batches/epoch, {cfg.train.steps} steps, weighting "
+        f"{'on' if cfg.reward_weighting.enabled else 'off'}, anchor {'on' if cfg.anchor.enabled else 'off'}, "
+        f"device {accelerator.device}"
+    )
+
+    # --- the loop ------------------------------------------------------------------------------------
+    pending: list[torch.Tensor] = []  # per-step metric rows, still on the device
+    pending_weights: list[tuple[list[str], torch.Tensor]] = []
+    epoch_start = time.perf_counter() - (resume_state or {}).get("epoch_elapsed_s", 0.0)
+    interval_start, interval_samples = time.perf_counter(), 0
+    progress = make_progress(cfg, main_process, step)
+
+    def flush() -> None:
+        """Bring the pending metrics to the host (one sync per logging interval) and check them."""
+        nonlocal interval_start, interval_samples
+        if not pending:
+            return
+        rows_host = torch.stack(pending).double().cpu().tolist()
+        for quality, w in pending_weights:
+            accumulator.add_weights(quality, w.float().cpu().tolist())
+        first_step = step - len(rows_host) + 1
+        for i, row in enumerate(rows_host):
+            if not all(math.isfinite(v) for v in row):
+                bad = [n for n, v in zip(STEP_METRICS, row, strict=True) if not math.isfinite(v)]
+                last = ckpt.list_checkpoints(run_dir)
+                raise TrainingError(
+                    f"non-finite {bad} at step {first_step + i}; stopped before saving. "
+                    f"Last good checkpoint: {last[-1] if last else 'none'}"
+                )
+            accumulator.add(row, cfg.data.batch_size)
+        elapsed = time.perf_counter() - interval_start
+        latest = dict(zip(STEP_METRICS, rows_host[-1], strict=True))
+        latest.update(step=step, epoch=epoch, samples_per_s=interval_samples / max(elapsed, 1e-9))
+        if main_process:
+            with open(run_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(latest) + "\n")
+            if tracker:
+                tracker(latest, step)
+            progress.set_postfix_str(
+                " ".join(f"{k}={latest[k]:.4g}" for k in ("loss", "loss_weighted", "loss_anchor", "w_max", "lr"))
+            )
+        pending.clear()
+        pending_weights.clear()
+        interval_start, interval_samples = time.perf_counter(), 0
+
+    def save() -> None:
+        flush()
+        accelerator.wait_for_everyone()
+        if main_process:
+            state = {
+                "step": step,
+                "epoch": epoch,
+                "position": position,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": ckpt.rng_state(),
+                "epoch_metrics": accumulator.state_dict(),
+                "epoch_elapsed_s": time.perf_counter() - epoch_start,
+            }
+            unwrapped = accelerator.unwrap_model(model)
+
+            def write_model(folder: Path) -> None:
+                unwrapped.policy.save_pretrained(folder)
+                preprocessor.save_pretrained(folder)
+                postprocessor.save_pretrained(folder)
+
+            path = ckpt.save_checkpoint(
+                run_dir, step, write_model, state, to_dict(cfg), reward_stats, cfg.train.keep_last
+            )
+            progress.write(f"checkpoint {path}")
+
+    model.train()
+    while step < cfg.train.steps:
+        sampler.set_epoch(epoch, start=position)
+        for batch in loader:
+            batch = preprocessor(batch)
+            lambda_anchor = lambda_anchor_at(
+                step, cfg.anchor.lambda_anchor if cfg.anchor.enabled else 0.0, cfg.anchor.warmup_steps, cfg.anchor.ramp_steps
+            )
+            with accelerator.autocast():
+                loss, metrics = model(batch, lambda_anchor)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(params, smolvla_cfg.optimizer_grad_clip_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, position = step + 1, position + 1
+            metrics.update(lr=torch.tensor(scheduler.get_last_lr()[0]), grad_norm=grad_norm)
+            pending.append(torch.stack([metrics[k].detach().float().to(accelerator.device) for k in STEP_METRICS]))
+            pending_weights.append((batch["quality"], metrics["weights"].detach()))
+            interval_samples += cfg.data.batch_size * accelerator.num_processes
+            progress.update(1)
+            if step % cfg.train.log_every == 0:
+                flush()
+            if step % cfg.train.save_every == 0 or step == cfg.train.steps:
+                save()
+            if step >= cfg.train.steps:
+                break
+        epoch_done = position >= len(sampler)
+        if epoch_done or step >= cfg.train.steps:
+            flush()
+            val = {}
+            if val_ds is not None and main_process and epoch_done and (epoch + 1) % cfg.train.val_every_epochs == 0:
+                val = validation_loss(accelerator.unwrap_model(model), val_ds, preprocessor, cfg)
+            if main_process and accumulator.rows:
+                summary = accumulator.summary(epoch, step, time.perf_counter() - epoch_start, val, complete=epoch_done)
+                summaries.append(summary)
+                write_epoch_summaries(run_dir, summaries)
+                plot_run(run_dir, accumulator.weights)
+                progress.write(
+                    f"epoch {epoch}: loss {summary['metrics']['loss']['mean']:.4f}, val {val} -> "
+                    f"{run_dir / 'epoch_summary.json'}"
+                )
+        if epoch_done:
+            epoch, position = epoch + 1, 0
+            accumulator = EpochAccumulator()
+            epoch_start = time.perf_counter()
+    progress.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
+
+
+@torch.no_grad()
+def validation_loss(model: CrabSmolVLA, val_ds: CrabDataset, preprocessor, cfg: CrabConfig) -> dict[str, float]:
+    """Unweighted masked flow loss on held-out episodes, per quality group, with fixed noise and time."""
+    model.eval()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False)
+    totals: dict[str, list[float]] = {}
+    for i, batch in enumerate(loader):
+        if i >= cfg.train.val_max_batches:
+            break
+        quality = batch["quality"]
+        losses = model.validation_loss(preprocessor(batch), generator).cpu().tolist()
+        for q, loss in zip(quality, losses, strict=True):
+            totals.setdefault(q, []).append(loss)
+    model.train()
+    return {q: sum(v) / len(v) for q, v in sorted(totals.items())}
+
+
+def make_progress(cfg: CrabConfig, main_process: bool, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.train.steps, initial=initial, disable=not (main_process and cfg.train.progress_bar), dynamic_ncols=True)
+
+
+def make_tracker(cfg: CrabConfig, run_dir: Path):
+    """TensorBoard and/or wandb, only when the config asks (both off by default)."""
+    sinks = []
+    if cfg.train.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(run_dir / "tensorboard")
+        sinks.append(lambda m, s: [writer.add_scalar(k, v, s) for k, v in m.items()])
+    if cfg.train.wandb:
+        import wandb
+
+        wandb.init(project="crab_vla", name=cfg.run_name, dir=str(run_dir), config=to_dict(cfg))
+        sinks.append(lambda m, s: wandb.log(m, step=s))
+    return (lambda m, s: [sink(m, s) for sink in sinks]) if sinks else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    run_dir = train(cfg, args.resume)
+    print(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
+          f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""End-to-end training with the tiny offline SmolVLA on real LeRobot datasets: summaries, checkpoints
+loadable by lerobot, bit-identical resume, NaN stop, and bad input before any step."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ALL_ROWS, write_manifest
+
+from crab.training import reward_stats, train
+from crab.training.checkpoint import CheckpointError, list_checkpoints
+from crab.training.config import ConfigError, load_config
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "crab" / "training" / "configs"
+
+
+@pytest.fixture(scope="module")
+def setup(data_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    manifest = write_manifest(folder / "manifest.csv", ALL_ROWS)
+    stats = folder / "stats.json"
+    reward_stats.main(["--manifest", str(manifest), "--out", str(stats), "--data-root", str(data_root), "--chunk-size", "10"])
+    return {"manifest": manifest, "stats": stats, "data_root": data_root, "out": folder / "outputs"}
+
+
+def overrides(setup, run_name, **extra):
+    values = {
+        "run_name": run_name,
+        "output_dir": setup["out"].as_posix(),
+        "data.manifest": setup["manifest"].as_posix(),
+        "data.reward_stats": setup["stats"].as_posix(),
+        "data.data_root": setup["data_root"].as_posix(),
+        "data.num_workers": 0,
+        "data.batch_size": 4,
+        "data.val_episodes_per_dataset": 0,
+        "task_masks": "{}",
+        "train.log_every": 1,
+        "train.progress_bar": "false",
+        "anchor.warmup_steps": 2,
+        "anchor.ramp_steps": 2,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def config(setup, run_name, **extra):
+    layers = [CONFIGS / "train_cycle1_rwfm_anchor_cracked_factor.yaml", CONFIGS / "demo_overrides.yaml"]
+    return load_config(layers, overrides(setup, run_name, **extra))
+
+
+def step_log(run_dir):
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    cfg = config(setup, "full", **{"train.steps": 12, "train.save_every": 6})
+    run_dir = train.train(cfg)
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_000006", "step_000012"]
+    logged = step_log(run_dir)
+    assert [r["step"] for r in logged] == list(range(1, 13))
+    assert [r["lambda_anchor"] for r in logged[:6]] == pytest.approx([0.0, 0.0, 0.0, 0.05, 0.1, 0.1])
+    assert all(r["loss_anchor"] == 0.0 for r in logged[:2]) and logged[5]["loss_anchor"] > 0
+    assert all(r["alpha"] == 0.25 and r["w_mean"] == pytest.approx(1.0) for r in logged)
+
+    summaries = json.loads((run_dir / "epoch_summary.json").read_text())
+    jsonl = [json.loads(line) for line in (run_dir / "epoch_summary.jsonl").read_text().splitlines()]
+    rows = list(csv.DictReader((run_dir / "epoch_summary.csv").read_text().splitlines()))
+    assert summaries == jsonl and len(rows) == len(summaries) >= 1
+    for s, row in zip(summaries, rows, strict=True):
+        assert float(row["loss_weighted_mean"]) == s["metrics"]["loss_weighted"]["mean"]
+    first_epoch = [r["loss"] for r in logged[: summaries[0]["steps"]]]
+    assert summaries[0]["metrics"]["loss"]["mean"] == pytest.approx(sum(first_epoch) / len(first_epoch))
+    for name in ("losses", "weights", "lambda_anchor", "val_loss", "weight_hist"):
+        assert (run_dir / "plots" / f"{name}.png").stat().st_size > 0
+
+    policy = SmolVLAPolicy.from_pretrained(run_dir / "step_000012" / "pretrained_model")
+    assert policy.config.chunk_size == 10
+    assert (run_dir / "step_000012" / "reward_stats.json").is_file()
+
+
+def test_resume_is_bit_identical(setup, monkeypatch):
+    straight = train.train(config(setup, "straight", **{"train.steps": 8, "train.save_every": 4}))
+    cfg = config(setup, "interrupted", **{"train.steps": 8, "train.save_every": 4})
+    save = train.ckpt.save_checkpoint
+
+    def killed_after_first_checkpoint(*args, **kwargs):
+        path = save(*args, **kwargs)
+        raise KeyboardInterrupt(f"killed after {path}")
+
+    monkeypatch.setattr(train.ckpt, "save_checkpoint", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg)
+    monkeypatch.setattr(train.ckpt, "save_checkpoint", save)
+    resumed = train.train(cfg, resume=str(cfg.run_dir / "step_000004"))
+    a, b = step_log(straight), step_log(resumed)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for key in ("loss", "loss_weighted", "loss_anchor", "grad_norm", "w_max", "lr"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    sd_a = torch.load(straight / "step_000008" / "training_state.pt", weights_only=False)["optimizer"]
+    sd_b = torch.load(resumed / "step_000008" / "training_state.pt", weights_only=False)["optimizer"]
+    for k, state in sd_a["state"].items():
+        assert torch.equal(state["exp_avg"], sd_b["state"][k]["exp_avg"])
+
+
+def test_nonfinite_loss_stops_with_last_good_checkpoint(setup, monkeypatch):
+    cfg = config(setup, "nan", **{"train.steps": 10, "train.save_every": 3, "train.log_every": 2})
+    original = train.CrabSmolVLA.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, lambda_anchor, *args, **kwargs):
+        loss, metrics = original(self, batch, lambda_anchor, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            loss = loss * float("nan")
+            metrics["loss"] = loss.detach()
+        return loss, metrics
+
+    monkeypatch.setattr(train.CrabSmolVLA, "forward", poisoned)
+    with pytest.raises(train.TrainingError, match=r"non-finite \['loss'.*at step 5.*Last good checkpoint: .*step_000003"):
+        train.train(cfg)
+    assert [p.name for p in list_checkpoints(cfg.run_dir)] == ["step_000003"]
+
+
+def test_bad_input_fails_before_training(setup, tmp_path):
+    cfg = config(setup, "bad", **{"train.steps": 2})
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        train.train(cfg, resume=str(tmp_path / "step_000123"))
+    with pytest.raises(ValueError, match="has no entry in task_masks|task_masks"):
+        train.train(config(setup, "masks", **{"task_masks": '{"Open the carton.": [0]}'}))
+    assert not (setup["out"] / "masks").exists() or not list_checkpoints(setup["out"] / "masks")
+    done = train.train(config(setup, "again", **{"train.steps": 2, "train.save_every": 2}))
+    with pytest.raises(train.TrainingError, match="already holds checkpoints"):
+        train.train(config(setup, "again", **{"train.steps": 2}))
+    other = config(setup, "again", **{"train.steps": 4, "reward_weighting.alpha": 0.5})
+    with pytest.raises(ConfigError, match=r"cannot resume .* differs in \['reward_weighting'\]"):
+        train.train(other, resume=str(done / "step_000002"))
+
+
+def test_guide_command_line_and_two_process_accelerate(setup):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [
+        "crab/training/train.py",
+        "--config", "crab/training/configs/train_cycle1_rwfm_anchor_cracked_factor.yaml",
+        "--config", "crab/training/configs/demo_overrides.yaml",
+    ]
+    for o in overrides(setup, "ddp", **{"train.steps": 3, "train.save_every": 3}):
+        args += ["--set", o]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run(launcher + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = setup["out"] / "ddp"
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_000003"]
+    assert len(json.loads((run_dir / "epoch_summary.json").read_text())) == 1
+    assert [r["step"] for r in step_log(run_dir)] == [1, 2, 3]
