@@ -8,6 +8,7 @@ instead of failing later inside a DataLoader worker.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ MODULES = ("torch", "torchvision", "torchcodec", "lerobot", "transformers", "av"
 
 
 def _encode_test_video(path: Path) -> None:
+    os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder otherwise prints its whole config
     import av
     import numpy as np
 

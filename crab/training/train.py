@@ -271,11 +271,12 @@ def validation_loss(model: CrabSmolVLA, val_ds: CrabDataset, preprocessor, cfg: 
     """Unweighted masked flow loss on held-out episodes, per quality group, with fixed noise and time."""
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False)
+    # A fixed subset spread evenly over the held-out frames, so every dataset (and quality) is seen.
+    n = min(len(val_ds), cfg.train.val_max_batches * cfg.data.batch_size)
+    subset = torch.utils.data.Subset(val_ds, torch.linspace(0, len(val_ds) - 1, n).long().tolist())
+    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.data.batch_size, shuffle=False)
     totals: dict[str, list[float]] = {}
-    for i, batch in enumerate(loader):
-        if i >= cfg.train.val_max_batches:
-            break
+    for batch in loader:
         quality = batch["quality"]
         losses = model.validation_loss(preprocessor(batch), generator).cpu().tolist()
         for q, loss in zip(quality, losses, strict=True):
