@@ -496,9 +496,9 @@ class CrabSmolVLA(nn.Module):
         reward_weighting / anchor: the run's config sections.
         signal_mean / signal_std: frame-level statistics of the return signal G of the manifest.
         task_masks: instruction -> counted action-dimension indices ({}: all real dimensions).
-        reference: frozen reference policy; built with `make_reference(policy)` when the anchor is
-            enabled and none is given. To resume, build from the starting policy and then
-            `load_policy_weights(checkpoint)`.
+
+    With the anchor enabled the frozen reference is `make_reference(policy)` at construction: to
+    resume, build from the starting policy, then `load_policy_weights(checkpoint)`.
     """
 
     def __init__(
@@ -509,7 +509,6 @@ class CrabSmolVLA(nn.Module):
         signal_mean: float = 0.0,
         signal_std: float = 1.0,
         task_masks: Mapping[str, Sequence[int]] | None = None,
-        reference: SmolVLAPolicy | None = None,
     ):
         super().__init__()
         self.policy = policy
@@ -518,9 +517,7 @@ class CrabSmolVLA(nn.Module):
         self.signal_mean = float(signal_mean)
         self.signal_std = float(signal_std)
         self.dim_mask = TaskDimMask(task_masks or {}, self.action_dim, policy.config.max_action_dim)
-        if anchor.enabled and reference is None:
-            reference = make_reference(policy)
-        self.reference = reference
+        self.reference = make_reference(policy) if anchor.enabled else None
         # With a frozen VLM the image+language context is computed once without autograd and only the
         # state token and the expert run per model (exact); the anchor then costs one more expert pass.
         unsupported = shared_prefix_supported(policy)
@@ -661,7 +658,6 @@ class CrabSmolVLA(nn.Module):
 
         `noise` (B, H, D) / `time` (B,) are drawn when omitted. `lambda_anchor` is this step's value
         (see `schedules.lambda_anchor_at`); at 0, or with the anchor disabled, the reference is not run.
-        `metrics["nonfinite"]` is 1.0 when the loss or a weight is NaN/inf (checked on the device);
         `metrics["weights"]` holds the per-sample weights (B,), every other metric is 0-d.
         """
         if noise is None or time is None:
@@ -697,7 +693,6 @@ class CrabSmolVLA(nn.Module):
             alpha=loss.new_full((), alpha).detach(),
             lambda_anchor=loss.new_full((), lambda_anchor).detach(),
             loss=loss.detach(),
-            nonfinite=(~torch.isfinite(loss) | ~torch.isfinite(w).all()).float().detach(),
             weights=w.detach(),
         )
         return loss, metrics

@@ -139,6 +139,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         # that samples the flow noise, or a resumed run would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    global_batch = cfg.data.batch_size * accelerator.num_processes
     run_dir.mkdir(parents=True, exist_ok=True)
     tracker = make_tracker(cfg, run_dir) if main_process else None
     log(
@@ -172,7 +173,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                     f"non-finite {bad} at step {first_step + i}; stopped before saving. "
                     f"Last good checkpoint: {last[-1] if last else 'none'}"
                 )
-            accumulator.add(row, cfg.data.batch_size)
+            accumulator.add(row, global_batch)
         elapsed = time.perf_counter() - interval_start
         latest = dict(zip(STEP_METRICS, rows_host[-1], strict=True))
         latest.update(step=step, epoch=epoch, samples_per_s=interval_samples / max(elapsed, 1e-9))
@@ -226,14 +227,15 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 loss, metrics = model(batch, lambda_anchor)
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(params, smolvla_cfg.optimizer_grad_clip_norm)
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step, position = step + 1, position + 1
-            metrics.update(lr=torch.tensor(scheduler.get_last_lr()[0]), grad_norm=grad_norm)
+            metrics.update(lr=torch.tensor(lr), grad_norm=grad_norm)
             pending.append(torch.stack([metrics[k].detach().float().to(accelerator.device) for k in STEP_METRICS]))
             pending_weights.append((batch["quality"], metrics["weights"].detach()))
-            interval_samples += cfg.data.batch_size * accelerator.num_processes
+            interval_samples += global_batch
             progress.update(1)
             if step % cfg.train.log_every == 0:
                 flush()
