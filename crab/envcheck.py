@@ -54,7 +54,7 @@ def main() -> int:
                 f"video decoding failed ({type(e).__name__}: {e}); torchcodec needs FFmpeg shared libraries "
                 "(Debian/Ubuntu: apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 "
                 "libswresample4 libavdevice59 libavfilter8; Windows: a shared FFmpeg build on PATH) and the "
-                "torch release it was built for (see requirements/constraints.txt)"
+                "torch release it was built for (see requirements/requirements.txt)"
             )
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)

@@ -14,16 +14,16 @@ if ! ldconfig -p | grep -q 'libavcodec\.so\.59'; then
 fi
 
 stamp=.venv/.crab-installed
-want=$(cat requirements/constraints.txt requirements/lerobot.txt pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
 echo "setup: creating .venv (first run takes a few minutes: torch is large)"
 [ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements/constraints.txt
-# lerobot's own pins ask for torch<2.11; the recipe above replaces them (see requirements/constraints.txt).
-.venv/bin/python -m pip install -q --no-deps -r requirements/lerobot.txt
+pip=(.venv/bin/python -m pip install -q -c requirements/constraints.txt)
+"${pip[@]}" -r requirements/requirements.txt
+# lerobot's own pins ask for torch<2.11; requirements.txt replaces them (the reasons are written there).
+"${pip[@]}" --no-deps -r requirements/lerobot.txt
 .venv/bin/python -m pip install -q --no-deps -e .
 .venv/bin/python -m crab.envcheck
 echo "$want" > "$stamp"
