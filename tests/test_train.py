@@ -17,6 +17,7 @@ from conftest import ALL_ROWS, write_manifest
 from crab.training import reward_stats, train
 from crab.training.checkpoint import CheckpointError, list_checkpoints
 from crab.training.config import ConfigError, load_config
+from crab.training.plots import compare_runs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def step_log(run_dir):
 def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    cfg = config(setup, "full", **{"train.steps": 12, "train.save_every": 6})
+    cfg = config(setup, "full", **{"train.steps": 12, "train.save_every": 6, "train.tensorboard": "true"})
     run_dir = train.train(cfg)
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_000006", "step_000012"]
     logged = step_log(run_dir)
@@ -83,6 +84,10 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
     assert summaries[0]["metrics"]["loss"]["mean"] == pytest.approx(sum(first_epoch) / len(first_epoch))
     for name in ("losses", "weights", "lambda_anchor", "val_loss", "weight_hist"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 0
+
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    compare_runs([run_dir, run_dir], setup["out"] / "compare.png")
+    assert (setup["out"] / "compare.png").stat().st_size > 0
 
     policy = SmolVLAPolicy.from_pretrained(run_dir / "step_000012" / "pretrained_model")
     assert policy.config.chunk_size == 10
