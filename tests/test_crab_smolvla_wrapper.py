@@ -230,7 +230,7 @@ def test_enabled_weighting_uses_reward_functions(tiny):
     noise, time = noise_time()
     loss, metrics = crab(batch, 0.0, noise, time)
     signal = (batch["episode_reward"] + batch["chunk_return"]).float()
-    w, _ = rwfm_weights(advantage(signal, 0.2, 1.5), 0.5, 0.1, 10.0, True)
+    w, _ = rwfm_weights(advantage(signal, 0.2, 1.5, 1.0), 0.5, 0.1, 10.0, True)
     per_sample = crab.per_sample_loss(batch, noise, time)
     torch.testing.assert_close(loss, (w * per_sample).mean())
     torch.testing.assert_close(metrics["loss_unweighted"], per_sample.mean())

@@ -34,7 +34,7 @@ def test_chunk_return_stops_at_episode_boundary_and_discounts():
 
 def test_weights_worked_example():
     g = torch.tensor([2.0, 1.0, -1.0, -2.0], dtype=torch.float64)
-    a = rewards.advantage(g, mean=0.5, std=1.5, eps=0.0)
+    a = rewards.advantage(g, mean=0.5, std=1.5, std_floor=1.0)
     torch.testing.assert_close(a, torch.tensor([1.0, 1 / 3, -1.0, -5 / 3], dtype=torch.float64))
     w, clipped = rewards.rwfm_weights(a, alpha=0.25, clip_min=0.7, clip_max=10.0, normalize=True)
     expected = torch.tensor([1.334146, 1.129330, 0.809200, 0.727324], dtype=torch.float64)
@@ -54,6 +54,12 @@ def test_weights_worked_example():
         },
         abs=1e-6,
     )
+
+
+def test_std_floor_keeps_uniform_quality_data_from_large_advantages():
+    g = torch.tensor([2.0, 2.0, 1.0])  # clean-only data: G differs only where a chunk misses the success
+    torch.testing.assert_close(rewards.advantage(g, mean=1.998, std=0.047, std_floor=1.0), g - 1.998)
+    torch.testing.assert_close(rewards.advantage(g, mean=1.0, std=2.0, std_floor=1.0), (g - 1.0) / 2.0)
 
 
 def test_weights_without_batch_normalisation_and_effective_weight_bounds():

@@ -644,7 +644,7 @@ class CrabSmolVLA(nn.Module):
                 raise KeyError(f"reward weighting is enabled but the batch has no '{key}' field")
         signal = return_signal(batch["episode_reward"], batch["chunk_return"]).to(like)
         rw = self.reward_weighting
-        adv = advantage(signal, self.signal_mean, self.signal_std)
+        adv = advantage(signal, self.signal_mean, self.signal_std, rw.std_floor)
         return rwfm_weights(adv, rw.alpha, rw.clip_min, rw.clip_max, rw.normalize_batch)
 
     def forward(

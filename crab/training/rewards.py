@@ -70,9 +70,13 @@ def return_signal(episode_reward: np.ndarray | Tensor, chunk_return: np.ndarray 
     return episode_reward + chunk_return
 
 
-def advantage(signal: Tensor, mean: float, std: float, eps: float = 1e-6) -> Tensor:
-    """A = (G - mean_G) / (std_G + eps), with the manifest's frame-level statistics of G."""
-    return (signal - mean) / (std + eps)
+def advantage(signal: Tensor, mean: float, std: float, std_floor: float) -> Tensor:
+    """A = (G - mean_G) / max(std_G, std_floor), with the manifest's frame-level statistics of G.
+
+    The floor (in reward units: a success is worth 1) keeps data of nearly uniform quality, e.g. only
+    clean episodes, from blowing tiny differences of G up into large advantages.
+    """
+    return (signal - mean) / max(std, std_floor)
 
 
 def rwfm_weights(
