@@ -111,6 +111,9 @@ def test_manifest_errors(tmp_path, data_root):
         load_manifest(dup, data_root)
     with pytest.raises(ManifestError, match="manifest not found"):
         load_manifest(tmp_path / "missing.csv", data_root)
+    with pytest.raises(SystemExit, match=r"^error: .*q.csv:2: unknown quality"):
+        reward_stats.main(["--manifest", str(bad_quality), "--out", str(tmp_path / "s.json")])
+    assert not (tmp_path / "s.json").exists()
 
 
 def test_missing_root_is_reported_and_not_created(tmp_path):

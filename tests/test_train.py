@@ -138,6 +138,8 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(setup, monkeypatch):
 
 
 def test_bad_input_fails_before_training(setup, tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: .*unknown key\(s\) `train.stepz`"):
+        train.main(["--config", str(CONFIGS / "train_cycle1_rwfm.yaml"), "--set", "train.stepz=4"])
     cfg = config(setup, "bad", **{"train.steps": 2})
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         train.train(cfg, resume=str(tmp_path / "step_000123"))

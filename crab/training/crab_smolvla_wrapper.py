@@ -53,7 +53,7 @@ from lerobot.utils.constants import (
 )
 from torch import Tensor, nn
 
-from crab.training.config import AnchorConfig, PolicyConfig, RewardWeightingConfig
+from crab.training.config import AnchorConfig, ConfigError, PolicyConfig, RewardWeightingConfig
 from crab.training.flow_loss import (
     TaskDimMask,
     loss_mask,
@@ -128,7 +128,7 @@ def policy_config(policy_cfg: PolicyConfig) -> SmolVLAConfig:
     known = {f.name for f in dataclasses.fields(SmolVLAConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"policy.overrides: unknown SmolVLAConfig field(s) {unknown}")
+        raise ConfigError(f"policy.overrides: unknown SmolVLAConfig field(s) {unknown}")
     if policy_cfg.pretrained_path == "tiny":
         return SmolVLAConfig(vlm_model_name=str(ensure_tiny_vlm()), **{**TINY_SMOLVLA_DEFAULTS, **overrides})
     loaded = PreTrainedConfig.from_pretrained(policy_cfg.pretrained_path)
@@ -539,7 +539,7 @@ class CrabSmolVLA(nn.Module):
         """Fail before training when per-task masks are set and some of `tasks` have none."""
         missing = self.dim_mask.missing(tasks)
         if missing:
-            raise ValueError(f"task(s) {missing} have no entry in task_masks")
+            raise ConfigError(f"task(s) {missing} of the manifest have no entry in task_masks")
 
     def load_policy_weights(self, pretrained_dir: str | Path) -> None:
         """Load trained weights saved with `policy.save_pretrained` into the policy (resume); the

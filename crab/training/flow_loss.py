@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from crab.training.config import ConfigError
+
 
 def sample_flow_time(batch_size: int, device: torch.device | str, generator: torch.Generator | None = None) -> Tensor:
     """t ~ Beta(1.5, 1) * 0.999 + 0.001, shape (B,), drawn on `device` (from `generator` if given).
@@ -43,10 +45,10 @@ class TaskDimMask:
             table[0, :action_dim] = True
         for task, dims in task_masks.items():
             if not dims:
-                raise ValueError(f"task_masks[{task!r}] is empty: the task's loss would count nothing")
+                raise ConfigError(f"task_masks[{task!r}] is empty: the task's loss would count nothing")
             for d in dims:
                 if not 0 <= d < action_dim:
-                    raise ValueError(
+                    raise ConfigError(
                         f"task_masks[{task!r}] has action dimension index {d}, outside the robot's "
                         f"{action_dim} real action dimensions [0, {action_dim})"
                     )
@@ -76,7 +78,7 @@ class TaskDimMask:
         for task in tasks:
             row = self._index.get(task.removesuffix("\n"))
             if row is None:
-                raise ValueError(f"task {task.removesuffix(chr(10))!r} has no entry in task_masks")
+                raise ConfigError(f"task {task.removesuffix(chr(10))!r} has no entry in task_masks")
             rows.append(row)
         return table[torch.tensor(rows).to(device, non_blocking=True)]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -103,9 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
     args = p.parse_args(argv)
     spec = RewardSpec(chunk_size=args.chunk_size)
-    rows = load_manifest(args.manifest, args.data_root)
-    check_roots(rows)
-    tables = [annotate(row, spec) for row in rows]
+    try:
+        rows = load_manifest(args.manifest, args.data_root)
+        check_roots(rows)
+        tables = [annotate(row, spec) for row in rows]
+    except ManifestError as e:  # bad input: the message names the file, row and column
+        sys.exit(f"error: {e}")
     stats = compute_stats(args.manifest, rows, tables, spec, args.alpha)
     write_json_atomic(stats, Path(args.out))
     o = stats["overall"]

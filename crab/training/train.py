@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from crab.training import checkpoint as ckpt
 from crab.training.config import ConfigError, CrabConfig, load_config, to_dict
 from crab.training.crab_dataset import CrabDataset
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
-from crab.training.manifest import load_manifest
+from crab.training.manifest import ManifestError, load_manifest
 from crab.training.monitoring import (
     STEP_METRICS,
     EpochAccumulator,
@@ -311,8 +312,11 @@ def make_tracker(cfg: CrabConfig, run_dir: Path):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.set)
-    run_dir = train(cfg, args.resume)
+    try:
+        cfg = load_config(args.config, args.set)
+        run_dir = train(cfg, args.resume)
+    except (ConfigError, ManifestError, ckpt.CheckpointError, TrainingError) as e:  # bad input: no traceback
+        sys.exit(f"error: {e}")
     print(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
           f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
 
