@@ -146,6 +146,8 @@ def test_bad_input_fails_before_training(setup, tmp_path):
     with pytest.raises(ValueError, match="has no entry in task_masks|task_masks"):
         train.train(config(setup, "masks", **{"task_masks": '{"Open the carton.": [0]}'}))
     assert not (setup["out"] / "masks").exists() or not list_checkpoints(setup["out"] / "masks")
+    il = config(setup, "il", **{"train.steps": 2, "reward_weighting.enabled": "false", "data.reward_stats": "null"})
+    assert (train.train(il) / "step_000002" / "reward_stats.json").read_text() == "{}"
     done = train.train(config(setup, "again", **{"train.steps": 2, "train.save_every": 2}))
     with pytest.raises(train.TrainingError, match="already holds checkpoints"):
         train.train(config(setup, "again", **{"train.steps": 2}))

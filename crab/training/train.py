@@ -92,8 +92,10 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
     train_ds = CrabDataset(rows, spec, episodes=train_eps, video_backend=cfg.data.video_backend)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, video_backend=cfg.data.video_backend) if val_eps else None
-    reward_stats = load_checked(cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec)
-    signal = reward_stats["overall"]["signal"]
+    reward_stats = {}  # required when weighting is on (checked with the config), else optional
+    if cfg.data.reward_stats:
+        reward_stats = load_checked(cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec)
+    signal = reward_stats.get("overall", {}).get("signal", {})
 
     dataset_stats = aggregate_stats([ds.meta.stats for ds in train_ds.datasets])
     policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
@@ -101,8 +103,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         policy,
         cfg.reward_weighting,
         cfg.anchor,
-        signal_mean=signal["mean"],
-        signal_std=signal["std"],
+        signal_mean=signal.get("mean", 0.0),
+        signal_std=signal.get("std", 1.0),
         task_masks=cfg.task_masks,
     )
     model.check_tasks(sorted({row.task for row in rows}))
