@@ -1,14 +1,26 @@
-"""Reward-annotation overhead: items/s of plain LeRobotDataset and of CrabDataset over the same indices.
+"""Data loading: reward-annotation overhead, and loader throughput against the trainer's.
 
     python benchmarks/bench_loader.py [--manifest M --data-root D] [--items 400] [--repeats 3]
+    python benchmarks/bench_loader.py --config <cycle yaml> --config <overrides yaml> [--batches 40]
 
-Without a manifest it writes a small synthetic dataset (two episodes per quality, 32x32 video) to a
-temporary folder. Both loaders read the same random indices, back to back per item with alternating order; the median time per repeat is reported and compared.
+Data: `--manifest`/`--data-root` when given; else the config's manifest under its data_root when those
+datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a small synthetic dataset
+(two episodes per quality, 32x32 video) written to a temporary folder.
+
+1. Annotation overhead: plain LeRobotDataset and CrabDataset read the same random indices, back to back
+   per item with alternating order; the median time per repeat is reported and compared (goal < 1%).
+2. Loader vs trainer (goal: loader >= 2x trainer), at the config's batch size (default: the demo
+   configuration, cycle-1 cracked-factor config + demo overrides): samples/s of train.py's
+   DataLoader over CrabDataset (its sampler, `data.num_workers` workers) against samples/s of
+   train.py's step (preprocessor, RWFM + anchor forward at the post-ramp lambda, backward, clip,
+   optimiser, scheduler) on batches loaded beforehand. The two take turns per repeat; the ratio is
+   the median of the per-repeat ratios. Each is measured alone: in training they share the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -20,9 +32,21 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch
+from bench_train_step import crab_step
+
+from crab.training.config import CrabConfig, load_config
 from crab.training.crab_dataset import CrabDataset
-from crab.training.manifest import load_manifest
+from crab.training.crab_smolvla_wrapper import make_policy, policy_config
+from crab.training.manifest import ManifestRow, load_manifest
 from crab.training.rewards import RewardSpec
+from crab.training.sampling import EpochBatchSampler, split_episodes
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIGS = [
+    str(REPO / "crab/training/configs/train_cycle1_rwfm_anchor_cracked_factor.yaml"),
+    str(REPO / "crab/training/configs/demo_overrides.yaml"),
+]
 
 
 def synthetic_manifest(folder: Path) -> Path:
@@ -48,44 +72,123 @@ def synthetic_manifest(folder: Path) -> Path:
     return folder / "manifest.csv"
 
 
+def annotation_overhead(rows: list[ManifestRow], args: argparse.Namespace) -> None:
+    crab = CrabDataset(rows, RewardSpec(chunk_size=args.chunk_size))
+    indices = np.random.default_rng(0).integers(0, len(crab), args.items).tolist()
+
+    def plain(i: int):  # the same LeRobotDataset item, without the reward annotation
+        d, local = crab.locate(i)
+        return crab.datasets[d][local]
+
+    for i in indices[:20]:  # warm up decoders and caches
+        plain(i), crab[i]
+    # Per item, both loaders read the same index back to back (order alternating), so drift in
+    # decoder caches or machine load hits both alike.
+    times = {"LeRobotDataset": [], "CrabDataset": []}
+    loaders = [("LeRobotDataset", plain), ("CrabDataset", crab.__getitem__)]
+    for _ in range(args.repeats):
+        total = dict.fromkeys(times, 0.0)
+        for k, i in enumerate(indices):
+            for name, get in loaders if k % 2 == 0 else loaders[::-1]:
+                start = time.perf_counter()
+                get(i)
+                total[name] += time.perf_counter() - start
+        for name in times:
+            times[name].append(total[name])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"annotation overhead: {args.items} random items, {args.repeats} repeats, median")
+    for name, t in med.items():
+        print(f"  {name:<15} {args.items / t:8.1f} items/s")
+    overhead = med["CrabDataset"] / med["LeRobotDataset"] - 1
+    print(f"  annotation overhead: {100 * overhead:+.2f}% (goal < 1%: {'met' if overhead < 0.01 else 'MISSED'})")
+
+
+def loader_vs_trainer(rows: list[ManifestRow], cfg: CrabConfig, args: argparse.Namespace) -> None:
+    from lerobot.datasets.compute_stats import aggregate_stats
+
+    smolvla_cfg = policy_config(cfg.policy)
+    train_eps, _ = split_episodes(rows, cfg.data.val_episodes_per_dataset)
+    ds = CrabDataset(rows, RewardSpec(chunk_size=smolvla_cfg.chunk_size), train_eps, cfg.data.video_backend)
+    bs, workers = cfg.data.batch_size, cfg.data.num_workers
+    sampler = EpochBatchSampler(len(ds), bs, cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+    def batches():  # endless, epoch after epoch, as the training loop reads them
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from loader
+
+    stream = batches()
+    preloaded = [next(stream) for _ in range(min(8, len(sampler)))]  # also starts the workers
+
+    torch.manual_seed(cfg.seed)
+    policy, preprocessor, _ = make_policy(
+        smolvla_cfg, cfg.policy, ds.meta.features, aggregate_stats([d.meta.stats for d in ds.datasets])
+    )
+    signal = np.concatenate([t.signal for t in ds.tables])
+    step = crab_step(
+        policy, smolvla_cfg, cfg.reward_weighting, cfg.anchor, cfg.task_masks, float(signal.mean()), float(signal.std())
+    )
+    for batch in preloaded:  # warm-up
+        step(preprocessor(batch))
+
+    def load() -> None:
+        next(stream)
+
+    def train(k: int) -> None:
+        step(preprocessor(preloaded[k % len(preloaded)]))
+
+    rates = {"loader": [], "trainer": []}
+    runs = [("loader", lambda k: load()), ("trainer", train)]
+    for r in range(args.repeats):
+        for name, run in runs if r % 2 == 0 else runs[::-1]:
+            start = time.perf_counter()
+            for k in range(args.batches):
+                run(k)
+            rates[name].append(args.batches * bs / (time.perf_counter() - start))
+    ratio = statistics.median(a / b for a, b in zip(rates["loader"], rates["trainer"], strict=True))
+    print(
+        f"loader vs trainer: batch {bs}, {workers} loader worker(s), {len(ds)} training frames, "
+        f"policy {cfg.policy.pretrained_path}, weighting {'on' if cfg.reward_weighting.enabled else 'off'}, "
+        f"anchor {cfg.anchor.mode if cfg.anchor.enabled else 'off'} (lambda {cfg.anchor.lambda_anchor}); "
+        f"{args.repeats} repeats x {args.batches} batches, median; trainer on {torch.get_num_threads()} thread(s)"
+    )
+    for name, r in rates.items():
+        print(f"  {name:<8} {statistics.median(r):8.1f} samples/s  (min {min(r):.1f}, max {max(r):.1f})")
+    print(f"  loader / trainer: {ratio:.2f}x (goal >= 2x: {'met' if ratio >= 2 else 'MISSED'})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--chunk-size", type=int, default=10)
+    p.add_argument("--config", action="append", help="training config YAML(s), layered (default: the demo's)")
+    p.add_argument("--chunk-size", type=int, default=10, help="for the annotation comparison")
     p.add_argument("--items", type=int, default=400)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", type=int, default=40, help="batches per repeat, loader vs trainer")
+    p.add_argument("--threads", type=int, help="torch intra-op threads of the trainer (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config or DEMO_CONFIGS)
     with tempfile.TemporaryDirectory() as tmp:
-        manifest, root = (args.manifest, args.data_root) if args.manifest else (synthetic_manifest(Path(tmp)), tmp)
-        crab = CrabDataset(load_manifest(manifest, root), RewardSpec(chunk_size=args.chunk_size))
-        indices = np.random.default_rng(0).integers(0, len(crab), args.items).tolist()
-
-        def plain(i: int):  # the same LeRobotDataset item, without the reward annotation
-            d, local = crab.locate(i)
-            return crab.datasets[d][local]
-
-        for i in indices[:20]:  # warm up decoders and caches
-            plain(i), crab[i]
-        # Per item, both loaders read the same index back to back (order alternating), so drift in
-        # decoder caches or machine load hits both alike.
-        times = {"LeRobotDataset": [], "CrabDataset": []}
-        loaders = [("LeRobotDataset", plain), ("CrabDataset", crab.__getitem__)]
-        for _ in range(args.repeats):
-            total = dict.fromkeys(times, 0.0)
-            for k, i in enumerate(indices):
-                for name, get in loaders if k % 2 == 0 else loaders[::-1]:
-                    start = time.perf_counter()
-                    get(i)
-                    total[name] += time.perf_counter() - start
-            for name in times:
-                times[name].append(total[name])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{args.items} random items, {args.repeats} repeats, median; python {sys.version.split()[0]}, {os.cpu_count()} cpus")
-    for name, t in med.items():
-        print(f"{name:<15} {args.items / t:8.1f} items/s")
-    overhead = med["CrabDataset"] / med["LeRobotDataset"] - 1
-    print(f"annotation overhead: {100 * overhead:+.2f}% (goal < 1%)")
+        if args.manifest:
+            manifest, root = args.manifest, args.data_root
+        elif Path(cfg.data.data_root).is_dir():
+            manifest, root = cfg.data.manifest, cfg.data.data_root
+        else:
+            manifest, root = synthetic_manifest(Path(tmp)), tmp
+        rows = load_manifest(manifest, root)
+        print(f"data: {manifest} under {root}; python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+        annotation_overhead(rows, args)
+        loader_vs_trainer(rows, cfg, args)
 
 
 if __name__ == "__main__":

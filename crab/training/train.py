@@ -110,9 +110,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     model.check_tasks(sorted({row.task for row in rows}))
     if resume_state is not None:  # the reference stays the starting policy; the trained one resumes
         model.load_policy_weights(pretrained_dir)
-    params = [p for p in model.policy.parameters() if p.requires_grad]
-    optimizer = smolvla_cfg.get_optimizer_preset().build(params)
-    scheduler = smolvla_cfg.get_scheduler_preset().build(optimizer, cfg.train.steps)
+    params, optimizer, scheduler = build_optimizer(model, smolvla_cfg, cfg.train.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     step, epoch, position = 0, 0, 0
@@ -226,18 +224,12 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             lambda_anchor = lambda_anchor_at(
                 step, cfg.anchor.lambda_anchor if cfg.anchor.enabled else 0.0, cfg.anchor.warmup_steps, cfg.anchor.ramp_steps
             )
-            with accelerator.autocast():
-                loss, metrics = model(batch, lambda_anchor)
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(params, smolvla_cfg.optimizer_grad_clip_norm)
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            row, weights = training_step(
+                model, batch, lambda_anchor, accelerator, optimizer, scheduler, params, smolvla_cfg
+            )
             step, position = step + 1, position + 1
-            metrics.update(lr=torch.tensor(lr), grad_norm=grad_norm)
-            pending.append(torch.stack([metrics[k].detach().float().to(accelerator.device) for k in STEP_METRICS]))
-            pending_weights.append((batch["quality"], metrics["weights"].detach()))
+            pending.append(row)
+            pending_weights.append((batch["quality"], weights))
             interval_samples += global_batch
             progress.update(1)
             if step % cfg.train.log_every == 0:
@@ -269,6 +261,29 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def build_optimizer(model: CrabSmolVLA, smolvla_cfg, total_steps: int):
+    """lerobot's SmolVLA presets: AdamW over the trainable parameters and the cosine schedule with warmup."""
+    params = [p for p in model.policy.parameters() if p.requires_grad]
+    optimizer = smolvla_cfg.get_optimizer_preset().build(params)
+    return params, optimizer, smolvla_cfg.get_scheduler_preset().build(optimizer, total_steps)
+
+
+def training_step(model, batch, lambda_anchor, accelerator, optimizer, scheduler, params, smolvla_cfg):
+    """One optimisation step. Returns the STEP_METRICS row and the per-sample weights, both still on
+    the device: nothing here waits for the device (the trainer reads them at its logging interval)."""
+    with accelerator.autocast():
+        loss, metrics = model(batch, lambda_anchor)
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(params, smolvla_cfg.optimizer_grad_clip_norm)
+    lr = scheduler.get_last_lr()[0]  # the rate this step uses (a Python float: no sync)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    metrics.update(lr=torch.tensor(lr), grad_norm=grad_norm)
+    row = torch.stack([metrics[k].detach().float().to(accelerator.device) for k in STEP_METRICS])
+    return row, metrics["weights"].detach()
 
 
 @torch.no_grad()
