@@ -50,6 +50,7 @@ import torch
 
 from crab.training.config import AnchorConfig, PolicyConfig, RewardWeightingConfig, load_config
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
+from crab.training.tiny_smolvla import write_vlm_folder
 from crab.training.train import build_optimizer, training_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,48 +75,26 @@ def write_500m_vlm(folder: Path) -> Path:
     pixel shuffle 4 -> 64 tokens per image). The tokenizer is the tiny folder's byte-level one, so task
     strings tokenise longer than with the real tokenizer (a few dozen tokens instead of ~10).
     """
-    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
-
-    from crab.training.tiny_smolvla import SPECIAL_TOKENS, _build_tokenizer
-
-    tokenizer = _build_tokenizer()
-    config = SmolVLMConfig(
-        text_config={
-            "model_type": "llama",
-            "vocab_size": 49280,
-            "hidden_size": 960,
-            "intermediate_size": 2560,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 15,
-            "num_key_value_heads": 5,
-            "head_dim": 64,
-            "max_position_embeddings": 8192,
-            "rope_theta": 100000.0,
-            "rms_norm_eps": 1e-5,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "image_size": 512,
-            "patch_size": 16,
-        },
-        scale_factor=4,
-        image_token_id=tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image_token"]),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    size = {"longest_edge": 512}
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
-        tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size),
-        image_seq_len=64,
-    )
-    config.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    text = {
+        "vocab_size": 49280,
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+        "head_dim": 64,
+        "max_position_embeddings": 8192,
+        "rope_theta": 100000.0,
+    }
+    vision = {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 512,
+        "patch_size": 16,
+    }
+    return write_vlm_folder(folder, text, vision, scale_factor=4)
 
 
 def build_policy(size: str, vlm_dir: Path, device: str):

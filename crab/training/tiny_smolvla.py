@@ -55,7 +55,33 @@ def _build_tokenizer():
     )
 
 
-def _write(folder: Path) -> None:
+# The tiny backbone: a 2-layer llama text model and a 1-layer vision tower on 32x32 images.
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # grouped-query attention, as in SmolVLM2
+    # Explicit, so the action expert keeps the VLM's head size at any expert_width_multiplier.
+    "head_dim": 16,
+    "max_position_embeddings": 512,
+}
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
+
+def write_vlm_folder(folder: Path, text: dict, vision: dict, scale_factor: int) -> Path:
+    """A SmolVLM config + processor folder (no weights) with the byte-level tokenizer.
+
+    `text` / `vision` are SmolVLM text (llama) and vision config fields; images are resized to
+    `vision["image_size"]` and give (image_size / patch_size / scale_factor)^2 tokens each.
+    """
     from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
 
     tokenizer = _build_tokenizer()
@@ -63,38 +89,25 @@ def _write(folder: Path) -> None:
         text_config={
             "model_type": "llama",
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,  # grouped-query attention, as in SmolVLM2
-            # Explicit, so the action expert keeps the VLM's head size at any expert_width_multiplier.
-            "head_dim": 16,
-            "max_position_embeddings": 512,
             "rms_norm_eps": 1e-5,
             "pad_token_id": tokenizer.pad_token_id,
+            **text,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        scale_factor=2,
+        vision_config=vision,
+        scale_factor=scale_factor,
         image_token_id=tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image_token"]),
         pad_token_id=tokenizer.pad_token_id,
     )
-    size = {"longest_edge": 32}
+    size = {"longest_edge": vision["image_size"]}
     processor = SmolVLMProcessor(
         image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
         tokenizer=tokenizer,
         video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size),
-        image_seq_len=4,  # (32 / 8)^2 patches after a pixel shuffle of scale 2
+        image_seq_len=(vision["image_size"] // vision["patch_size"] // scale_factor) ** 2,
     )
     config.save_pretrained(folder)
     processor.save_pretrained(folder)
+    return folder
 
 
 def ensure_tiny_vlm(folder: str | Path | None = None) -> Path:
@@ -110,7 +123,7 @@ def ensure_tiny_vlm(folder: str | Path | None = None) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _write(tmp)
+        write_vlm_folder(tmp, TINY_TEXT, TINY_VISION, scale_factor=2)
         try:
             os.rename(tmp, folder)
         except OSError:
