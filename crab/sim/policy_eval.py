@@ -1,0 +1,145 @@
+"""Closed-loop evaluation of a trained SmolVLA checkpoint in the simulated egg-transfer env.
+
+    python -m crab.sim.policy_eval --checkpoint outputs/<run>/step_XXXXXX --episodes 50 [--seed 0] \
+        [--n-action-steps 5] [--video-dir D --videos 2] [--out results.json]
+
+The checkpoint is loaded the way lerobot loads any policy: `SmolVLAPolicy.from_pretrained` on its
+`pretrained_model` folder and `make_pre_post_processors(config, pretrained_path=...)` for the saved
+normalisation and tokenisation pipelines. Each task runs `--episodes` seeded episodes; success and crack
+rates come with Wilson 95% intervals, the mean return with a t interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crab.sim.egg_env import IMAGE_KEY, STATE_KEY, TASKS
+from crab.sim.evaluate import evaluate
+
+PRETRAINED_DIRNAME = "pretrained_model"
+
+
+def pretrained_dir(checkpoint: str | Path) -> Path:
+    """`<checkpoint>/pretrained_model` (a `pretrained_model` folder itself is accepted too)."""
+    path = Path(checkpoint)
+    folder = path if path.name == PRETRAINED_DIRNAME else path / PRETRAINED_DIRNAME
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no policy checkpoint at {path}: expected {folder / 'config.json'} "
+            "(pass a checkpoint folder outputs/<run>/step_XXXXXX)"
+        )
+    return folder
+
+
+class SmolVLAActor:
+    """`act(obs) -> (H, A)` numpy chunk around a lerobot SmolVLA policy and its processors."""
+
+    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import make_pre_post_processors
+        from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+        from crab.training.tiny_smolvla import TINY_VLM_DIRNAME, ensure_tiny_vlm
+
+        folder = pretrained_dir(checkpoint)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        config = PreTrainedConfig.from_pretrained(folder)
+        # A tiny-policy checkpoint names the tiny VLM cache folder, which SmolVLAPolicy reads on
+        # construction; it is rebuilt (deterministically) where this machine lacks it.
+        if Path(config.vlm_model_name).name == TINY_VLM_DIRNAME:
+            ensure_tiny_vlm(config.vlm_model_name)
+        config.device = self.device
+        self.policy = SmolVLAPolicy.from_pretrained(folder, config=config).to(self.device).eval()
+        self.preprocessor, self.postprocessor = make_pre_post_processors(
+            self.policy.config,
+            pretrained_path=str(folder),
+            preprocessor_overrides={"device_processor": {"device": self.device}},
+        )
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.policy.config.n_action_steps
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    @torch.no_grad()
+    def __call__(self, obs: dict) -> np.ndarray:
+        image = torch.from_numpy(np.ascontiguousarray(obs[IMAGE_KEY])).permute(2, 0, 1)[None].float() / 255.0
+        batch = {
+            IMAGE_KEY: image,
+            STATE_KEY: torch.as_tensor(obs[STATE_KEY], dtype=torch.float32)[None],
+            "task": [obs["task"]],
+        }
+        chunk = self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(batch)))
+        return chunk[0].float().cpu().numpy()
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    episodes: int,
+    seed: int = 0,
+    n_action_steps: int | None = None,
+    image_size: int = 32,
+    video_dir: Path | None = None,
+    videos: int = 2,
+    tasks: tuple[str, ...] = TASKS,
+) -> dict:
+    """Evaluate one checkpoint; returns {checkpoint, n_action_steps, seed, wall_s, tasks: {task: summary}}."""
+    start = time.perf_counter()
+    actor = SmolVLAActor(checkpoint)
+    steps = n_action_steps or actor.n_action_steps
+    results = evaluate(actor, tasks, episodes, seed, steps, image_size, video_dir, videos)
+    return {
+        "checkpoint": str(checkpoint),
+        "n_action_steps": steps,
+        "seed": seed,
+        "wall_s": time.perf_counter() - start,
+        "tasks": results,
+    }
+
+
+def format_results(result: dict) -> str:
+    lines = [f"{result['checkpoint']} (n_action_steps {result['n_action_steps']}, seed {result['seed']}):"]
+    for task, s in result["tasks"].items():
+        lines.append(
+            f"  {task:<28} n={s['episodes']:<4} success {s['success_rate']:.0%} "
+            f"[{s['success_ci95'][0]:.0%}, {s['success_ci95'][1]:.0%}]  crack {s['crack_rate']:.0%} "
+            f"[{s['crack_ci95'][0]:.0%}, {s['crack_ci95'][1]:.0%}]  return {s['mean_return']:+.2f} "
+            f"[{s['return_ci95'][0]:+.2f}, {s['return_ci95'][1]:+.2f}]"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="outputs/<run>/step_XXXXXX")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-action-steps", type=int, help="actions executed per chunk (default: the policy's)")
+    parser.add_argument("--image-size", type=int, default=32, help="camera size; must match the training data")
+    parser.add_argument("--video-dir", type=Path)
+    parser.add_argument("--videos", type=int, default=2, help="videos saved per task with --video-dir")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint, args.episodes, args.seed, args.n_action_steps, args.image_size, args.video_dir, args.videos
+        )
+    except FileNotFoundError as e:
+        parser.exit(2, f"error: {e}\n")
+    print(format_results(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"results -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
