@@ -45,15 +45,12 @@ class SmolVLAActor:
         from lerobot.policies.factory import make_pre_post_processors
         from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-        from crab.training.tiny_smolvla import TINY_VLM_DIRNAME, ensure_tiny_vlm
+        from crab.training.tiny_smolvla import ensure_backbone
 
         folder = pretrained_dir(checkpoint)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         config = PreTrainedConfig.from_pretrained(folder)
-        # A tiny-policy checkpoint names the tiny VLM cache folder, which SmolVLAPolicy reads on
-        # construction; it is rebuilt (deterministically) where this machine lacks it.
-        if Path(config.vlm_model_name).name == TINY_VLM_DIRNAME:
-            ensure_tiny_vlm(config.vlm_model_name)
+        ensure_backbone(config.vlm_model_name)
         config.device = self.device
         self.policy = SmolVLAPolicy.from_pretrained(folder, config=config).to(self.device).eval()
         self.preprocessor, self.postprocessor = make_pre_post_processors(

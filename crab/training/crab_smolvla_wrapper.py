@@ -62,7 +62,7 @@ from crab.training.flow_loss import (
     sample_flow_time,
 )
 from crab.training.rewards import advantage, return_signal, rwfm_weights, weight_statistics
-from crab.training.tiny_smolvla import TINY_VLM_DIRNAME, ensure_tiny_vlm
+from crab.training.tiny_smolvla import ensure_backbone, ensure_tiny_vlm
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +162,7 @@ def make_policy(
         output_features={k: f for k, f in policy_features.items() if k == ACTION},
         input_features={k: f for k, f in policy_features.items() if k != ACTION},
     )
-    # A checkpoint of the tiny policy names the cache folder; rebuild it if this machine lacks it.
-    if Path(cfg.vlm_model_name).name == TINY_VLM_DIRNAME:
-        ensure_tiny_vlm(cfg.vlm_model_name)
+    ensure_backbone(cfg.vlm_model_name)
     if policy_cfg.pretrained_path == "tiny":
         policy = SmolVLAPolicy(cfg)
     else:

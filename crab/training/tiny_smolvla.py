@@ -110,6 +110,13 @@ def write_vlm_folder(folder: Path, text: dict, vision: dict, scale_factor: int) 
     return folder
 
 
+def ensure_backbone(vlm_model_name: str) -> None:
+    """A tiny-policy config (or checkpoint) names the tiny VLM cache folder, which SmolVLAPolicy reads on
+    construction: rebuild it (deterministically) where this machine lacks it. Other names are left alone."""
+    if Path(vlm_model_name).name == TINY_VLM_DIRNAME:
+        ensure_tiny_vlm(vlm_model_name)
+
+
 def ensure_tiny_vlm(folder: str | Path | None = None) -> Path:
     """Return the tiny SmolVLM folder, writing it first if it does not exist yet.
 
