@@ -284,16 +284,22 @@ def test_zero_lambda_skips_the_reference():
     assert calls == [1]
 
 
-def test_shared_prefix_anchor_equals_naive_anchor():
-    policy, pre, _ = build()
-    crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), AnchorConfig(enabled=True))
-    batch = pre(raw_batch(batch_size=6, tasks=[PICK, OPEN, "Carry it over there, slowly."] * 2))
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
+def take_steps(crab: CrabSmolVLA, batch, steps: int) -> torch.optim.Optimizer:
+    """A few AdamW steps at lambda_anchor 0.3, so the policy moves away from its reference."""
+    optimizer = torch.optim.AdamW([p for p in crab.policy.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
         loss, _ = crab(batch, 0.3)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return optimizer
+
+
+def test_shared_prefix_anchor_equals_naive_anchor():
+    policy, pre, _ = build()
+    crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), AnchorConfig(enabled=True))
+    batch = pre(raw_batch(batch_size=6, tasks=[PICK, OPEN, "Carry it over there, slowly."] * 2))
+    optimizer = take_steps(crab, batch, steps=3)
     noise, time = noise_time(6, seed=5)
     results = {}
     for mode in ("shared_prefix", "naive"):
@@ -317,12 +323,7 @@ def test_resume_loads_trained_weights_into_the_policy_only(tmp_path):
     policy, pre, _ = build()
     crab = CrabSmolVLA(policy, OFF, AnchorConfig(enabled=True))
     batch = pre(raw_batch())
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        loss, _ = crab(batch, 0.3)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    take_steps(crab, batch, steps=2)
     policy.save_pretrained(tmp_path / "ckpt")
     noise, time = noise_time()
     _, before = crab(batch, 0.3, noise, time)
