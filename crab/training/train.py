@@ -79,11 +79,10 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     if resume:
         pretrained_dir, resume_state, saved_cfg = ckpt.load_checkpoint(resume)
         check_resume_config(saved_cfg, cfg, resume)
-    elif ckpt.list_checkpoints(run_dir):
+    elif existing := ckpt.list_checkpoints(run_dir):
         raise TrainingError(
-            f"{run_dir} already holds checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}; "
-            f"continue with --resume {ckpt.list_checkpoints(run_dir)[-1]} or choose another run_name "
-            "(--set run_name=...)"
+            f"{run_dir} already holds checkpoints {[p.name for p in existing]}; continue with --resume "
+            f"{existing[-1]} or choose another run_name (--set run_name=...)"
         )
     set_seed(cfg.seed)
     smolvla_cfg = policy_config(cfg.policy)
