@@ -20,7 +20,7 @@ def test_the_four_cycle_configs_load_with_the_guide_run_names():
     }
     il, rwfm, anchor, cracked = (runs[p.stem] for p in CYCLE)
     assert not il.reward_weighting.enabled and not il.anchor.enabled
-    assert rwfm.reward_weighting.enabled and not rwfm.anchor.enabled and rwfm.reward_weighting.alpha == 0.25
+    assert rwfm.reward_weighting.enabled and not rwfm.anchor.enabled and rwfm.reward_weighting.alpha == anchor.reward_weighting.alpha == cracked.reward_weighting.alpha == 1.0
     assert anchor.anchor.enabled and cracked.anchor.enabled
     assert cracked.data.manifest.endswith("dataset_manifest_cycle1_with_cracked.csv")
     for cfg in runs.values():

@@ -49,7 +49,7 @@ def test_reward_values_follow_the_spec(dataset):
     assert labelled.episode_reward.tolist() == [0.0] * 15
     # per-step columns: the worked example of reward_weighting.md
     assert stepwise.chunk_return.tolist() == [-1, 0, 1, 1]
-    assert stepwise.signal.tolist() == [-1, 0, 1, 1]
+    assert stepwise.signal.tolist() == [0, 0, 0, 0]  # G = R_e
     assert stepwise.episode_success.tolist() == [1.0] * 4
     item = dataset[len(dataset) - 3]
     assert item["chunk_return"].item() == 0.0 and item["step_reward"].item() == -1.0
@@ -73,10 +73,12 @@ def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
     manifest = write_manifest(tmp_path / "m.csv", ALL_ROWS)
     out = tmp_path / "stats.json"
     reward_stats.main(["--manifest", str(manifest), "--out", str(out), "--data-root", str(data_root), "--chunk-size", "3"])
-    assert "40 frames, 5 episodes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "40 frames, 5 episodes" in printed and "stepwise (clean):" in printed and "of its task's" in printed
     stats = json.loads(out.read_text())
     assert stats["alpha"] == 0.25 and stats["overall"]["episodes"] == 5
-    assert stats["per_dataset"]["stepwise"]["signal"]["mean"] == pytest.approx(0.25)
+    assert stats["per_dataset"]["stepwise"]["signal"]["mean"] == 0.0  # G = R_e = sum of next.reward
+    assert stats["per_dataset"]["clean"]["signal"]["mean"] == 1.0
     assert stats["per_dataset"]["clean"]["success_rate"] == 1.0
     ds = CrabDataset(load_manifest(manifest, data_root), SPEC)
     assert reward_stats.load_checked(out, manifest, ds.fingerprint, SPEC)["fingerprint"] == ds.fingerprint

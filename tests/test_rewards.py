@@ -16,7 +16,6 @@ def test_annotation_worked_example_sparse_from_quality():
     assert step.tolist() == [0, 0, 0, -1]
     chunk = rewards.chunk_returns(step, ep, chunk_size=3, gamma=1.0)
     assert chunk.tolist() == [0, -1, -1, -1]
-    assert rewards.return_signal(np.full(4, -1.0), chunk).tolist() == [-1, -2, -2, -2]
 
 
 def test_annotation_worked_example_step_rewards():
@@ -57,8 +56,8 @@ def test_weights_worked_example():
 
 
 def test_std_floor_keeps_uniform_quality_data_from_large_advantages():
-    g = torch.tensor([2.0, 2.0, 1.0])  # clean-only data: G differs only where a chunk misses the success
-    torch.testing.assert_close(rewards.advantage(g, mean=1.998, std=0.047, std_floor=1.0), g - 1.998)
+    g = torch.tensor([1.0, 1.0, 0.9])  # nearly uniform quality (e.g. one partial success among clean episodes)
+    torch.testing.assert_close(rewards.advantage(g, mean=0.998, std=0.014, std_floor=1.0), g - 0.998)
     torch.testing.assert_close(rewards.advantage(g, mean=1.0, std=2.0, std_floor=1.0), (g - 1.0) / 2.0)
 
 
@@ -68,3 +67,20 @@ def test_weights_without_batch_normalisation_and_effective_weight_bounds():
     assert rewards.weight_statistics(w, clipped)["effective_batch_weight"].item() == pytest.approx(1.0)
     one_hot = torch.tensor([1.0, 0.0, 0.0, 0.0])
     assert rewards.weight_statistics(one_hot, torch.zeros(4, dtype=torch.bool))["effective_batch_weight"].item() == pytest.approx(0.25)
+
+
+def test_weight_shares_hand_checked():
+    # mean 0.5, std 0.866 < floor 1: A = 0.5 (clean), -1.5 (cracked); alpha 1: e^0.5 = 1.648721, e^-1.5 = 0.223130
+    shares = rewards.weight_shares(
+        {"clean": np.ones(3), "cracked": -np.ones(1)}, 0.5, 0.866, alpha=1.0, clip=(0.1, 10.0), std_floor=1.0
+    )
+    assert shares["clean"] == pytest.approx({"frame_share": 0.75, "mean_weight": 1.648721, "weight_share": 0.956835}, abs=1e-6)
+    assert shares["cracked"] == pytest.approx({"frame_share": 0.25, "mean_weight": 0.223130, "weight_share": 0.043165}, abs=1e-6)
+
+
+def test_weight_shares_clip_at_the_bound_and_floor_the_std():
+    signal = {"clean": np.array([2.0, 1.0]), "cracked": np.array([-2.0])}
+    assert rewards.weight_shares(signal, 0.0, 1.0, 5.0, (0.1, 10.0), 0.5)["cracked"]["mean_weight"] == 0.1
+    # A std below the floor is replaced by the floor, as in training: A = -2, exp(0.5 * -2).
+    low_std = rewards.weight_shares(signal, 0.0, 0.1, 0.5, (0.1, 10.0), 1.0)
+    assert low_std["cracked"]["mean_weight"] == pytest.approx(np.exp(-1.0))

@@ -103,6 +103,6 @@ def test_tiny_checkpoint_reloads_in_another_process(tmp_path, monkeypatch):
         env=env,
         cwd=Path(__file__).resolve().parents[1],
     )
-    reloaded = torch.load(out)
+    reloaded = torch.load(out, map_location="cpu")
     for key, value in policy.state_dict().items():
         np.testing.assert_array_equal(reloaded[key].numpy(), value.numpy(), err_msg=key)

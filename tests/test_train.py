@@ -72,7 +72,7 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
     assert [r["step"] for r in logged] == list(range(1, 13))
     assert [r["lambda_anchor"] for r in logged[:6]] == pytest.approx([0.0, 0.0, 0.0, 0.05, 0.1, 0.1])
     assert all(r["loss_anchor"] == 0.0 for r in logged[:2]) and logged[5]["loss_anchor"] > 0
-    assert all(r["alpha"] == 0.25 and r["w_mean"] == pytest.approx(1.0) for r in logged)
+    assert all(r["alpha"] == cfg.reward_weighting.alpha and r["w_mean"] == pytest.approx(1.0) for r in logged)
 
     summaries = json.loads((run_dir / "epoch_summary.json").read_text())
     jsonl = [json.loads(line) for line in (run_dir / "epoch_summary.jsonl").read_text().splitlines()]

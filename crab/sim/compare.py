@@ -1,12 +1,12 @@
 """Simulated egg-transfer benchmark: RWFM (+ anchor) against imitation learning on mixed-quality data.
 
     python -m crab.sim.compare --out docs/sim_benchmark.md [--seeds 3] [--episodes 50] [--steps 2000] \
-        [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--extra-alpha 1.0] \
-        [--extra-alpha-no-anchor 1.0]
+        [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--jobs 2] \
+        [--extra-alpha 0.25]
 
 One dataset generation (`crab.sim.generate`), reward statistics for the two manifests, then per seed the
 same tiny SmolVLA trained with each method of `METHODS` and evaluated closed loop (`crab.sim.policy_eval`)
-for `--episodes` episodes per task. Writes the markdown report, a PNG next to it and `results.json` under
+for `--episodes` episodes per task (`--jobs` trainings at a time, each in its own process). Writes the markdown report, a PNG next to it and `results.json` under
 the work dir. Finished trainings and evaluations with identical settings are reused, so an interrupted
 benchmark continues where it stopped; hand-written notes below `NOTES_MARKER` in the report are kept.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -23,6 +24,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,18 +62,24 @@ METHODS = (
     ),
     Method("rwfm_anchor_clean", "train_cycle1_rwfm_anchor.yaml", "clean", "RWFM + anchor, clean"),
     Method("rwfm_clean", "train_cycle1_rwfm.yaml", "clean", "RWFM, clean"),
+    Method(
+        "rwfm_mixed",
+        "train_cycle1_rwfm_anchor_cracked_factor.yaml",
+        "mixed",
+        "RWFM, mixed (cracked-factor config, anchor off: the anchor's ablation)",
+        anchor=False,
+    ),
 )
 
 
-def alpha_method(alpha: float, anchor: bool = True) -> Method:
-    """The cracked-factor config with another temperature (and the anchor off): an extra, labelled row."""
+def alpha_method(alpha: float) -> Method:
+    """The cracked-factor config with another temperature: an extra, labelled row."""
     return Method(
-        f"rwfm{'_anchor' if anchor else ''}_mixed_alpha{alpha:g}",
+        f"rwfm_anchor_mixed_alpha{alpha:g}",
         "train_cycle1_rwfm_anchor_cracked_factor.yaml",
         "mixed",
-        f"RWFM{' + anchor' if anchor else ' (anchor off)'}, mixed, alpha={alpha:g} (extra)",
+        f"RWFM + anchor, mixed, alpha={alpha:g} (extra)",
         alpha,
-        None if anchor else False,
     )
 
 
@@ -122,6 +130,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+CLEAN, CRACKED = "egg_carton_to_tray", "egg_carton_to_tray_cracked"  # the mixed manifest's egg-task datasets
 BAR_METHODS = ("il_mixed", "rwfm_anchor_mixed", "il_clean", "rwfm_anchor_clean")
 
 
@@ -152,21 +161,6 @@ def check_bar(pooled: dict[str, dict]) -> list[tuple[str, bool, str]]:
             f"{rw_c['success_rate']:.0%} vs {fmt_rate(il_c['success_rate'], il_c['success_ci95'])}",
         ),
     ]
-
-
-def mean_weight_by_quality(
-    signal: dict[str, np.ndarray], mean: float, std: float, alpha: float, clip: tuple[float, float], std_floor: float
-) -> dict[str, float]:
-    """Mean clipped raw RWFM weight clip(exp(alpha * (G - mean) / max(std, std_floor))) per quality.
-
-    Batch normalisation divides every weight of a batch by the same number, so the ratios between
-    qualities are what decides how much of each the policy imitates.
-    """
-    out = {}
-    for quality, g in signal.items():
-        w = np.clip(np.exp(alpha * (np.asarray(g, dtype=np.float64) - mean) / max(std, std_floor)), *clip)
-        out[quality] = float(w.mean())
-    return out
 
 
 # --- pipeline ---------------------------------------------------------------------------------------
@@ -271,23 +265,33 @@ def evaluate_or_reuse(checkpoint: Path, episodes: int, seed: int, n_action_steps
     return result
 
 
+def train_and_evaluate(
+    cfg, episodes: int, seed: int, n_action_steps: int, image_size: int, threads: int
+) -> tuple[dict, float, float]:
+    """One run of the table: (evaluation summary, training seconds, evaluation seconds)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    checkpoint, train_s = train_or_reuse(cfg)
+    start = time.perf_counter()
+    result = evaluate_or_reuse(checkpoint, episodes, seed, n_action_steps, image_size)
+    eval_s = time.perf_counter() - start
+    print(f"{cfg.run_name}: trained {train_s / 60:.1f} min, evaluated {eval_s / 60:.1f} min", flush=True)
+    return result, train_s, eval_s
+
+
 def weight_analysis(data_root: Path, chunk_size: int, alphas: Sequence[float], rw) -> dict:
-    """Mean raw weight per quality of the mixed manifest's frames, for each alpha (`rw`: the runs'
-    reward_weighting config, for the clip bounds and the std floor)."""
+    """Per alpha, each dataset's share of the mixed manifest's RWFM weight (`rewards.weight_shares`;
+    `rw`: the runs' reward_weighting config, for the clip bounds and the std floor)."""
     from crab.training.crab_dataset import annotate
     from crab.training.manifest import load_manifest
-    from crab.training.rewards import RewardSpec
+    from crab.training.rewards import RewardSpec, weight_shares
 
     spec = RewardSpec(chunk_size=chunk_size)
-    signal: dict[str, list[np.ndarray]] = {}
-    for row in load_manifest(manifest_path("mixed"), data_root):
-        signal.setdefault(row.quality, []).append(annotate(row, spec).signal)
-    joined = {q: np.concatenate(v) for q, v in signal.items()}
+    signal = {row.name: annotate(row, spec).signal for row in load_manifest(manifest_path("mixed"), data_root)}
     g = json.loads(stats_path(data_root, "mixed").read_text())["overall"]["signal"]
-    return {
-        f"{a:g}": mean_weight_by_quality(joined, g["mean"], g["std"], a, (rw.clip_min, rw.clip_max), rw.std_floor)
-        for a in sorted(set(alphas))
-    }
+    clip = (rw.clip_min, rw.clip_max)
+    return {f"{a:g}": weight_shares(signal, g["mean"], g["std"], a, clip, rw.std_floor) for a in sorted(set(alphas))}
 
 
 def plot(pooled: dict[str, dict], methods: Sequence[Method], path: Path, title: str) -> None:
@@ -338,8 +342,12 @@ def report(
     plot_path: Path,
     command: str,
 ) -> tuple[str, dict]:
+    first = weights[next(iter(weights))]
+    egg_frames = first[CLEAN]["frame_share"] + first[CRACKED]["frame_share"]
     pooled = {task: {m.name: pool([r["tasks"][task] for r in results[m.name]]) for m in methods} for task in TASKS}
     seeds = len(next(iter(results.values())))
+    cycle = run_config(METHODS[2], 0, args, args.work_dir / "data")  # the cracked-factor config
+    rw, anchor = cycle.reward_weighting, cycle.anchor
     lines = [
         "# Simulated egg-transfer benchmark: RWFM + anchor against imitation learning",
         "",
@@ -359,14 +367,17 @@ def report(
         f"chunk 10, expert width 1.0, lr 5e-4, warmup 200 scaled by lerobot's scheduler), {args.n_action_steps} "
         f"actions executed per chunk; {args.steps} steps at batch {args.batch_size}; anchor warmup/ramp "
         f"{args.steps // 20}/{args.steps // 10} steps (the cycle configs' 1000/2000 of 20000, scaled). Everything "
-        "else is the cycle configs' (alpha 0.25, clip [0.1, 10], lambda_anchor 0.1, batch-normalised weights).",
+        f"else is the cycle configs' (alpha {rw.alpha:g}, clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor "
+        f"{rw.std_floor:g}, lambda_anchor {anchor.lambda_anchor:g}, batch-normalised weights, `G = R_e`).",
         f"- Training seeds: {seeds} (1000, 1001, ...); evaluation: {args.episodes} episodes per task per seed, "
         "the same initial scenes for every method of a seed (evaluation seed = seed index). Rates pool all "
         "seeds' episodes (Wilson 95% interval); 'per seed' lists each seed's rate.",
         "- IL on clean data only (the filtering baseline) is the baseline IL config on the clean manifest, "
         "so it is trained once: row `il_clean`.",
-        f"- Wall time: data {timings['data_s']:.0f} s, training {sum(map(sum, train_s.values())) / 60:.1f} min, "
-        f"evaluation {timings['eval_s'] / 60:.1f} min.",
+        f"- Wall time of the command: {timings['wall_s'] / 60:.1f} min with {args.jobs} training(s) at a time "
+        f"({args.threads} torch thread(s) each): data {timings['data_s']:.0f} s; summed over the runs, training "
+        f"{sum(map(sum, train_s.values())) / 60:.1f} min and evaluation {timings['eval_s'] / 60:.1f} min. "
+        "Runs reused from an earlier invocation count the time measured when they were trained.",
         "",
     ]
     for task in TASKS:
@@ -398,13 +409,17 @@ def report(
         "",
         "## RWFM weights on the mixed data",
         "",
-        "Mean raw weight `clip(exp(alpha A), 0.1, 10)` (A standardised with the manifest's frame-level mean "
-        "and max(std, std_floor)) per quality over the mixed manifest's frames (batch "
-        "normalisation rescales all weights of a batch alike, so the ratio is what counts):",
+        "Per alpha, the mean raw weight `clip(exp(alpha A))` of a clean and of a cracked egg transfer frame, "
+        "and the cracked transfers' share of the egg task's total weight (they are "
+        f"{weights[next(iter(weights))]['egg_carton_to_tray_cracked']['frame_share'] / egg_frames:.0%} of its "
+        "frames). Batch normalisation rescales all weights of a batch alike, so these shares are what the "
+        "weighted loss imitates; they are computed from the data before any training:",
         "",
         markdown_table(
-            ["alpha", *sorted(next(iter(weights.values()))), "cracked / clean"],
-            [[a, *(f"{v:.3f}" for _, v in sorted(w.items())), f"{w['cracked'] / w['clean']:.2f}"]
+            ["alpha", "clean transfer", "cracked transfer", "cracked / clean", "cracked share of egg-task weight"],
+            [[a, f"{w[CLEAN]['mean_weight']:.3f}", f"{w[CRACKED]['mean_weight']:.3f}",
+              f"{w[CRACKED]['mean_weight'] / w[CLEAN]['mean_weight']:.2f}",
+              f"{w[CRACKED]['weight_share'] / (w[CRACKED]['weight_share'] + w[CLEAN]['weight_share']):.1%}"]
              for a, w in weights.items()],
         ),
         "",
@@ -428,23 +443,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help=f"a subset of {[m.name for m in METHODS]} (default: all)")
     p.add_argument("--extra-alpha", type=float, action="append", default=[],
                    help="also train the mixed RWFM + anchor run with this alpha (an extra row)")  # fmt: skip
-    p.add_argument("--extra-alpha-no-anchor", type=float, action="append", default=[],
-                   help="also train the mixed RWFM run with this alpha and the anchor off (an extra row)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at a time, each in its own process")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per training")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
+    start = time.perf_counter()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m crab.sim.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
-    methods = [
-        *METHODS,
-        *(alpha_method(a) for a in args.extra_alpha),
-        *(alpha_method(a, anchor=False) for a in args.extra_alpha_no_anchor),
-    ]
+    methods = [*METHODS, *(alpha_method(a) for a in args.extra_alpha)]
     if args.methods:
         unknown = sorted(set(args.methods) - {m.name for m in methods})
         if unknown:
@@ -458,22 +469,24 @@ def main(argv: list[str] | None = None) -> dict:
     chunk_size = policy_config(run_config(methods[0], 0, args, data_root).policy).chunk_size
     ensure_stats(data_root, chunk_size)
 
+    runs = [(m, seed) for seed in range(args.seeds) for m in methods]
+    jobs = [(run_config(m, seed, args, data_root), args.episodes, seed, args.n_action_steps, args.image_size,
+             args.threads) for m, seed in runs]  # fmt: skip
+    if args.jobs > 1:  # spawn: the same on Linux and Windows, and no forked torch thread pools
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool_:
+            done = list(pool_.map(train_and_evaluate, *zip(*jobs, strict=True)))
+    else:
+        done = [train_and_evaluate(*job) for job in jobs]
     results: dict[str, list[dict]] = {m.name: [] for m in methods}
     train_s: dict[str, list[float]] = {m.name: [] for m in methods}
-    timings["eval_s"] = 0.0
-    for seed in range(args.seeds):
-        for m in methods:
-            checkpoint, seconds = train_or_reuse(run_config(m, seed, args, data_root))
-            train_s[m.name].append(seconds)
-            start = time.perf_counter()
-            results[m.name].append(
-                evaluate_or_reuse(checkpoint, args.episodes, seed, args.n_action_steps, args.image_size)
-            )
-            timings["eval_s"] += time.perf_counter() - start
-            print(f"{m.name} seed {seed}: trained {seconds / 60:.1f} min", flush=True)
+    for (m, _), (result, seconds, _) in zip(runs, done, strict=True):
+        results[m.name].append(result)
+        train_s[m.name].append(seconds)
+    timings["eval_s"] = sum(eval_s for _, _, eval_s in done)
+    timings["wall_s"] = time.perf_counter() - start
 
-    alphas = [0.25, *args.extra_alpha, *args.extra_alpha_no_anchor, 1.0, 2.0]
-    weights = weight_analysis(data_root, chunk_size, alphas, run_config(METHODS[0], 0, args, data_root).reward_weighting)
+    alphas = [0.25, *args.extra_alpha, 1.0, 2.0]
+    weights = weight_analysis(data_root, chunk_size, alphas, run_config(METHODS[2], 0, args, data_root).reward_weighting)
     plot_path = args.out.with_suffix(".png")
     text, pooled = report(args, methods, results, train_s, weights, timings, plot_path, command)
     notes = ""

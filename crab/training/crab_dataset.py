@@ -40,7 +40,8 @@ class RewardTable:
 
     @property
     def signal(self) -> np.ndarray:
-        return rewards.return_signal(self.episode_reward, self.chunk_return)
+        """The return signal G that the advantage normalises: the episode's reward R_e."""
+        return self.episode_reward
 
 
 def _read_labels(row: ManifestRow) -> dict[int, tuple[float, float]] | None:

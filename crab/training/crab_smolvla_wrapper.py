@@ -61,7 +61,7 @@ from crab.training.flow_loss import (
     masked_per_sample_loss,
     sample_flow_time,
 )
-from crab.training.rewards import advantage, return_signal, rwfm_weights, weight_statistics
+from crab.training.rewards import advantage, rwfm_weights, weight_statistics
 from crab.training.tiny_smolvla import ensure_backbone, ensure_tiny_vlm
 
 logger = logging.getLogger(__name__)
@@ -487,7 +487,7 @@ class CrabSmolVLA(nn.Module):
 
     Implements `FlowPolicy` for the trained policy. Batches must be preprocessed (`make_policy`'s preprocessor)
     and carry, besides SmolVLA's inputs, `action_is_pad` (B, H) and - with reward weighting enabled -
-    `episode_reward` and `chunk_return` (B,); with task masks, `task` (list of B str).
+    `episode_reward` (B,); with task masks, `task` (list of B str).
 
     Args:
         policy: the SmolVLA policy to train (already on its device).
@@ -637,10 +637,9 @@ class CrabSmolVLA(nn.Module):
 
     def _weights(self, batch: Mapping[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
         """RWFM weights w (B,) and the clipped flags (B,) from the batch's reward fields."""
-        for key in ("episode_reward", "chunk_return"):
-            if key not in batch:
-                raise KeyError(f"reward weighting is enabled but the batch has no '{key}' field")
-        signal = return_signal(batch["episode_reward"], batch["chunk_return"]).to(like)
+        if "episode_reward" not in batch:
+            raise KeyError("reward weighting is enabled but the batch has no 'episode_reward' field")
+        signal = batch["episode_reward"].to(like)  # G = R_e (docs/reward_weighting.md)
         rw = self.reward_weighting
         adv = advantage(signal, self.signal_mean, self.signal_std, rw.std_floor)
         return rwfm_weights(adv, rw.alpha, rw.clip_min, rw.clip_max, rw.normalize_batch)

@@ -5,7 +5,8 @@
 
 The JSON holds counts, mean, std and percentiles per dataset and overall, alpha, the reward spec and a
 fingerprint of the manifest and the data. Training refuses statistics whose fingerprint or spec does
-not match what it loads.
+not match what it loads. It also prints each dataset's share of the RWFM weight at `--alpha` (with
+the default clip and std floor): the share of bad data that the weighted loss still imitates.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from crab.training.config import RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
-from crab.training.rewards import RewardSpec
+from crab.training.rewards import RewardSpec, weight_shares
 
-DEFAULT_ALPHA = 0.25
 PERCENTILES = (5, 25, 50, 75, 95)
 
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data-root", default="data")
     p.add_argument("--chunk-size", type=int, default=RewardSpec.chunk_size)
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
     args = p.parse_args(argv)
     spec = RewardSpec(chunk_size=args.chunk_size)
     try:
@@ -118,6 +119,19 @@ def main(argv: list[str] | None = None) -> None:
         f"damage {o['damage_rate']:.2f}, signal mean {o['signal']['mean']:.3f} std {o['signal']['std']:.3f}, "
         f"fingerprint {stats['fingerprint']}"
     )
+    rw = RewardWeightingConfig()
+    shares = weight_shares(
+        {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, o["signal"]["mean"], o["signal"]["std"],
+        args.alpha, (rw.clip_min, rw.clip_max), rw.std_floor,
+    )  # fmt: skip
+    print(f"RWFM weight at alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor {rw.std_floor:g}):")
+    for row in rows:
+        s = shares[row.name]
+        task_total = sum(shares[r.name]["weight_share"] for r in rows if r.task == row.task)
+        print(
+            f"  {row.name} ({row.quality}): {s['frame_share']:.1%} of frames, mean weight {s['mean_weight']:.3f}, "
+            f"{s['weight_share']:.1%} of the weight, {s['weight_share'] / task_total:.1%} of its task's"
+        )
 
 
 if __name__ == "__main__":

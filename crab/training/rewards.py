@@ -1,14 +1,15 @@
 """Pure reward math of RWFM. Every formula here is specified in `docs/reward_weighting.md`.
 
 Two halves:
-- per-dataset annotation (NumPy, vectorised over all frames once): step reward, chunk return,
-  episode reward and the return signal G that the advantage normalises;
+- per-dataset annotation (NumPy, vectorised over all frames once): step reward, chunk return and
+  episode reward (the return signal G that the advantage normalises);
 - per-batch weighting (torch, stays on the device, no host synchronisation): advantage, RWFM weights
   with clipping and batch normalisation, and the weight statistics that the trainer logs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +66,6 @@ def chunk_returns(step_reward: np.ndarray, episode_index: np.ndarray, chunk_size
     return out
 
 
-def return_signal(episode_reward: np.ndarray | Tensor, chunk_return: np.ndarray | Tensor):
-    """G_t = R_e + chunk_return_t: the whole episode's quality plus credit for the chunk's own events."""
-    return episode_reward + chunk_return
-
-
 def advantage(signal: Tensor, mean: float, std: float, std_floor: float) -> Tensor:
     """A = (G - mean_G) / max(std_G, std_floor), with the manifest's frame-level statistics of G.
 
@@ -92,6 +88,27 @@ def rwfm_weights(
     if normalize:
         w = w / w.mean()
     return w, clipped
+
+
+def weight_shares(
+    signals: Mapping[str, np.ndarray], mean: float, std: float, alpha: float, clip: tuple[float, float], std_floor: float
+) -> dict[str, dict[str, float]]:
+    """Per group of frames (e.g. per dataset or quality): its share of the frames, its mean clipped raw
+    weight and its share of the total weight, i.e. how much of the data the weighted loss imitates.
+
+    Batch normalisation divides every weight of a batch by the same number, so these shares are what
+    training sees on average.
+    """
+    raw = {
+        k: rwfm_weights(advantage(torch.as_tensor(g, dtype=torch.float64), mean, std, std_floor), alpha, *clip, False)[0]
+        for k, g in signals.items()
+    }
+    frames = sum(len(w) for w in raw.values())
+    total = sum(float(w.sum()) for w in raw.values())
+    return {
+        k: {"frame_share": len(w) / frames, "mean_weight": float(w.mean()), "weight_share": float(w.sum()) / total}
+        for k, w in raw.items()
+    }
 
 
 def weight_statistics(w: Tensor, clipped: Tensor) -> dict[str, Tensor]:

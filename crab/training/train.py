@@ -148,6 +148,11 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         f"{'on' if cfg.reward_weighting.enabled else 'off'}, anchor {'on' if cfg.anchor.enabled else 'off'}, "
         f"device {accelerator.device}"
     )
+    if cfg.anchor.enabled and cfg.policy.pretrained_path == "tiny":
+        log(
+            "note: the anchor's frozen reference is the starting policy, here a randomly initialised tiny one, so "
+            "the anchor pulls towards noise; it is meant for a pretrained start (docs/sim_benchmark.md)"
+        )
 
     # --- the loop ------------------------------------------------------------------------------------
     pending: list[torch.Tensor] = []  # per-step metric rows, still on the device
