@@ -12,7 +12,7 @@ from conftest import ALL_ROWS, OPEN, PLACE, synthetic_episode, write, write_mani
 
 from crab.data.lerobot_writer import LABELS_FILE
 from crab.training import reward_stats
-from crab.training.crab_dataset import CrabDataset
+from crab.training.crab_dataset import CrabDataset, scale_counts
 from crab.training.manifest import ManifestError, load_manifest
 from crab.training.rewards import REWARD_FIELDS, RewardSpec
 
@@ -170,3 +170,17 @@ def test_features_and_fps_must_agree(data_root, tmp_path):
     slow = write_manifest(tmp_path / "s.csv", [("clean", PLACE, "clean"), ("slow", PLACE, "clean")])
     with pytest.raises(ManifestError, match=r"s.csv:3: dataset 'slow' has fps 5 but 'clean' .* has 10"):
         CrabDataset(load_manifest(slow, tmp_path), SPEC)
+
+
+def test_scaled_counts_weight_the_pooled_normalisation_statistics():
+    from lerobot.datasets.compute_stats import aggregate_stats
+
+    def stats(mean):
+        return {"action": {"mean": np.array([mean]), "std": np.array([1.0]), "min": np.array([mean - 3.0]),
+                           "max": np.array([mean + 3.0]), "count": np.array([10])}}  # fmt: skip
+
+    pooled = aggregate_stats([scale_counts(stats(0.0), 1.0), scale_counts(stats(2.0), 0.25)])["action"]
+    # weights 10 and 2.5: mean 5 / 12.5 = 0.4; variance (10 (1 + 0.4^2) + 2.5 (1 + 1.6^2)) / 12.5 = 1.64
+    assert pooled["mean"].tolist() == pytest.approx([0.4])
+    assert pooled["std"].tolist() == pytest.approx([1.64**0.5])
+    assert aggregate_stats([stats(0.0), stats(2.0)])["action"]["mean"].tolist() == pytest.approx([1.0])

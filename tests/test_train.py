@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -86,6 +87,20 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 0
 
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    # Normalisation statistics pool the datasets by their RWFM weight mass (every dataset here has one R_e).
+    from safetensors.torch import load_file
+
+    normalizer = next((run_dir / "step_000012" / "pretrained_model").glob("*normalizer_processor.safetensors"))
+    stats = json.loads(setup["stats"].read_text())
+    g, rw = stats["overall"]["signal"], cfg.reward_weighting
+    mass = sum(
+        d["frames"]
+        * min(max(math.exp(rw.alpha * (d["signal"]["mean"] - g["mean"]) / max(g["std"], rw.std_floor)), rw.clip_min), rw.clip_max)
+        for d in stats["per_dataset"].values()
+    )
+    assert load_file(normalizer)["action.count"].item() == pytest.approx(mass)
+    assert mass != pytest.approx(stats["overall"]["frames"])
     compare_runs([run_dir, run_dir], setup["out"] / "compare.png")
     assert (setup["out"] / "compare.png").stat().st_size > 0
 

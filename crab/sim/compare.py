@@ -6,8 +6,8 @@
 
 One dataset generation (`crab.sim.generate`), reward statistics for the two manifests, then per seed the
 same tiny SmolVLA trained with each method of `METHODS` and evaluated closed loop (`crab.sim.policy_eval`)
-for `--episodes` episodes per task (`--jobs` trainings at a time, each in its own process). Writes the markdown report, a PNG next to it and `results.json` under
-the work dir. Finished trainings and evaluations with identical settings are reused, so an interrupted
+for `--episodes` episodes per task (`--jobs` trainings at a time, each in its own process). Writes the
+markdown report, a PNG next to it and `results.json` under the work dir. Finished trainings and evaluations with identical settings are reused, so an interrupted
 benchmark continues where it stopped; hand-written notes below `NOTES_MARKER` in the report are kept.
 """
 
@@ -233,6 +233,12 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, data_r
     return load_config([CONFIG_DIR / method.config], overrides)
 
 
+def cracked_factor_config(args: argparse.Namespace):
+    """The mixed RWFM + anchor run's config (seed 0): the settings the report quotes."""
+    method = next(m for m in METHODS if m.name == "rwfm_anchor_mixed")
+    return run_config(method, 0, args, args.work_dir / "data")
+
+
 def train_or_reuse(cfg) -> tuple[Path, float]:
     """(final checkpoint, training seconds); a finished run with the identical config is reused."""
     from crab.training import train
@@ -346,7 +352,7 @@ def report(
     egg_frames = first[CLEAN]["frame_share"] + first[CRACKED]["frame_share"]
     pooled = {task: {m.name: pool([r["tasks"][task] for r in results[m.name]]) for m in methods} for task in TASKS}
     seeds = len(next(iter(results.values())))
-    cycle = run_config(METHODS[2], 0, args, args.work_dir / "data")  # the cracked-factor config
+    cycle = cracked_factor_config(args)
     rw, anchor = cycle.reward_weighting, cycle.anchor
     lines = [
         "# Simulated egg-transfer benchmark: RWFM + anchor against imitation learning",
@@ -411,7 +417,7 @@ def report(
         "",
         "Per alpha, the mean raw weight `clip(exp(alpha A))` of a clean and of a cracked egg transfer frame, "
         "and the cracked transfers' share of the egg task's total weight (they are "
-        f"{weights[next(iter(weights))]['egg_carton_to_tray_cracked']['frame_share'] / egg_frames:.0%} of its "
+        f"{first[CRACKED]['frame_share'] / egg_frames:.0%} of its "
         "frames). Batch normalisation rescales all weights of a batch alike, so these shares are what the "
         "weighted loss imitates; they are computed from the data before any training:",
         "",
@@ -486,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings["wall_s"] = time.perf_counter() - start
 
     alphas = [0.25, *args.extra_alpha, 1.0, 2.0]
-    weights = weight_analysis(data_root, chunk_size, alphas, run_config(METHODS[2], 0, args, data_root).reward_weighting)
+    weights = weight_analysis(data_root, chunk_size, alphas, cracked_factor_config(args).reward_weighting)
     plot_path = args.out.with_suffix(".png")
     text, pooled = report(args, methods, results, train_s, weights, timings, plot_path, command)
     notes = ""

@@ -137,6 +137,16 @@ def _policy_features(meta) -> dict:
     }
 
 
+def scale_counts(stats: dict[str, dict], factor: float) -> dict[str, dict]:
+    """A dataset's lerobot feature statistics with every `count` multiplied by `factor`.
+
+    lerobot's `aggregate_stats` pools datasets in proportion to their counts. Scaling a dataset's counts
+    by its mean RWFM weight makes the policy's normalisation describe the data the weighted loss
+    imitates, not the frames it suppresses.
+    """
+    return {key: {**ft, "count": np.asarray(ft["count"]) * factor} for key, ft in stats.items()}
+
+
 class CrabDataset(Dataset):
     """Concatenation of a manifest's LeRobot datasets; items carry the guide's reward fields.
 

@@ -19,7 +19,7 @@ import torch
 
 from crab.training import checkpoint as ckpt
 from crab.training.config import ConfigError, CrabConfig, load_config, to_dict
-from crab.training.crab_dataset import CrabDataset
+from crab.training.crab_dataset import CrabDataset, scale_counts
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
 from crab.training.manifest import ManifestError, load_manifest
 from crab.training.monitoring import (
@@ -30,7 +30,7 @@ from crab.training.monitoring import (
 )
 from crab.training.plots import plot_run
 from crab.training.reward_stats import load_checked
-from crab.training.rewards import RewardSpec
+from crab.training.rewards import RewardSpec, weight_shares
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
 
@@ -96,7 +96,15 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         reward_stats = load_checked(cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec)
     signal = reward_stats.get("overall", {}).get("signal", {})
 
-    dataset_stats = aggregate_stats([ds.meta.stats for ds in train_ds.datasets])
+    stats = [ds.meta.stats for ds in train_ds.datasets]
+    if cfg.reward_weighting.enabled:
+        # Normalise actions and states with the statistics of the weighted data. Otherwise suppressed
+        # rough demonstrations still widen the action std that the flow is learned in.
+        rw = cfg.reward_weighting
+        signals = {row.name: table.signal for row, table in zip(rows, train_ds.tables, strict=True)}
+        shares = weight_shares(signals, signal["mean"], signal["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor)
+        stats = [scale_counts(st, shares[row.name]["mean_weight"]) for st, row in zip(stats, rows, strict=True)]
+    dataset_stats = aggregate_stats(stats)
     policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
     model = CrabSmolVLA(
         policy,
