@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crab.sim import compare, policy_eval
+from crab.sim import compare, open_loop, policy_eval
+from crab.sim.demonstrators import rollout
+from crab.sim.egg_env import PUT_EGG
 from crab.sim.evaluate import wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +89,9 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     assert out.with_suffix(".png").stat().st_size > 0
     weights = json.loads((tmp_path / "work" / "results.json").read_text())["weights"]["1"]
     assert weights["egg_carton_to_tray_cracked"]["mean_weight"] < weights["egg_carton_to_tray"]["mean_weight"]
+    checkpoint = tmp_path / "work" / "runs" / "il_clean_seed0" / "step_000002"
+    r = open_loop.open_loop_error(policy_eval.SmolVLAActor(checkpoint), [rollout(PUT_EGG, "careful", 7)], PUT_EGG)
+    assert len(r["abs_error"]) == 4 and all(np.isfinite(r["abs_error"])) and np.isfinite(r["grip_mean"])
     # Hand-written notes survive a rerun, which reuses the finished trainings and evaluations.
     out.write_text(text + "my notes\n")
     again = compare.main(argv)
