@@ -5,8 +5,8 @@
 
 The JSON holds counts, mean, std and percentiles per dataset and overall, alpha, the reward spec and a
 fingerprint of the manifest and the data. Training refuses statistics whose fingerprint or spec does
-not match what it loads. It also prints each dataset's share of the RWFM weight at `--alpha` (with
-the default clip and std floor): the share of bad data that the weighted loss still imitates.
+not match what it loads. It also prints each dataset's share of the RWFM weight at `--alpha` and
+`--clip-min` (default clip max and std floor): the share of bad data that the weighted loss still imitates.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", default="data")
     p.add_argument("--chunk-size", type=int, default=RewardSpec.chunk_size)
     p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
+    p.add_argument("--clip-min", type=float, default=RewardWeightingConfig.clip_min, help="for the printed shares")
     args = p.parse_args(argv)
     spec = RewardSpec(chunk_size=args.chunk_size)
     try:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         f"damage {o['damage_rate']:.2f}, signal mean {o['signal']['mean']:.3f} std {o['signal']['std']:.3f}, "
         f"fingerprint {stats['fingerprint']}"
     )
-    rw = RewardWeightingConfig()
+    rw = RewardWeightingConfig(clip_min=args.clip_min)
     shares = weight_shares(
         {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, o["signal"]["mean"], o["signal"]["std"],
         args.alpha, (rw.clip_min, rw.clip_max), rw.std_floor,
