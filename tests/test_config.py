@@ -20,7 +20,8 @@ def test_the_four_cycle_configs_load_with_the_guide_run_names():
     }
     il, rwfm, anchor, cracked = (runs[p.stem] for p in CYCLE)
     assert not il.reward_weighting.enabled and not il.anchor.enabled
-    assert rwfm.reward_weighting.enabled and not rwfm.anchor.enabled and rwfm.reward_weighting.alpha == anchor.reward_weighting.alpha == cracked.reward_weighting.alpha == 1.0
+    assert rwfm.reward_weighting.enabled and not rwfm.anchor.enabled and rwfm.reward_weighting == anchor.reward_weighting == cracked.reward_weighting
+    assert (cracked.reward_weighting.alpha, cracked.reward_weighting.clip_min) == (4.0, 0.0)
     assert anchor.anchor.enabled and cracked.anchor.enabled
     assert cracked.data.manifest.endswith("dataset_manifest_cycle1_with_cracked.csv")
     for cfg in runs.values():
@@ -64,6 +65,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
         ("run_name: x\ndata: {manifest: m.csv}\nanchor: {enabled: 1}\n", "`anchor.enabled` must be bool"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, clip_min: 2, clip_max: 1}\n",
          "clip_min"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, clip_min: -0.1}\n", "clip_min"),
     ],
 )
 def test_bad_values(tmp_path, text, message):

@@ -1,5 +1,7 @@
 """The worked example of docs/reward_weighting.md, number for number, and the pure reward math."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,16 @@ def test_weights_without_batch_normalisation_and_effective_weight_bounds():
     assert rewards.weight_statistics(one_hot, torch.zeros(4, dtype=torch.bool))["effective_batch_weight"].item() == pytest.approx(0.25)
 
 
+def test_zero_clip_floor_lets_weights_reach_zero_and_an_all_zero_batch_stays_zero():
+    adv = torch.tensor([0.5, -1.5, -200.0])  # exp(4 * -200) underflows to 0
+    w, clipped = rewards.rwfm_weights(adv, alpha=4.0, clip_min=0.0, clip_max=10.0, normalize=True)
+    raw = torch.tensor([math.exp(2.0), math.exp(-6.0), 0.0])
+    torch.testing.assert_close(w, raw / raw.mean())
+    assert not clipped.any()
+    w, _ = rewards.rwfm_weights(torch.full((2,), -200.0), alpha=4.0, clip_min=0.0, clip_max=10.0, normalize=True)
+    assert w.tolist() == [0.0, 0.0]
+
+
 def test_weight_shares_hand_checked():
     # mean 0.5, std 0.866 < floor 1: A = 0.5 (clean), -1.5 (cracked); alpha 1: e^0.5 = 1.648721, e^-1.5 = 0.223130
     shares = rewards.weight_shares(
@@ -76,6 +88,12 @@ def test_weight_shares_hand_checked():
     )
     assert shares["clean"] == pytest.approx({"frame_share": 0.75, "mean_weight": 1.648721, "weight_share": 0.956835}, abs=1e-6)
     assert shares["cracked"] == pytest.approx({"frame_share": 0.25, "mean_weight": 0.223130, "weight_share": 0.043165}, abs=1e-6)
+
+
+def test_task_shares_divide_by_the_task_total():
+    shares = {"a": {"weight_share": 0.3}, "b": {"weight_share": 0.1}, "c": {"weight_share": 0.6}, "d": {"weight_share": 0.0}}
+    got = rewards.task_shares(shares, {"a": "egg", "b": "egg", "c": "carton", "d": "lid"})
+    assert got == pytest.approx({"a": 0.75, "b": 0.25, "c": 1.0, "d": 0.0})
 
 
 def test_weight_shares_clip_at_the_bound_and_floor_the_std():

@@ -415,7 +415,8 @@ def report(
         "",
         "## RWFM weights on the mixed data",
         "",
-        "Per alpha, the mean raw weight `clip(exp(alpha A))` of a clean and of a cracked egg transfer frame, "
+        f"Per alpha, the mean raw weight `clip(exp(alpha A), {rw.clip_min:g}, {rw.clip_max:g})` (the cycle "
+        "configs' bounds) of a clean and of a cracked egg transfer frame, "
         "and the cracked transfers' share of the egg task's total weight (they are "
         f"{first[CRACKED]['frame_share'] / egg_frames:.0%} of its "
         "frames). Batch normalisation rescales all weights of a batch alike, so these shares are what the "
@@ -491,8 +492,8 @@ def main(argv: list[str] | None = None) -> dict:
     timings["eval_s"] = sum(eval_s for _, _, eval_s in done)
     timings["wall_s"] = time.perf_counter() - start
 
-    alphas = [0.25, *args.extra_alpha, 1.0, 2.0]
-    weights = weight_analysis(data_root, chunk_size, alphas, cracked_factor_config(args).reward_weighting)
+    rw = cracked_factor_config(args).reward_weighting
+    weights = weight_analysis(data_root, chunk_size, [0.25, 1.0, rw.alpha, *args.extra_alpha], rw)
     plot_path = args.out.with_suffix(".png")
     text, pooled = report(args, methods, results, train_s, weights, timings, plot_path, command)
     notes = ""

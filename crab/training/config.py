@@ -47,7 +47,7 @@ class RewardWeightingConfig:
     enabled: bool = True
     alpha: float = 0.25
     std_floor: float = 1.0  # lower bound on the std that normalises the advantage (reward units)
-    clip_min: float = 0.1  # bounds on the raw weight exp(alpha * A)
+    clip_min: float = 0.1  # bounds on the raw weight exp(alpha * A); 0 lets the worst data reach weight 0
     clip_max: float = 10.0
     normalize_batch: bool = True  # divide by the batch mean weight so the loss scale matches IL
 
@@ -194,7 +194,7 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (rw.enabled and not cfg.data.reward_stats, "`data.reward_stats` is required when `reward_weighting.enabled`"),
         (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),
         (rw.std_floor <= 0, "`reward_weighting.std_floor` must be > 0"),
-        (not 0 < rw.clip_min < rw.clip_max, "need 0 < `reward_weighting.clip_min` < `reward_weighting.clip_max`"),
+        (not 0 <= rw.clip_min < rw.clip_max, "need 0 <= `reward_weighting.clip_min` < `reward_weighting.clip_max`"),
         (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
         (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
         (cfg.data.batch_size < 1, "`data.batch_size` must be >= 1"),

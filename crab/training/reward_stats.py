@@ -24,7 +24,7 @@ import numpy as np
 from crab.training.config import RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
-from crab.training.rewards import RewardSpec, weight_shares
+from crab.training.rewards import RewardSpec, task_shares, weight_shares
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -125,13 +125,13 @@ def main(argv: list[str] | None = None) -> None:
         {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, o["signal"]["mean"], o["signal"]["std"],
         args.alpha, (rw.clip_min, rw.clip_max), rw.std_floor,
     )  # fmt: skip
+    of_task = task_shares(shares, {row.name: row.task for row in rows})
     print(f"RWFM weight at alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor {rw.std_floor:g}):")
     for row in rows:
         s = shares[row.name]
-        task_total = sum(shares[r.name]["weight_share"] for r in rows if r.task == row.task)
         print(
             f"  {row.name} ({row.quality}): {s['frame_share']:.1%} of frames, mean weight {s['mean_weight']:.3f}, "
-            f"{s['weight_share']:.1%} of the weight, {s['weight_share'] / task_total:.1%} of its task's"
+            f"{s['weight_share']:.2%} of the weight, {of_task[row.name]:.2%} of its task's"
         )
 
 

@@ -80,13 +80,15 @@ def rwfm_weights(
 ) -> tuple[Tensor, Tensor]:
     """w = clip(exp(alpha * A), clip_min, clip_max), then w / mean_batch(w) when `normalize`.
 
-    Returns (weights, clipped) where `clipped` marks samples whose raw weight hit a clip bound.
+    Returns (weights, clipped) where `clipped` marks samples whose raw weight hit a clip bound. With
+    `clip_min = 0` a batch whose weights all underflow to 0 keeps weight 0 (it teaches nothing) instead
+    of dividing by zero.
     """
     raw = torch.exp(alpha * adv)
     clipped = (raw < clip_min) | (raw > clip_max)
     w = raw.clamp(clip_min, clip_max)
     if normalize:
-        w = w / w.mean()
+        w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)
     return w, clipped
 
 
@@ -109,6 +111,15 @@ def weight_shares(
         k: {"frame_share": len(w) / frames, "mean_weight": float(w.mean()), "weight_share": float(w.sum()) / total}
         for k, w in raw.items()
     }
+
+
+def task_shares(shares: Mapping[str, Mapping[str, float]], task_of: Mapping[str, str]) -> dict[str, float]:
+    """Each group's share of its task's total weight (`shares` from `weight_shares`): the part of that
+    task's behaviour the weighted loss imitates from it. 0 where the whole task weighs 0."""
+    totals: dict[str, float] = {}
+    for k, s in shares.items():
+        totals[task_of[k]] = totals.get(task_of[k], 0.0) + s["weight_share"]
+    return {k: s["weight_share"] / totals[task_of[k]] if totals[task_of[k]] else 0.0 for k, s in shares.items()}
 
 
 def weight_statistics(w: Tensor, clipped: Tensor) -> dict[str, Tensor]:

@@ -30,7 +30,7 @@ from crab.training.monitoring import (
 )
 from crab.training.plots import plot_run
 from crab.training.reward_stats import load_checked
-from crab.training.rewards import RewardSpec, weight_shares
+from crab.training.rewards import RewardSpec, task_shares, weight_shares
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
 
@@ -104,6 +104,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         signals = {row.name: table.signal for row, table in zip(rows, train_ds.tables, strict=True)}
         shares = weight_shares(signals, signal["mean"], signal["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor)
         stats = [scale_counts(st, shares[row.name]["mean_weight"]) for st, row in zip(stats, rows, strict=True)]
+        of_task = task_shares(shares, {row.name: row.task for row in rows})
+        log("RWFM weight, share of its task's: " + ", ".join(f"{row.name} {of_task[row.name]:.2%}" for row in rows))
     dataset_stats = aggregate_stats(stats)
     policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
     model = CrabSmolVLA(
