@@ -81,10 +81,14 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "report.md"
     argv = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--seeds", "1", "--episodes", "1",
             "--steps", "2", "--batch-size", "4", "--episodes-per-dataset", "2",
-            "--methods", "il_clean", "rwfm_anchor_mixed", "--jobs", "2"]  # fmt: skip
+            "--methods", "il_clean", "rwfm_anchor_mixed", "rwfm_clean", "--jobs", "2"]  # fmt: skip
     result = compare.main(argv)
-    assert set(result["pooled"]["Put the egg into the tray."]) == {"il_clean", "rwfm_anchor_mixed"}
+    assert set(result["pooled"]["Put the egg into the tray."]) == {"il_clean", "rwfm_anchor_mixed", "rwfm_clean"}
+    # RWFM without anchor on the clean manifest is IL's run, reported and not retrained.
+    assert result["per_seed"]["rwfm_clean"] == result["per_seed"]["il_clean"]
+    assert not (tmp_path / "work" / "runs" / "rwfm_clean_seed0").exists()
     text = out.read_text()
+    assert "`rwfm_clean` = `il_clean`" in text
     assert "| `rwfm_anchor_mixed` |" in text and "Not checked" in text and compare.NOTES_MARKER in text
     assert out.with_suffix(".png").stat().st_size > 0
     weights = json.loads((tmp_path / "work" / "results.json").read_text())["weights"]["1"]

@@ -133,6 +133,26 @@ def test_resume_is_bit_identical(setup, monkeypatch):
         assert torch.equal(state["exp_avg"], sd_b["state"][k]["exp_avg"])
 
 
+def test_rwfm_on_data_of_one_outcome_trains_exactly_like_il(setup, tmp_path):
+    """Every advantage is 0 and every weight exactly 1, so the run is IL's bit for bit (crab.sim.compare
+    relies on it to report such a run without retraining it)."""
+    manifest = write_manifest(tmp_path / "clean.csv", [ALL_ROWS[0]])
+    stats = tmp_path / "stats.json"
+    reward_stats.main(["--manifest", str(manifest), "--out", str(stats), "--data-root", str(setup["data_root"]),
+                       "--chunk-size", "10"])  # fmt: skip
+    common = {"data.manifest": manifest.as_posix(), "data.reward_stats": stats.as_posix(), "anchor.enabled": "false",
+              "train.steps": 4, "train.save_every": 4}  # fmt: skip
+    il = train.train(config(setup, "one_outcome_il", **common, **{"reward_weighting.enabled": "false"}))
+    rwfm = train.train(config(setup, "one_outcome_rwfm", **common))
+    a, b = step_log(il), step_log(rwfm)
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and [r["grad_norm"] for r in a] == [r["grad_norm"] for r in b]
+    assert all(r["w_max"] == 1.0 for r in b)
+    from safetensors.torch import load_file
+
+    weights = [load_file(run / "step_000004" / "pretrained_model" / "model.safetensors") for run in (il, rwfm)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_nonfinite_loss_stops_with_last_good_checkpoint(setup, monkeypatch):
     cfg = config(setup, "nan", **{"train.steps": 10, "train.save_every": 3, "train.log_every": 2})
     original = train.CrabSmolVLA.forward

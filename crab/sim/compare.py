@@ -239,6 +239,24 @@ def cracked_factor_config(args: argparse.Namespace):
     return run_config(method, 0, args, args.work_dir / "data")
 
 
+def il_twins(methods: Sequence[Method], args: argparse.Namespace, data_root: Path) -> dict[str, str]:
+    """Methods that would repeat an IL run bit for bit, mapped to that run: RWFM without the anchor on
+    data of one outcome (reward signal std 0) gives every sample advantage 0 and weight exactly 1
+    (`tests/test_train.py` checks that such a run equals IL's). They are reported, not retrained."""
+    cfgs = {m.name: run_config(m, 0, args, data_root) for m in methods}
+    twins = {}
+    for m in methods:
+        cfg = cfgs[m.name]
+        if not cfg.reward_weighting.enabled or cfg.anchor.enabled:
+            continue
+        if json.loads(stats_path(data_root, m.data).read_text())["overall"]["signal"]["std"] != 0:
+            continue
+        il = [o.name for o in methods if o.data == m.data and not (cfgs[o.name].reward_weighting.enabled or cfgs[o.name].anchor.enabled)]
+        if il:
+            twins[m.name] = il[0]
+    return twins
+
+
 def train_or_reuse(cfg) -> tuple[Path, float]:
     """(final checkpoint, training seconds); a finished run with the identical config is reused."""
     from crab.training import train
@@ -347,6 +365,7 @@ def report(
     timings: dict,
     plot_path: Path,
     command: str,
+    twins: dict[str, str],
 ) -> tuple[str, dict]:
     first = weights[next(iter(weights))]
     egg_frames = first[CLEAN]["frame_share"] + first[CRACKED]["frame_share"]
@@ -379,10 +398,13 @@ def report(
         "the same initial scenes for every method of a seed (evaluation seed = seed index). Rates pool all "
         "seeds' episodes (Wilson 95% interval); 'per seed' lists each seed's rate.",
         "- IL on clean data only (the filtering baseline) is the baseline IL config on the clean manifest, "
-        "so it is trained once: row `il_clean`.",
+        "so it is trained once: row `il_clean`. RWFM without the anchor on the clean manifest, where every "
+        "episode succeeds, gives every sample the weight 1 and trains bit for bit as IL "
+        "(`tests/test_train.py`), so it is reported with IL's run, not retrained: "
+        + (", ".join(f"`{k}` = `{v}`" for k, v in twins.items()) or "none here") + ".",
         f"- Wall time of the command: {timings['wall_s'] / 60:.1f} min with {args.jobs} training(s) at a time "
         f"({args.threads} torch thread(s) each): data {timings['data_s']:.0f} s; summed over the runs, training "
-        f"{sum(map(sum, train_s.values())) / 60:.1f} min and evaluation {timings['eval_s'] / 60:.1f} min. "
+        f"{sum(sum(v) for k, v in train_s.items() if k not in twins) / 60:.1f} min and evaluation {timings['eval_s'] / 60:.1f} min. "
         "Runs reused from an earlier invocation count the time measured when they were trained.",
         "",
     ]
@@ -391,7 +413,7 @@ def report(
         for m in methods:
             p = pooled[task][m.name]
             rows.append([
-                f"`{m.name}`", m.label, m.data, fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
+                f"`{m.name}`", m.label + (f": every weight is 1, so it is `{twins[m.name]}`'s run" if m.name in twins else ""), m.data, fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
                 fmt_rate(p["crack_rate"], p["crack_ci95"]), fmt_seeds(p["seed_crack"]),
                 f"{p['mean_return']:+.2f} [{p['return_ci95'][0]:+.2f}, {p['return_ci95'][1]:+.2f}]",
                 f"{np.mean(train_s[m.name]) / 60:.1f}",
@@ -476,7 +498,8 @@ def main(argv: list[str] | None = None) -> dict:
     chunk_size = policy_config(run_config(methods[0], 0, args, data_root).policy).chunk_size
     ensure_stats(data_root, chunk_size)
 
-    runs = [(m, seed) for seed in range(args.seeds) for m in methods]
+    twins = il_twins(methods, args, data_root)
+    runs = [(m, seed) for seed in range(args.seeds) for m in methods if m.name not in twins]
     jobs = [(run_config(m, seed, args, data_root), args.episodes, seed, args.n_action_steps, args.image_size,
              args.threads) for m, seed in runs]  # fmt: skip
     if args.jobs > 1:  # spawn: the same on Linux and Windows, and no forked torch thread pools
@@ -489,13 +512,15 @@ def main(argv: list[str] | None = None) -> dict:
     for (m, _), (result, seconds, _) in zip(runs, done, strict=True):
         results[m.name].append(result)
         train_s[m.name].append(seconds)
+    for name, il in twins.items():
+        results[name], train_s[name] = results[il], train_s[il]
     timings["eval_s"] = sum(eval_s for _, _, eval_s in done)
     timings["wall_s"] = time.perf_counter() - start
 
     rw = cracked_factor_config(args).reward_weighting
     weights = weight_analysis(data_root, chunk_size, [0.25, 1.0, rw.alpha, *args.extra_alpha], rw)
     plot_path = args.out.with_suffix(".png")
-    text, pooled = report(args, methods, results, train_s, weights, timings, plot_path, command)
+    text, pooled = report(args, methods, results, train_s, weights, timings, plot_path, command, twins)
     notes = ""
     if args.out.is_file() and NOTES_MARKER in args.out.read_text():
         notes = args.out.read_text().split(NOTES_MARKER, 1)[1]
