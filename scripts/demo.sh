@@ -16,7 +16,8 @@ if [ ! -f "$data/.complete" ]; then
     $py -m crab.sim.generate --out "$data" --episodes-per-dataset 8 --seed 0
     touch "$data/.complete"
 fi
-$py -m crab.training.reward_stats --manifest "$manifest" --data-root "$data" --chunk-size 10 --out "$stats"
+$py -m crab.training.reward_stats --manifest "$manifest" --data-root "$data" --chunk-size 10 --out "$stats" \
+    --alpha 4 --clip-min 0  # the cycle configs' weighting, for the printed shares
 rm -rf "outputs/$run"
 $py crab/training/train.py \
     --config crab/training/configs/train_cycle1_rwfm_anchor_cracked_factor.yaml \
