@@ -9,7 +9,9 @@ datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a sma
 
 1. Annotation overhead: plain LeRobotDataset and CrabDataset read the same random indices, back to back
    per item with alternating order; the median time per repeat is reported and compared (goal < 1%).
-2. Loader vs trainer (goal: loader >= 2x trainer), at the config's batch size (default: the demo
+2. Item cache (`data.cache_items`): the same random items read from CrabDataset without the cache and,
+   after one priming pass, from one with it (every later epoch of training); items/s and their ratio.
+3. Loader vs trainer (goal: loader >= 2x trainer), at the config's batch size (default: the demo
    configuration, cycle-1 cracked-factor config + demo overrides): samples/s of train.py's
    DataLoader over CrabDataset (its sampler, `data.num_workers` workers) against samples/s of
    train.py's step (preprocessor, RWFM + anchor forward at the post-ramp lambda, backward, clip,
@@ -103,12 +105,32 @@ def annotation_overhead(rows: list[ManifestRow], args: argparse.Namespace) -> No
     print(f"  annotation overhead: {100 * overhead:+.2f}% (goal < 1%: {'met' if overhead < 0.01 else 'MISSED'})")
 
 
+def item_cache(rows: list[ManifestRow], args: argparse.Namespace) -> None:
+    spec = RewardSpec(chunk_size=args.chunk_size)
+    plain, cached = CrabDataset(rows, spec), CrabDataset(rows, spec, cache=True)
+    indices = np.random.default_rng(1).integers(0, len(plain), args.items).tolist()
+    for i in indices:  # priming: the first epoch decodes every item once
+        cached[i]
+    rates = {"decoded": [], "cached": []}
+    for _ in range(args.repeats):
+        for name, ds in (("decoded", plain), ("cached", cached)):
+            start = time.perf_counter()
+            for i in indices:
+                ds[i]
+            rates[name].append(args.items / (time.perf_counter() - start))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"item cache: {args.items} random items, {args.repeats} repeats, median")
+    for name, r in med.items():
+        print(f"  {name:<8} {r:10.1f} items/s")
+    print(f"  cached / decoded: {med['cached'] / med['decoded']:.0f}x")
+
+
 def loader_vs_trainer(rows: list[ManifestRow], cfg: CrabConfig, args: argparse.Namespace) -> None:
     from lerobot.datasets.compute_stats import aggregate_stats
 
     smolvla_cfg = policy_config(cfg.policy)
     train_eps, _ = split_episodes(rows, cfg.data.val_episodes_per_dataset)
-    ds = CrabDataset(rows, RewardSpec(chunk_size=smolvla_cfg.chunk_size), train_eps, cfg.data.video_backend)
+    ds = CrabDataset(rows, RewardSpec(chunk_size=smolvla_cfg.chunk_size), train_eps, cfg.data.video_backend, cfg.data.cache_items)
     bs, workers = cfg.data.batch_size, cfg.data.num_workers
     sampler = EpochBatchSampler(len(ds), bs, cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -188,6 +210,7 @@ def main() -> None:
         rows = load_manifest(manifest, root)
         print(f"data: {manifest} under {root}; python {sys.version.split()[0]}, {os.cpu_count()} cpus")
         annotation_overhead(rows, args)
+        item_cache(rows, args)
         loader_vs_trainer(rows, cfg, args)
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from crab.training.config import ConfigError, load_config
+from crab.training.config import ConfigError, load_config, to_dict, training_settings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "crab" / "training" / "configs"
 CYCLE = sorted(CONFIGS.glob("train_cycle1_*.yaml"))
@@ -78,3 +78,13 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(write(tmp_path, "run_name: x\ndata: {manifest: m.csv}\n"), ["train.steps"])
+
+
+def test_training_settings_drop_only_speed_keys():
+    cfg = to_dict(load_config([CONFIGS / "train_cycle1_baseline_il.yaml"]))
+    faster = {**cfg, "data": {**cfg["data"], "num_workers": 7, "cache_items": True}}
+    assert training_settings(faster) == training_settings(cfg)
+    assert "cache_items" not in training_settings(cfg)["data"] and training_settings(cfg)["data"]["batch_size"] == 8
+    older = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "cache_items"}}  # saved before the key
+    assert training_settings(older) == training_settings(cfg)
+    assert training_settings({**cfg, "seed": 1}) != training_settings(cfg)

@@ -37,6 +37,17 @@ def test_items_carry_lerobot_fields_and_rewards(dataset):
     assert last["action_is_pad"].tolist() == [False, True, True]
 
 
+def test_item_cache_serves_the_same_items(dataset, data_root, tmp_path):
+    cached = CrabDataset(load_manifest(write_manifest(tmp_path / "all.csv", ALL_ROWS), data_root), SPEC, cache=True)
+    for i in (0, 11, len(dataset) - 1):
+        first = cached[i]
+        first["scribble"] = 1  # callers own the dict they get
+        again, fresh = cached[i], dataset[i]
+        assert "scribble" not in again and again.keys() == fresh.keys()
+        for key, value in fresh.items():
+            assert torch.equal(again[key], value) if isinstance(value, torch.Tensor) else again[key] == value, key
+
+
 def test_reward_values_follow_the_spec(dataset):
     clean, labelled, stepwise = dataset.tables
     # quality only: clean -> s=1, d=0, R_e=1 on the last frame of each episode

@@ -93,11 +93,14 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     assert out.with_suffix(".png").stat().st_size > 0
     weights = json.loads((tmp_path / "work" / "results.json").read_text())["weights"]["1"]
     assert weights["egg_carton_to_tray_cracked"]["mean_weight"] < weights["egg_carton_to_tray"]["mean_weight"]
+    egg = weights["egg_carton_to_tray"]["task_share"] + weights["egg_carton_to_tray_cracked"]["task_share"]
+    assert egg == pytest.approx(1.0) and weights["open_the_carton"]["task_share"] == pytest.approx(1.0)
     checkpoint = tmp_path / "work" / "runs" / "il_clean_seed0" / "step_000002"
     r = open_loop.open_loop_error(policy_eval.SmolVLAActor(checkpoint), [rollout(PUT_EGG, "careful", 7)], PUT_EGG)
     assert len(r["abs_error"]) == 4 and all(np.isfinite(r["abs_error"])) and np.isfinite(r["grip_mean"])
-    # Hand-written notes survive a rerun, which reuses the finished trainings and evaluations.
+    # Hand-written notes survive a rerun, which reuses the finished trainings and evaluations (the item
+    # cache, a speed-only setting, does not count).
     out.write_text(text + "my notes\n")
-    again = compare.main(argv)
+    again = compare.main([*argv, "--no-cache-items"])
     assert again["train_s"] == result["train_s"]
     assert out.read_text().endswith(compare.NOTES_MARKER + "\nmy notes\n")

@@ -7,8 +7,10 @@
 One dataset generation (`crab.sim.generate`), reward statistics for the two manifests, then per seed the
 same tiny SmolVLA trained with each method of `METHODS` and evaluated closed loop (`crab.sim.policy_eval`)
 for `--episodes` episodes per task (`--jobs` trainings at a time, each in its own process). Writes the
-markdown report, a PNG next to it and `results.json` under the work dir. Finished trainings and evaluations with identical settings are reused, so an interrupted
-benchmark continues where it stopped; hand-written notes below `NOTES_MARKER` in the report are kept.
+markdown report, a PNG next to it and `results.json` under the work dir. Finished trainings with the same
+training settings (`config.training_settings`: speed-only keys such as `data.cache_items` aside) and their
+evaluations are reused, so an interrupted benchmark continues where it stopped; hand-written notes below
+`NOTES_MARKER` in the report are kept.
 """
 
 from __future__ import annotations
@@ -190,13 +192,15 @@ def manifest_path(data: str) -> Path:
     return MANIFEST_DIR / f"dataset_manifest_{MANIFESTS[data]}.csv"
 
 
-def ensure_stats(data_root: Path, chunk_size: int) -> None:
+def ensure_stats(data_root: Path, chunk_size: int, rw) -> None:
+    """Reward statistics of both manifests; the printed weight shares are at `rw`'s alpha and clip floor
+    (the RWFM runs' reward_weighting config)."""
     from crab.training import reward_stats
 
     for data in MANIFESTS:
         reward_stats.main(
             ["--manifest", str(manifest_path(data)), "--data-root", str(data_root), "--chunk-size", str(chunk_size),
-             "--out", str(stats_path(data_root, data))]
+             "--out", str(stats_path(data_root, data)), "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min)]
         )  # fmt: skip
 
 
@@ -214,6 +218,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, data_r
         f"data.reward_stats={stats_path(data_root, method.data)}",
         f"data.batch_size={args.batch_size}",
         "data.num_workers=1",
+        f"data.cache_items={str(args.cache_items).lower()}",
         "policy.pretrained_path=tiny",
         f"policy.overrides={{n_action_steps: {args.n_action_steps}}}",
         # The cycle configs' anchor schedule (warmup 1000, ramp 2000 of 20000 steps), scaled to the run.
@@ -258,15 +263,15 @@ def il_twins(methods: Sequence[Method], args: argparse.Namespace, data_root: Pat
 
 
 def train_or_reuse(cfg) -> tuple[Path, float]:
-    """(final checkpoint, training seconds); a finished run with the identical config is reused."""
+    """(final checkpoint, training seconds); a finished run with the same training settings is reused."""
     from crab.training import train
     from crab.training.checkpoint import step_dir
-    from crab.training.config import to_dict
+    from crab.training.config import to_dict, training_settings
 
     final = step_dir(cfg.run_dir, cfg.train.steps)
     timing = cfg.run_dir / "benchmark_timing.json"
     saved = final / "crab_config.yaml"
-    if saved.is_file() and timing.is_file() and yaml.safe_load(saved.read_text()) == to_dict(cfg):
+    if saved.is_file() and timing.is_file() and training_settings(yaml.safe_load(saved.read_text())) == training_settings(to_dict(cfg)):
         print(f"reusing {final}")
         return final, json.loads(timing.read_text())["train_s"]
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -305,17 +310,23 @@ def train_and_evaluate(
 
 
 def weight_analysis(data_root: Path, chunk_size: int, alphas: Sequence[float], rw) -> dict:
-    """Per alpha, each dataset's share of the mixed manifest's RWFM weight (`rewards.weight_shares`;
-    `rw`: the runs' reward_weighting config, for the clip bounds and the std floor)."""
+    """Per alpha, each dataset's share of the mixed manifest's RWFM weight (`rewards.weight_shares`) and of
+    its task's weight (`task_share`); `rw`: the runs' reward_weighting config, for the clip bounds and the
+    std floor."""
     from crab.training.crab_dataset import annotate
     from crab.training.manifest import load_manifest
-    from crab.training.rewards import RewardSpec, weight_shares
+    from crab.training.rewards import RewardSpec, task_shares, weight_shares
 
     spec = RewardSpec(chunk_size=chunk_size)
-    signal = {row.name: annotate(row, spec).signal for row in load_manifest(manifest_path("mixed"), data_root)}
+    rows = load_manifest(manifest_path("mixed"), data_root)
+    signal = {row.name: annotate(row, spec).signal for row in rows}
     g = json.loads(stats_path(data_root, "mixed").read_text())["overall"]["signal"]
-    clip = (rw.clip_min, rw.clip_max)
-    return {f"{a:g}": weight_shares(signal, g["mean"], g["std"], a, clip, rw.std_floor) for a in sorted(set(alphas))}
+    out = {}
+    for a in sorted(set(alphas)):
+        shares = weight_shares(signal, g["mean"], g["std"], a, (rw.clip_min, rw.clip_max), rw.std_floor)
+        of_task = task_shares(shares, {row.name: row.task for row in rows})
+        out[f"{a:g}"] = {k: {**s, "task_share": of_task[k]} for k, s in shares.items()}
+    return out
 
 
 def plot(pooled: dict[str, dict], methods: Sequence[Method], path: Path, title: str) -> None:
@@ -448,7 +459,7 @@ def report(
             ["alpha", "clean transfer", "cracked transfer", "cracked / clean", "cracked share of egg-task weight"],
             [[a, f"{w[CLEAN]['mean_weight']:.3f}", f"{w[CRACKED]['mean_weight']:.3f}",
               f"{w[CRACKED]['mean_weight'] / w[CLEAN]['mean_weight']:.2f}",
-              f"{w[CRACKED]['weight_share'] / (w[CRACKED]['weight_share'] + w[CLEAN]['weight_share']):.1%}"]
+              f"{w[CRACKED]['task_share']:.1%}"]
              for a, w in weights.items()],
         ),
         "",
@@ -472,6 +483,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help=f"a subset of {[m.name for m in METHODS]} (default: all)")
     p.add_argument("--extra-alpha", type=float, action="append", default=[],
                    help="also train the mixed RWFM + anchor run with this alpha (an extra row)")  # fmt: skip
+    p.add_argument("--cache-items", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep decoded training items in RAM (`data.cache_items`); the small generated data fit")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="trainings at a time, each in its own process")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per training")
     return p.parse_args(argv)
@@ -496,7 +509,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # The reward statistics are computed for the policy's chunk (training refuses any other).
     chunk_size = policy_config(run_config(methods[0], 0, args, data_root).policy).chunk_size
-    ensure_stats(data_root, chunk_size)
+    rw = cracked_factor_config(args).reward_weighting
+    ensure_stats(data_root, chunk_size, rw)
 
     twins = il_twins(methods, args, data_root)
     runs = [(m, seed) for seed in range(args.seeds) for m in methods if m.name not in twins]
@@ -517,7 +531,6 @@ def main(argv: list[str] | None = None) -> dict:
     timings["eval_s"] = sum(eval_s for _, _, eval_s in done)
     timings["wall_s"] = time.perf_counter() - start
 
-    rw = cracked_factor_config(args).reward_weighting
     weights = weight_analysis(data_root, chunk_size, [0.25, 1.0, rw.alpha, *args.extra_alpha], rw)
     plot_path = args.out.with_suffix(".png")
     text, pooled = report(args, methods, results, train_s, weights, timings, plot_path, command, twins)

@@ -31,6 +31,9 @@ class DataConfig:
     num_workers: int = 2
     val_episodes_per_dataset: int = 1  # last episodes of each dataset held out for validation
     video_backend: str = "torchcodec"
+    # Keep every decoded item in RAM once read (in each loader worker and in the main process), so only
+    # the first epoch decodes video. For datasets that fit several times in memory; batches are identical.
+    cache_items: bool = False
 
 
 @dataclass
@@ -210,3 +213,18 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
 
 def to_dict(cfg: CrabConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# Keys that change only how fast the batches come, never which: the sampler fixes the order, and items
+# are the same whether decoded by a worker, the main process or read from the cache.
+SPEED_ONLY = {"data": ("num_workers", "cache_items")}
+
+
+def training_settings(cfg_dict: dict) -> dict:
+    """A config dict (`to_dict`, or a saved crab_config.yaml) without its speed-only keys: runs that agree
+    on it train the same weights, and a run may be resumed or reused with other speed settings."""
+    out = dict(cfg_dict)
+    for section, keys in SPEED_ONLY.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out

@@ -150,7 +150,8 @@ def scale_counts(stats: dict[str, dict], factor: float) -> dict[str, dict]:
 class CrabDataset(Dataset):
     """Concatenation of a manifest's LeRobot datasets; items carry the guide's reward fields.
 
-    `episodes` optionally restricts each dataset (by name) to a list of episode indices.
+    `episodes` optionally restricts each dataset (by name) to a list of episode indices. With `cache`,
+    each item is decoded once and then served from memory (a copy of its dict, sharing the tensors).
     """
 
     def __init__(
@@ -159,6 +160,7 @@ class CrabDataset(Dataset):
         spec: RewardSpec,
         episodes: dict[str, list[int]] | None = None,
         video_backend: str = "torchcodec",
+        cache: bool = False,
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
@@ -197,6 +199,7 @@ class CrabDataset(Dataset):
         keys = [set(ds.meta.features) for ds in self.datasets]
         self._uncommon = set.union(*keys) - set.intersection(*keys)
         self._offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+        self._cache: dict[int, dict] | None = {} if cache else None
 
     @property
     def fingerprint(self) -> str:
@@ -213,6 +216,13 @@ class CrabDataset(Dataset):
         return d, idx - int(self._offsets[d])
 
     def __getitem__(self, idx: int) -> dict:
+        if self._cache is None:
+            return self._load(idx)
+        if idx not in self._cache:
+            self._cache[idx] = self._load(idx)
+        return dict(self._cache[idx])
+
+    def _load(self, idx: int) -> dict:
         d, local = self.locate(idx)
         item = self.datasets[d][local]
         for key in self._uncommon.intersection(item):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from crab.training import checkpoint as ckpt
-from crab.training.config import ConfigError, CrabConfig, load_config, to_dict
+from crab.training.config import ConfigError, CrabConfig, load_config, to_dict, training_settings
 from crab.training.crab_dataset import CrabDataset, scale_counts
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
 from crab.training.manifest import ManifestError, load_manifest
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
-    current = to_dict(cfg)
+    saved, current = training_settings(saved), training_settings(to_dict(cfg))
     changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != current[k]]
     if changed:
         raise ConfigError(
@@ -89,8 +89,9 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
     rows = load_manifest(cfg.data.manifest, cfg.data.data_root)
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
-    train_ds = CrabDataset(rows, spec, episodes=train_eps, video_backend=cfg.data.video_backend)
-    val_ds = CrabDataset(rows, spec, episodes=val_eps, video_backend=cfg.data.video_backend) if val_eps else None
+    data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items}
+    train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
+    val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
     reward_stats = {}  # required when weighting is on (checked with the config), else optional
     if cfg.data.reward_stats:
         reward_stats = load_checked(cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec)
