@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from crab.sim import compare, open_loop, policy_eval
 from crab.sim.demonstrators import rollout
-from crab.sim.egg_env import PUT_EGG
+from crab.sim.egg_env import IMAGE_KEY, PUT_EGG, STATE_KEY
 from crab.sim.evaluate import wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +97,18 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     egg = weights["egg_carton_to_tray"]["task_share"] + weights["egg_carton_to_tray_cracked"]["task_share"]
     assert egg == pytest.approx(1.0) and weights["open_the_carton"]["task_share"] == pytest.approx(1.0)
     checkpoint = tmp_path / "work" / "runs" / "il_clean_seed0" / "step_000002"
-    r = open_loop.open_loop_error(policy_eval.SmolVLAActor(checkpoint), [rollout(PUT_EGG, "careful", 7)], PUT_EGG)
+    actor, demo = policy_eval.SmolVLAActor(checkpoint), rollout(PUT_EGG, "careful", 7)
+    r = open_loop.open_loop_error(actor, [demo], PUT_EGG)
     assert len(r["abs_error"]) == 4 and all(np.isfinite(r["abs_error"])) and np.isfinite(r["grip_mean"])
+    # The flow noise comes from the episode seed, not from whatever the process drew before.
+    obs = {IMAGE_KEY: demo.frames[IMAGE_KEY][0], STATE_KEY: demo.frames[STATE_KEY][0], "task": PUT_EGG}
+    chunks = []
+    for drawn_before in (0, 1):
+        torch.manual_seed(drawn_before)
+        actor.reset(seed=3)
+        chunks.append(actor(obs))
+    actor.reset(seed=4)
+    assert np.array_equal(chunks[0], chunks[1]) and not np.array_equal(actor(obs), chunks[0])
     # Hand-written notes survive a rerun, which reuses the finished trainings and evaluations (the item
     # cache, a speed-only setting, does not count).
     out.write_text(text + "my notes\n")

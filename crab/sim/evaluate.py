@@ -3,8 +3,8 @@
 The policy is a plain callable `act(obs) -> (H, A)` action chunk, where `obs` holds
 `observation.images.top` (uint8 H x W x 3), `observation.state` (float32) and `task` (the instruction).
 The first `n_action_steps` actions of each chunk are executed before the policy is asked again. If the
-callable has a `reset()` method (e.g. a wrapper that keeps an action queue) it is called before each
-episode.
+callable has a `reset(seed)` method (a learned policy that keeps an action queue or samples noise) it is
+called with the episode's seed before each episode.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def run_episode(
     policy: Policy, env: EggEnv, seed: int, n_action_steps: int
 ) -> tuple[bool, bool, float, list[np.ndarray]]:
     """One closed-loop episode: (success, cracked, return, camera frames)."""
-    if hasattr(policy, "reset"):
-        policy.reset()
+    if hasattr(policy, "reset"):  # a learned policy: clear its state and seed its sampling
+        policy.reset(seed)
     obs, info = env.reset(seed=seed)
     frames = [obs[IMAGE_KEY]]
     total, done = 0.0, False

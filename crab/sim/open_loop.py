@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 from crab.sim.demonstrators import rollout
 from crab.sim.egg_env import IMAGE_KEY, PUT_EGG, STATE_KEY, TASKS
@@ -28,8 +27,7 @@ def open_loop_error(actor: SmolVLAActor, episodes: list, task: str) -> dict:
     for ep in episodes:
         f = ep.frames
         for t in range(ep.length):
-            torch.manual_seed(t)
-            actor.reset()
+            actor.reset(seed=t)
             action = actor({IMAGE_KEY: f[IMAGE_KEY][t], STATE_KEY: f[STATE_KEY][t], "task": task})[0]
             errors.append(np.abs(action - f["action"][t]))
             if f["action"][t][3] > 0:

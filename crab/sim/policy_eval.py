@@ -58,13 +58,17 @@ class SmolVLAActor:
             pretrained_path=str(folder),
             preprocessor_overrides={"device_processor": {"device": self.device}},
         )
+        self.generator = torch.Generator(self.device)
 
     @property
     def n_action_steps(self) -> int:
         return self.policy.config.n_action_steps
 
-    def reset(self) -> None:
+    def reset(self, seed: int = 0) -> None:
+        """Start an episode: clear lerobot's queues and reseed the flow-sampling noise, so an evaluation
+        depends on the checkpoint and the episode seeds only, not on what the process drew before."""
         self.policy.reset()
+        self.generator.manual_seed(seed)
 
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
@@ -74,7 +78,9 @@ class SmolVLAActor:
             STATE_KEY: torch.as_tensor(obs[STATE_KEY], dtype=torch.float32)[None],
             "task": [obs["task"]],
         }
-        chunk = self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(batch)))
+        cfg = self.policy.config
+        noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=self.generator, device=self.device)
+        chunk = self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(batch), noise=noise))
         return chunk[0].float().cpu().numpy()
 
 
