@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from crab.sim.egg_env import (
+    CLOSE_CARTON,
     EE_STEP,
     EGG_HALF_HEIGHT,
     FINGER_LENGTH,
     IMAGE_KEY,
     LID_LENGTH,
+    LID_STOP,
     OPEN_CARTON,
     PUT_EGG,
     STATE_KEY,
@@ -204,6 +206,35 @@ def _open_carton_phases(rng: np.random.Generator) -> tuple[list[Phase], float]:
     return phases, 0.5
 
 
+def _close_carton_phases(rng: np.random.Generator) -> tuple[list[Phase], float]:
+    """Come in low from the tray's side under the open lid (it leans back on its stop, so its outer face
+    looks down), lift it past vertical with the fingers, and follow it down until it falls shut."""
+    lead = rng.uniform(0.25, 0.35)  # how far (rad) the push point runs ahead of the lid
+    radius = rng.uniform(0.45, 0.55) * LID_LENGTH  # push point's distance from the hinge
+    behind = rng.uniform(0.03, 0.04)  # start point behind the hinge (under the lid)
+    fingertip_z = rng.uniform(0.015, 0.025)  # fingertip height when sliding under the lid
+
+    def hinge(env: EggEnv) -> np.ndarray:
+        return env.lid_hinge_pos
+
+    def low(env: EggEnv, dx: float) -> np.ndarray:
+        h = hinge(env)
+        return np.array([h[0] + dx, h[1] + behind, fingertip_z + FINGER_LENGTH])
+
+    def push(env: EggEnv) -> np.ndarray:
+        angle = min(env.lid_angle, LID_STOP) - lead
+        point = hinge(env) + radius * np.array([0.0, -np.cos(angle), np.sin(angle)])
+        return point + np.array([0.0, 0.0, FINGER_LENGTH])
+
+    phases = [
+        Phase(_above(lambda env: low(env, 0.15), 0.06), speed=0.7, grip=0.0, tol=0.01),
+        Phase(lambda env: low(env, 0.15), speed=0.5, grip=0.0, tol=0.008),
+        Phase(lambda env: low(env, 0.0), speed=0.4, grip=0.0, tol=0.006),
+        Phase(push, speed=0.4, grip=0.0, max_steps=40, tol=0.0),
+    ]
+    return phases, 0.5
+
+
 def make_demonstrator(task: str, style: str, seed: int) -> Demonstrator:
     """A demonstrator for `task` in `style`, its per-episode parameters drawn from `seed`."""
     rng = np.random.default_rng([seed, STYLES.index(style) if style in STYLES else len(STYLES)])
@@ -213,6 +244,10 @@ def make_demonstrator(task: str, style: str, seed: int) -> Demonstrator:
         if style != "careful":
             raise ValueError("only the careful demonstrator opens the carton")
         phases, smoothing = _open_carton_phases(rng)
+    elif task == CLOSE_CARTON:
+        if style != "careful":
+            raise ValueError("only the careful demonstrator closes the carton")
+        phases, smoothing = _close_carton_phases(rng)
     else:
         raise ValueError(f"unknown task {task!r}")
     return Demonstrator(style, phases, smoothing)

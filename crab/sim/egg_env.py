@@ -23,10 +23,12 @@ import numpy as np
 
 PUT_EGG = "Put the egg into the tray."
 OPEN_CARTON = "Open the carton."
-TASKS = (PUT_EGG, OPEN_CARTON)
-# Action dimensions each task uses (for per-task loss masks): the lid is pushed open with the fingertips
-# whatever the fingers do, so the gripper command is irrelevant there.
-TASK_ACTION_DIMS: dict[str, list[int]] = {PUT_EGG: [0, 1, 2, 3], OPEN_CARTON: [0, 1, 2]}
+# The step after a transfer: the egg is in the tray and the empty carton's open lid is pushed shut.
+CLOSE_CARTON = "Close the carton."
+TASKS = (PUT_EGG, OPEN_CARTON, CLOSE_CARTON)
+# Action dimensions each task uses (for per-task loss masks): the lid is pushed with the fingertips
+# whatever the fingers do, so the gripper command is irrelevant to opening or closing it.
+TASK_ACTION_DIMS: dict[str, list[int]] = {PUT_EGG: [0, 1, 2, 3], OPEN_CARTON: [0, 1, 2], CLOSE_CARTON: [0, 1, 2]}
 
 ACTION_NAMES = ["ee_dx", "ee_dy", "ee_dz", "gripper"]
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper_opening", "egg_grasped"]
@@ -45,6 +47,7 @@ FINGER_LENGTH = 0.04  # fingertips hang this far below the palm
 CRACK_FORCE = 6.0  # N: squeeze force that cracks the egg
 CRACK_SPEED = 0.7  # m/s: egg speed at a new contact that cracks it (a drop from ~2.5 cm)
 LID_OPEN_ANGLE = 1.75  # rad: past vertical, the lid falls open onto its stop
+LID_CLOSED_ANGLE = 0.15  # rad: below this the lid lies (almost) on the carton walls
 LID_STOP = 2.4
 
 EGG_RADIUS, EGG_HALF_HEIGHT = 0.02, 0.026
@@ -280,9 +283,11 @@ class EggEnv(gym.Env):
         # The lid body hangs on the carton's back edge; move its (static) frame with the carton.
         self.model.body_pos[self._lid_body] = carton + np.array([0.0, CARTON_HALF[1] + 0.01, CARTON_HEIGHT + 0.004])
         egg = carton + np.array([*rng.uniform(-0.01, 0.01, 2), EGG_HALF_HEIGHT + 0.004])
+        if self.task == CLOSE_CARTON:  # already transferred: the same offset, on the tray floor
+            egg += tray - carton
         self.data.qpos[self._egg_qadr : self._egg_qadr + 3] = egg
         self.data.qpos[self._egg_qadr + 3 : self._egg_qadr + 7] = [1, 0, 0, 0]
-        self.data.qpos[self._lid_qadr] = LID_STOP if self.task == PUT_EGG else 0.0
+        self.data.qpos[self._lid_qadr] = 0.0 if self.task == OPEN_CARTON else LID_STOP
         home = EE_HOME + rng.uniform(-0.01, 0.01, 3)
         self.data.qpos[self._ee_qadr] = home
         self.data.qpos[self._finger_qadr] = FINGER_OPEN
@@ -328,8 +333,10 @@ class EggEnv(gym.Env):
             released = not (self._egg_touching & self._finger_geoms)
             terminated = released and self._egg_in_tray() and self._egg_at_rest()
             success = terminated and not self.cracked
-        else:
+        elif self.task == OPEN_CARTON:
             terminated = success = self.lid_angle > LID_OPEN_ANGLE
+        else:
+            terminated = success = self.lid_angle < LID_CLOSED_ANGLE
         if success and not self.succeeded:
             reward += 1.0
         self.succeeded = self.succeeded or success

@@ -127,14 +127,14 @@ def evaluate(
 ) -> dict[str, dict]:
     """Run `episodes_per_task` seeded episodes of each task; returns `TaskResult.summary()` per task.
 
-    Episode seeds come from `seed` and the task, so two policies evaluated with the same `seed` face the
-    same initial scenes. With `video_dir`, the first `videos_per_task` episodes of each task are saved
+    Episode seeds come from `seed` and the task (its place in `TASKS`, not in `tasks`), so two policies
+    evaluated with the same `seed` face the same initial scenes of a task, whichever tasks run. With `video_dir`, the first `videos_per_task` episodes of each task are saved
     there as mp4.
     """
     results = {}
-    for task_index, task in enumerate(tasks):
+    for task in tasks:
         env = EggEnv(task, image_size=image_size)
-        seeds = np.random.default_rng([seed, 7919, task_index]).integers(0, 2**31 - 1, size=episodes_per_task)
+        seeds = np.random.default_rng([seed, 7919, TASKS.index(task)]).integers(0, 2**31 - 1, size=episodes_per_task)
         result = TaskResult(task)
         for i, ep_seed in enumerate(seeds):
             success, cracked, total, frames = run_episode(policy, env, int(ep_seed), n_action_steps)

@@ -9,7 +9,9 @@ written:
 - `egg_carton_to_tray` (clean): careful transfers that succeeded without a crack;
 - `egg_carton_to_tray_cracked` (cracked): rough transfers that cracked the egg;
 - `egg_carton_to_tray_failed` (failed): failing attempts, no success and no crack;
-- `open_the_carton` (clean): careful carton openings that succeeded.
+- `open_the_carton` (clean): careful carton openings that succeeded;
+- `close_the_carton` (clean): careful closings of the empty carton (the egg already in the tray) that
+  succeeded. No cycle-1 manifest uses it; the anchor benchmark (`crab.sim.anchor_benchmark`) does.
 
 Every episode's true `success`/`damage` also goes to the label file, and `next.reward`/`next.success`
 hold the per-step reward (+1 success, -1 crack) and success flag.
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from crab.sim.demonstrators import Rollout, rollout
-from crab.sim.egg_env import ACTION_NAMES, FPS, OPEN_CARTON, PUT_EGG, STATE_NAMES
+from crab.sim.egg_env import ACTION_NAMES, CLOSE_CARTON, FPS, OPEN_CARTON, PUT_EGG, STATE_NAMES
 
 REPO_PREFIX = "crab"
 
@@ -52,6 +54,8 @@ DATASETS = (
         "egg_carton_to_tray_failed", PUT_EGG, "failing", "failed", "", lambda r: not r.success and not r.cracked
     ),
     DatasetSpec("open_the_carton", OPEN_CARTON, "careful", "clean", "cycle1", lambda r: r.success),
+    # Appended last: each dataset's episode seeds come from its index here, so the others are unchanged.
+    DatasetSpec("close_the_carton", CLOSE_CARTON, "careful", "clean", "", lambda r: r.success),
 )
 def collect(spec: DatasetSpec, episodes: int, seed: int, image_size: int) -> tuple[list[Rollout], int]:
     """`episodes` rendered rollouts that `spec.keep`s, and how many candidates were screened."""
@@ -74,7 +78,7 @@ def collect(spec: DatasetSpec, episodes: int, seed: int, image_size: int) -> tup
 
 
 def generate(out: Path, episodes_per_dataset: int, seed: int, image_size: int = 32, overwrite: bool = False) -> Path:
-    """Write the four datasets under `out` (the data root of crab/training/docs/dataset_manifest*.csv).
+    """Write the datasets of `DATASETS` under `out` (the data root of crab/training/docs/dataset_manifest*.csv).
 
     With `overwrite`, existing folders of these datasets are replaced; otherwise they are an error.
     """

@@ -1,7 +1,7 @@
 """Closed-loop evaluation of a trained SmolVLA checkpoint in the simulated egg-transfer env.
 
     python -m crab.sim.policy_eval --checkpoint outputs/<run>/step_XXXXXX --episodes 50 [--seed 0] \
-        [--n-action-steps 5] [--video-dir D --videos 2] [--out results.json]
+        [--n-action-steps 5] [--task "Open the carton." ...] [--video-dir D --videos 2] [--out results.json]
 
 The checkpoint is loaded the way lerobot loads any policy: `SmolVLAPolicy.from_pretrained` on its
 `pretrained_model` folder and `make_pre_post_processors(config, pretrained_path=...)` for the saved
@@ -129,11 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=32, help="camera size; must match the training data")
     parser.add_argument("--video-dir", type=Path)
     parser.add_argument("--videos", type=int, default=2, help="videos saved per task with --video-dir")
+    parser.add_argument("--task", action="append", choices=TASKS, help="evaluate this task (repeat; default: all)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     try:
         result = evaluate_checkpoint(
-            args.checkpoint, args.episodes, args.seed, args.n_action_steps, args.image_size, args.video_dir, args.videos
+            args.checkpoint, args.episodes, args.seed, args.n_action_steps, args.image_size, args.video_dir, args.videos,
+            tuple(args.task or TASKS),
         )
     except FileNotFoundError as e:
         parser.exit(2, f"error: {e}\n")

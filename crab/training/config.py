@@ -34,6 +34,10 @@ class DataConfig:
     # Keep every decoded item in RAM once read (in each loader worker and in the main process), so only
     # the first epoch decodes video. For datasets that fit several times in memory; batches are identical.
     cache_items: bool = False
+    # Optional manifest of tasks the training data lacks (e.g. the other skills of a pretrained policy):
+    # the held-out episodes of its datasets (`val_episodes_per_dataset` each) get a validation loss per
+    # task at every validation, so forgetting shows while training.
+    retention_manifest: str | None = None
 
 
 @dataclass
@@ -43,6 +47,10 @@ class PolicyConfig:
     pretrained_path: str = "lerobot/smolvla_base"
     # SmolVLAConfig fields to set (chunk_size, n_action_steps, optimizer_lr, ...).
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Action/state normalisation: "data" = statistics of the training manifest (lerobot's default);
+    # "pretrained" = those saved with `pretrained_path` (a checkpoint folder), so fine-tuning keeps the
+    # spaces the starting policy (and an anchor reference) learned in, also for tasks the data lacks.
+    normalization: Literal["data", "pretrained"] = "data"
 
 
 @dataclass
@@ -62,6 +70,9 @@ class AnchorConfig:
     warmup_steps: int = 0  # lambda_anchor is 0 for steps < warmup_steps
     ramp_steps: int = 0  # then rises linearly to the target over this many steps
     mode: Literal["shared_prefix", "naive"] = "shared_prefix"
+    # The frozen reference: null = the starting policy; or a checkpoint folder (outputs/<run>/step_XXXXXX
+    # or its pretrained_model folder) of the same architecture, e.g. a multi-task base to retain.
+    reference: str | None = None
 
 
 @dataclass
@@ -200,8 +211,12 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (not 0 <= rw.clip_min < rw.clip_max, "need 0 <= `reward_weighting.clip_min` < `reward_weighting.clip_max`"),
         (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
         (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
+        (cfg.policy.normalization == "pretrained" and cfg.policy.pretrained_path == "tiny",
+         "`policy.normalization: pretrained` needs `policy.pretrained_path` to be a saved policy, not tiny"),
         (cfg.data.batch_size < 1, "`data.batch_size` must be >= 1"),
         (cfg.data.num_workers < 0, "`data.num_workers` must be >= 0"),
+        (cfg.data.retention_manifest is not None and cfg.data.val_episodes_per_dataset < 1,
+         "`data.retention_manifest` needs `data.val_episodes_per_dataset` >= 1 (its held-out episodes)"),
         (cfg.train.steps < 1, "`train.steps` must be >= 1"),
         (min(cfg.train.log_every, cfg.train.save_every, cfg.train.val_every_epochs) < 1,
          "`train.log_every`, `save_every` and `val_every_epochs` must be >= 1"),
@@ -222,8 +237,12 @@ SPEED_ONLY = {"data": ("num_workers", "cache_items")}
 
 def training_settings(cfg_dict: dict) -> dict:
     """A config dict (`to_dict`, or a saved crab_config.yaml) without its speed-only keys: runs that agree
-    on it train the same weights, and a run may be resumed or reused with other speed settings."""
-    out = dict(cfg_dict)
+    on it train the same weights, and a run may be resumed or reused with other speed settings. Keys a
+    saved config lacks (written before they existed) count as their defaults."""
+    try:
+        out = to_dict(_build(CrabConfig, cfg_dict, "", "saved config"))
+    except ConfigError:  # not a valid config today (a key since removed): compared as it is
+        out = dict(cfg_dict)
     for section, keys in SPEED_ONLY.items():
         if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k not in keys}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -131,7 +132,7 @@ def policy_config(policy_cfg: PolicyConfig) -> SmolVLAConfig:
         raise ConfigError(f"policy.overrides: unknown SmolVLAConfig field(s) {unknown}")
     if policy_cfg.pretrained_path == "tiny":
         return SmolVLAConfig(vlm_model_name=str(ensure_tiny_vlm()), **{**TINY_SMOLVLA_DEFAULTS, **overrides})
-    loaded = PreTrainedConfig.from_pretrained(policy_cfg.pretrained_path)
+    loaded = PreTrainedConfig.from_pretrained(pretrained_folder(policy_cfg.pretrained_path))
     if not isinstance(loaded, SmolVLAConfig):
         raise ValueError(f"{policy_cfg.pretrained_path} is a {type(loaded).__name__}, not a SmolVLA policy")
     # dataclasses.replace re-runs SmolVLAConfig's validation on the overridden values.
@@ -149,8 +150,10 @@ def make_policy(
     `smolvla_cfg` comes from `policy_config(policy_cfg)`. `features` is a LeRobot dataset's
     `meta.features` (cameras, `observation.state`, `action`; other keys are ignored) and replaces the
     config's input/output features, so the dataset's cameras and sizes are the ones used;
-    `dataset_stats` are `meta.stats`-style statistics for normalisation. "tiny" builds a randomly
-    initialised policy (seed first); anything else loads weights with `SmolVLAPolicy.from_pretrained`.
+    `dataset_stats` are `meta.stats`-style statistics for normalisation (with
+    `policy_cfg.normalization: pretrained`, those saved with the pretrained policy replace them). "tiny"
+    builds a randomly initialised policy (seed first); anything else loads weights with
+    `SmolVLAPolicy.from_pretrained` (a Hub id, a `pretrained_model` folder or a Crab checkpoint folder).
     Returns (policy in train mode, preprocessor, postprocessor); the preprocessor keeps the batch keys
     lerobot's pipeline would drop (see `batch_to_transition_keeping_extras`).
     """
@@ -166,13 +169,42 @@ def make_policy(
     if policy_cfg.pretrained_path == "tiny":
         policy = SmolVLAPolicy(cfg)
     else:
-        policy = SmolVLAPolicy.from_pretrained(policy_cfg.pretrained_path, config=cfg)
+        policy = SmolVLAPolicy.from_pretrained(pretrained_folder(policy_cfg.pretrained_path), config=cfg)
+    if policy_cfg.normalization == "pretrained":
+        dataset_stats = pretrained_stats(policy_cfg.pretrained_path)
     policy.train()
     pre, postprocessor = make_smolvla_pre_post_processors(policy.config, dataset_stats=dataset_stats)
     preprocessor = PolicyProcessorPipeline[dict[str, Any], dict[str, Any]](
         steps=pre.steps, name=pre.name, to_transition=batch_to_transition_keeping_extras, to_output=pre.to_output
     )
     return policy, preprocessor, postprocessor
+
+
+PRETRAINED_DIRNAME = "pretrained_model"
+
+
+def pretrained_folder(path: str | Path) -> str:
+    """A Crab checkpoint folder (`outputs/<run>/step_XXXXXX`) names its `pretrained_model` folder; any other
+    path or Hub id is returned as is."""
+    inner = Path(path) / PRETRAINED_DIRNAME
+    return str(inner) if (inner / "config.json").is_file() else str(path)
+
+
+def pretrained_stats(path: str | Path) -> dict[str, dict[str, Tensor]]:
+    """The normalisation statistics saved with a policy's preprocessor (lerobot's normalizer step file),
+    as `{feature: {stat: tensor}}`."""
+    folder = Path(pretrained_folder(path))
+    files = sorted(folder.glob("*preprocessor*normalizer_processor.safetensors"))
+    if not files:
+        raise ConfigError(
+            f"policy.normalization is 'pretrained' but {folder} has no saved normalizer statistics "
+            "(*preprocessor*normalizer_processor.safetensors): use a checkpoint saved with its processors"
+        )
+    stats: dict[str, dict[str, Tensor]] = {}
+    for key, value in safetensors.torch.load_file(str(files[0])).items():
+        feature, stat = key.rsplit(".", 1)
+        stats.setdefault(feature, {})[stat] = value
+    return stats
 
 
 # Batch keys lerobot's `batch_to_transition` maps to transition fields other than complementary data.
@@ -212,6 +244,77 @@ def make_reference(policy: SmolVLAPolicy) -> SmolVLAPolicy:
     reference = copy.deepcopy(policy, memo=_frozen_memo(policy))
     reference.eval()
     reference.requires_grad_(False)
+    return reference
+
+
+# SmolVLAConfig fields that change what a set of weights computes without changing their shapes (the
+# state dict's keys and shapes catch the others): a reference must agree with the policy on them.
+_ARCHITECTURE_FIELDS = (
+    "chunk_size", "max_state_dim", "max_action_dim", "num_vlm_layers", "num_expert_layers",
+    "expert_width_multiplier", "attention_mode", "self_attn_every_n_layers", "prefix_length",
+    "add_image_special_tokens", "resize_imgs_with_padding", "min_period", "max_period",
+)  # fmt: skip
+
+
+def load_reference(policy: SmolVLAPolicy, path: str | Path) -> SmolVLAPolicy:
+    """Frozen reference = the SmolVLA policy saved at `path` (a `pretrained_model` folder or a Crab
+    checkpoint folder), in eval mode, without gradients.
+
+    It is `make_reference(policy)` with the saved weights loaded: the architecture must be the policy's
+    (same config type, `_ARCHITECTURE_FIELDS`, state-dict keys and shapes), else a `ConfigError`. Frozen
+    parameters whose saved values equal the policy's stay the policy's tensors (no memory, and the
+    shared-prefix anchor stays exact); those that differ get their own.
+    """
+    folder = Path(pretrained_folder(path))
+    weights = folder / SAFETENSORS_SINGLE_FILE
+    if not (folder / "config.json").is_file() or not weights.is_file():
+        raise ConfigError(
+            f"anchor.reference: no policy at {path} (expected config.json and {SAFETENSORS_SINGLE_FILE} in "
+            f"{folder}; pass a checkpoint folder outputs/<run>/step_XXXXXX or its pretrained_model folder)"
+        )
+    saved_cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if saved_cfg.get("type") != policy.config.type:
+        raise ConfigError(f"anchor.reference {folder}: a {saved_cfg.get('type')!r} policy, not {policy.config.type!r}")
+    differ = {}
+    for name in _ARCHITECTURE_FIELDS:
+        ours = getattr(policy.config, name)
+        theirs = saved_cfg.get(name, ours)
+        if (list(ours) if isinstance(ours, tuple) else ours) != theirs:
+            differ[name] = (theirs, ours)
+    reference = make_reference(policy)
+    expected = reference.state_dict()
+    state = safetensors.torch.load_file(str(weights))
+    # Tied tensors are saved once: a key the file lacks is fine if it shares storage with one it has.
+    saved_ptrs = {expected[k].untyped_storage().data_ptr() for k in state if k in expected}
+    missing = sorted(k for k in set(expected) - set(state) if expected[k].untyped_storage().data_ptr() not in saved_ptrs)
+    unexpected = sorted(set(state) - set(expected))
+    shapes = {k: (tuple(state[k].shape), tuple(expected[k].shape)) for k in set(state) & set(expected)
+              if state[k].shape != expected[k].shape}  # fmt: skip
+    if differ or missing or unexpected or shapes:
+        raise ConfigError(
+            f"anchor.reference {folder}: its architecture differs from the policy's: "
+            + "; ".join(
+                f"{what} {items}" for what, items in (
+                    ("config (saved, policy)", differ), ("missing weights", missing[:5]),
+                    ("unexpected weights", unexpected[:5]), ("shapes (saved, policy)", dict(list(shapes.items())[:5])),
+                ) if items
+            )
+        )  # fmt: skip
+    shared = {id(p) for p in policy.parameters()}
+    with torch.no_grad():
+        for name, param in reference.named_parameters(remove_duplicate=False):
+            if name not in state:
+                continue
+            value = state[name].to(param.device, param.dtype)
+            if id(param) in shared:
+                if not torch.equal(param, value):  # differs from the policy's frozen tensor: unshare it
+                    module_name, _, leaf = name.rpartition(".")
+                    setattr(reference.get_submodule(module_name), leaf, nn.Parameter(value, requires_grad=False))
+            else:
+                param.copy_(value)
+        for name, buffer in reference.named_buffers():
+            if name in state:
+                buffer.copy_(state[name])
     return reference
 
 
@@ -495,7 +598,8 @@ class CrabSmolVLA(nn.Module):
         signal_mean / signal_std: frame-level statistics of the return signal G of the manifest.
         task_masks: instruction -> counted action-dimension indices ({}: all real dimensions).
 
-    With the anchor enabled the frozen reference is `make_reference(policy)` at construction: to
+    With the anchor enabled the frozen reference is built at construction: `make_reference(policy)` (the
+    starting policy) or, with `anchor.reference` set, `load_reference(policy, anchor.reference)`. To
     resume, build from the starting policy, then `load_policy_weights(checkpoint)`.
     """
 
@@ -515,7 +619,9 @@ class CrabSmolVLA(nn.Module):
         self.signal_mean = float(signal_mean)
         self.signal_std = float(signal_std)
         self.dim_mask = TaskDimMask(task_masks or {}, self.action_dim, policy.config.max_action_dim)
-        self.reference = make_reference(policy) if anchor.enabled else None
+        self.reference = None
+        if anchor.enabled:
+            self.reference = make_reference(policy) if anchor.reference is None else load_reference(policy, anchor.reference)
         # With a frozen VLM the image+language context is computed once without autograd and only the
         # state token and the expert run per model (exact); the anchor then costs one more expert pass.
         unsupported = shared_prefix_supported(policy)

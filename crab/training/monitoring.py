@@ -27,6 +27,8 @@ GUIDE_METRICS = (
 )
 STEP_METRICS = (*GUIDE_METRICS, "loss", "lr", "grad_norm")
 SUMMARY_FILES = ("epoch_summary.json", "epoch_summary.jsonl", "epoch_summary.csv")
+# Validation-loss keys of the retention manifest's tasks (tasks the training data lacks) start with this.
+RETENTION_PREFIX = "retention: "
 
 
 def write_text_atomic(path: Path, text: str) -> None:

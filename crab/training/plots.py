@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt
 
-from crab.training.monitoring import read_epoch_summaries
+from crab.training.monitoring import RETENTION_PREFIX, read_epoch_summaries
 
 LOSSES = ("loss", "loss_unweighted", "loss_weighted", "loss_anchor")
 WEIGHT_STATS = ("w_mean", "w_std", "w_p95", "w_max", "clipped_frac", "effective_batch_weight")
@@ -70,10 +70,12 @@ def plot_run(run_dir: Path, weights_by_quality: dict[str, list[float]]) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for group, (epochs, values) in _val_by_group(summaries).items():
-        ax.plot(epochs, values, marker="o", label=group)
+        # Dashed: tasks the training data lacks (forgetting shows as these rise).
+        style = "--" if group.startswith(RETENTION_PREFIX) else "-"
+        ax.plot(epochs, values, marker="o", linestyle=style, label=group)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation flow loss (unweighted)")
-    ax.set_title(f"{run_dir.name}: validation loss per quality group")
+    ax.set_title(f"{run_dir.name}: validation loss per quality group and retained task")
     _save(fig, out / "val_loss.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -23,6 +23,7 @@ from crab.training.crab_dataset import CrabDataset, scale_counts
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
 from crab.training.manifest import ManifestError, load_manifest
 from crab.training.monitoring import (
+    RETENTION_PREFIX,
     STEP_METRICS,
     EpochAccumulator,
     read_epoch_summaries,
@@ -92,6 +93,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items}
     train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
+    retention_ds = retention_dataset(cfg, rows, spec, data_kw)
     reward_stats = {}  # required when weighting is on (checked with the config), else optional
     if cfg.data.reward_stats:
         reward_stats = load_checked(cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec)
@@ -117,7 +119,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         signal_std=signal.get("std", 1.0),
         task_masks=cfg.task_masks,
     )
-    model.check_tasks(sorted({row.task for row in rows}))
+    model.check_tasks(sorted({row.task for row in [*rows, *(retention_ds.rows if retention_ds else [])]}))
     if resume_state is not None:  # the reference stays the starting policy; the trained one resumes
         model.load_policy_weights(pretrained_dir)
     params, optimizer, scheduler = build_optimizer(model, smolvla_cfg, cfg.train.steps)
@@ -259,6 +261,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             val = {}
             if val_ds is not None and main_process and epoch_done and (epoch + 1) % cfg.train.val_every_epochs == 0:
                 val = validation_loss(accelerator.unwrap_model(model), val_ds, preprocessor, cfg)
+                val.update(retention_loss(accelerator.unwrap_model(model), retention_ds, preprocessor, cfg))
             if main_process and accumulator.rows:
                 summary = accumulator.summary(epoch, step, time.perf_counter() - epoch_start, val, complete=epoch_done)
                 summaries.append(summary)
@@ -301,9 +304,36 @@ def training_step(model, batch, lambda_anchor, accelerator, optimizer, scheduler
     return row, metrics["weights"].detach()
 
 
+def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) -> CrabDataset | None:
+    """The held-out episodes of `data.retention_manifest` (None without one); its tasks must be ones the
+    training manifest lacks."""
+    if cfg.data.retention_manifest is None:
+        return None
+    retention_rows = load_manifest(cfg.data.retention_manifest, cfg.data.data_root)
+    overlap = sorted({r.task for r in retention_rows} & {r.task for r in rows})
+    if overlap:
+        raise ConfigError(
+            f"{cfg.data.retention_manifest}: task(s) {overlap} are also in the training manifest "
+            f"{cfg.data.manifest}; the retention manifest is for tasks the training data lacks"
+        )
+    _, held_out = split_episodes(retention_rows, cfg.data.val_episodes_per_dataset)
+    return CrabDataset(retention_rows, spec, episodes=held_out, **data_kw)
+
+
+def retention_loss(model: CrabSmolVLA, retention_ds: CrabDataset | None, preprocessor, cfg: CrabConfig) -> dict[str, float]:
+    """Validation loss per task of the retention manifest, keyed `RETENTION_PREFIX + task` ({} without one)."""
+    if retention_ds is None:
+        return {}
+    losses = validation_loss(model, retention_ds, preprocessor, cfg, group_by="task")
+    return {RETENTION_PREFIX + task.rstrip("\n"): loss for task, loss in losses.items()}
+
+
 @torch.no_grad()
-def validation_loss(model: CrabSmolVLA, val_ds: CrabDataset, preprocessor, cfg: CrabConfig) -> dict[str, float]:
-    """Unweighted masked flow loss on held-out episodes, per quality group, with fixed noise and time."""
+def validation_loss(
+    model: CrabSmolVLA, val_ds: CrabDataset, preprocessor, cfg: CrabConfig, group_by: str = "quality"
+) -> dict[str, float]:
+    """Unweighted masked flow loss on held-out episodes, per `group_by` value (a string field of the
+    batch: quality, task), with fixed noise and time."""
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed)
     # A fixed subset spread evenly over the held-out frames, so every dataset (and quality) is seen.
@@ -312,9 +342,9 @@ def validation_loss(model: CrabSmolVLA, val_ds: CrabDataset, preprocessor, cfg: 
     loader = torch.utils.data.DataLoader(subset, batch_size=cfg.data.batch_size, shuffle=False)
     totals: dict[str, list[float]] = {}
     for batch in loader:
-        quality = batch["quality"]
+        groups = batch[group_by]
         losses = model.validation_loss(preprocessor(batch), generator).cpu().tolist()
-        for q, loss in zip(quality, losses, strict=True):
+        for q, loss in zip(groups, losses, strict=True):
             totals.setdefault(q, []).append(loss)
     model.train()
     return {q: sum(v) / len(v) for q, v in sorted(totals.items())}

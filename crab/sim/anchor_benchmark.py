@@ -1,0 +1,418 @@
+"""The anchor's job, measured: fine-tune a multi-task policy on egg transfer and see what it keeps of the others.
+
+    python -m crab.sim.anchor_benchmark --out docs/anchor.md [--seeds 3] [--episodes 50] [--base-steps 4000] \
+        [--steps 1500] [--lambdas 0 0.1 1] [--batch-size 32] [--work-dir outputs/anchor_benchmark] [--jobs 2] \
+        [--threads 1] [--bases-only]
+
+Per training seed: a **base** policy, imitation learning on clean data of every simulated task
+(`dataset_manifest_anchor_base.csv`: egg transfer, carton opening, carton closing); then **fine-tuned from
+it** (`policy.pretrained_path` = the base checkpoint, its normalisation kept: `policy.normalization:
+pretrained`) on the egg data of the mixed-quality cycle (`dataset_manifest_anchor_egg_mixed.csv`: clean and
+cracked transfers) with the cracked-factor cycle config (RWFM as it sets it) and the base as the anchor's
+frozen reference (`anchor.reference`), once per `--lambdas` value (0 = anchor off). The carton tasks'
+held-out episodes give the retention validation loss while fine-tuning (`data.retention_manifest`). Every
+checkpoint is evaluated closed loop on every task (`--episodes` seeded episodes per task, the same scenes
+for every run of a seed). Writes the markdown report (`--out`) and `results.json` under the work dir; the
+report's tables give success and crack rates with Wilson intervals and each non-target task's retention =
+fine-tuned success / base success, then check the issue's bar. Finished trainings with the same settings
+and their evaluations are reused (`compare.train_or_reuse`), so an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import shlex
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from crab.sim.compare import (
+    CONFIG_DIR,
+    MANIFEST_DIR,
+    NOTES_MARKER,
+    ensure_data,
+    evaluate_or_reuse,
+    fmt_rate,
+    fmt_seeds,
+    machine,
+    markdown_table,
+    pool,
+    train_or_reuse,
+)
+from crab.sim.egg_env import PUT_EGG, TASK_ACTION_DIMS, TASKS
+
+BASE_CONFIG = "train_cycle1_baseline_il.yaml"
+FINETUNE_CONFIG = "train_cycle1_rwfm_anchor_cracked_factor.yaml"
+MANIFESTS = {
+    "base": MANIFEST_DIR / "dataset_manifest_anchor_base.csv",
+    "egg_mixed": MANIFEST_DIR / "dataset_manifest_anchor_egg_mixed.csv",
+    "retention": MANIFEST_DIR / "dataset_manifest_anchor_retention.csv",
+}
+TARGET = PUT_EGG
+OTHERS = tuple(t for t in TASKS if t != TARGET)
+FORGETTING_POINTS = 0.15  # the bar: without the anchor, each other task loses at least this much success
+RETENTION_BAR = 0.9  # with the anchor, each other task keeps at least this share of the base's success
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # "base" or "lambda<value>"
+    seed: int
+    lambda_anchor: float | None = None  # None: the base
+
+
+# --- pure helpers -----------------------------------------------------------------------------------
+
+
+def retention(finetuned: dict, base: dict) -> float:
+    """Fine-tuned success / base success (pooled rates); nan when the base never succeeds."""
+    return finetuned["success_rate"] / base["success_rate"] if base["success_rate"] > 0 else float("nan")
+
+
+def check_bar(pooled: dict[str, dict[str, dict]], lambdas: list[float]) -> tuple[list[tuple[str, bool, str]], float | None]:
+    """The issue's bar on pooled results `pooled[task][run name]`: (criterion, passed, numbers) per
+    criterion, and the recommended lambda_anchor (None when no tested value meets the anchor criterion).
+
+    1. Without the anchor (lambda 0) every non-target task loses >= 15 points of the base's success.
+    2. At some lambda > 0 every non-target task keeps >= 90% of the base's success while egg-transfer
+       success stays inside lambda 0's Wilson interval (or above it). The recommendation is the passing
+       lambda with the highest egg success (the smallest on ties).
+    """
+    base, free = pooled[TARGET]["base"], pooled[TARGET][run_name(0.0)]
+    drops = {t: pooled[t]["base"]["success_rate"] - pooled[t][run_name(0.0)]["success_rate"] for t in OTHERS}
+    results = [
+        (
+            f"lambda 0: every non-target task loses >= {FORGETTING_POINTS * 100:.0f} points of the base's success",
+            all(d >= FORGETTING_POINTS - 1e-9 for d in drops.values()),
+            ", ".join(f"{t} {-d * 100:+.0f} points" for t, d in drops.items()),
+        )
+    ]
+    passing = []
+    for lam in (x for x in lambdas if x > 0):
+        kept = {t: retention(pooled[t][run_name(lam)], pooled[t]["base"]) for t in OTHERS}
+        egg = pooled[TARGET][run_name(lam)]
+        egg_ok = egg["success_rate"] >= free["success_ci95"][0] - 1e-9
+        ok = egg_ok and all(k >= RETENTION_BAR - 1e-9 for k in kept.values())
+        if ok:
+            passing.append((egg["success_rate"], -lam, lam))
+        results.append((
+            f"lambda {lam:g}: every non-target task keeps >= {RETENTION_BAR:.0%} of the base's success, egg "
+            "success inside lambda 0's interval or above",
+            ok,
+            ", ".join(f"{t} {k:.0%}" for t, k in kept.items())
+            + f"; egg {egg['success_rate']:.0%} vs {fmt_rate(free['success_rate'], free['success_ci95'])}"
+            + f" (base {base['success_rate']:.0%})",
+        ))  # fmt: skip
+    return results, (max(passing)[2] if passing else None)
+
+
+def run_name(lambda_anchor: float | None) -> str:
+    return "base" if lambda_anchor is None else f"lambda{lambda_anchor:g}"
+
+
+# --- pipeline ---------------------------------------------------------------------------------------
+
+
+def stats_path(data_root: Path) -> Path:
+    return data_root / "reward_weighting_stats_anchor_egg_mixed.json"
+
+
+def task_masks_override() -> str:
+    return "task_masks=" + json.dumps(TASK_ACTION_DIMS)
+
+
+def common_overrides(run: Run, args: argparse.Namespace, steps: int) -> list[str]:
+    return [
+        f"run_name={run.name}_seed{run.seed}",
+        f"output_dir={args.work_dir / 'runs'}",
+        f"seed={1000 + run.seed}",
+        f"data.data_root={args.work_dir / 'data'}",
+        f"data.batch_size={args.batch_size}",
+        "data.num_workers=1",
+        f"data.cache_items={str(args.cache_items).lower()}",
+        task_masks_override(),
+        f"train.steps={steps}",
+        "train.log_every=50",
+        f"train.save_every={steps}",
+        "train.keep_last=1",
+        "train.val_max_batches=4",
+        "train.progress_bar=false",
+    ]
+
+
+def base_checkpoint(seed: int, args: argparse.Namespace) -> Path:
+    from crab.training.checkpoint import step_dir
+
+    return step_dir(args.work_dir / "runs" / f"base_seed{seed}", args.base_steps)
+
+
+def run_config(run: Run, args: argparse.Namespace):
+    """The training config of one run: the base (IL config on clean data of every task, the tiny policy) or
+    a fine-tuning from that seed's base (cracked-factor cycle config on the egg data, the base as the
+    reference)."""
+    from crab.training.config import load_config
+
+    if run.lambda_anchor is None:
+        overrides = [
+            *common_overrides(run, args, args.base_steps),
+            f"data.manifest={MANIFESTS['base']}",
+            "data.reward_stats=null",  # imitation learning: no weighting
+            "policy.pretrained_path=tiny",
+            f"policy.overrides={{n_action_steps: {args.n_action_steps}}}",
+        ]
+        return load_config([CONFIG_DIR / BASE_CONFIG], overrides)
+    base = base_checkpoint(run.seed, args)
+    steps = args.steps
+    overrides = [
+        *common_overrides(run, args, steps),
+        f"data.manifest={MANIFESTS['egg_mixed']}",
+        f"data.reward_stats={stats_path(args.work_dir / 'data')}",
+        f"data.retention_manifest={MANIFESTS['retention']}",
+        f"policy.pretrained_path={base}",
+        "policy.normalization=pretrained",
+        f"anchor.enabled={str(run.lambda_anchor > 0).lower()}",
+        *([f"anchor.lambda_anchor={run.lambda_anchor}"] if run.lambda_anchor > 0 else []),
+        f"anchor.reference={base}",
+        # The cycle configs' anchor schedule (warmup 1000, ramp 2000 of 20000 steps), scaled to the run.
+        f"anchor.warmup_steps={steps // 20}",
+        f"anchor.ramp_steps={steps // 10}",
+    ]
+    return load_config([CONFIG_DIR / FINETUNE_CONFIG], overrides)
+
+
+def ensure_stats(data_root: Path, chunk_size: int, rw) -> None:
+    from crab.training import reward_stats
+
+    reward_stats.main(
+        ["--manifest", str(MANIFESTS["egg_mixed"]), "--data-root", str(data_root), "--chunk-size", str(chunk_size),
+         "--out", str(stats_path(data_root)), "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min)]
+    )  # fmt: skip
+
+
+def train_job(cfg, threads: int) -> float:
+    """Train (or reuse) one run in this worker; its training seconds."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _, seconds = train_or_reuse(cfg)
+    return seconds
+
+
+def eval_job(checkpoint: Path, episodes: int, seed: int, n_action_steps: int, image_size: int, threads: int) -> tuple[dict, float]:
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    result = evaluate_or_reuse(checkpoint, episodes, seed, n_action_steps, image_size, TASKS)
+    return result, time.perf_counter() - start
+
+
+def final_retention_val(run_dir: Path) -> dict[str, float]:
+    """The last epoch's retention validation losses of a fine-tuning run."""
+    from crab.training.monitoring import RETENTION_PREFIX, read_epoch_summaries
+
+    summaries = [s for s in read_epoch_summaries(run_dir) if s["val_loss"]]
+    if not summaries:
+        return {}
+    return {k[len(RETENTION_PREFIX):]: v for k, v in summaries[-1]["val_loss"].items() if k.startswith(RETENTION_PREFIX)}
+
+
+def execute(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Train and evaluate every run, `--jobs` at a time: a seed's fine-tunings start when its base is
+    trained. Returns (evaluations, training seconds, evaluation seconds), each keyed by (name, seed)."""
+    runs = [Run("base", s) for s in range(args.seeds)]
+    finetunes = [] if args.bases_only else [Run(run_name(lam), s, lam) for s in range(args.seeds) for lam in args.lambdas]
+    results, train_s, eval_s = {}, {}, {}
+    ctx = multiprocessing.get_context("spawn")  # the same on Linux and Windows; no forked torch thread pools
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx) as executor:
+        pending: dict[Future, tuple[str, Run]] = {}
+
+        def submit_train(run: Run) -> None:
+            pending[executor.submit(train_job, run_config(run, args), args.threads)] = ("train", run)
+
+        for run in runs:
+            submit_train(run)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, run = pending.pop(future)
+                key = (run.name, run.seed)
+                if kind == "train":
+                    train_s[key] = future.result()
+                    cfg = run_config(run, args)
+                    from crab.training.checkpoint import step_dir
+
+                    checkpoint = step_dir(cfg.run_dir, cfg.train.steps)
+                    job = (checkpoint, args.episodes, run.seed, args.n_action_steps, args.image_size, args.threads)
+                    pending[executor.submit(eval_job, *job)] = ("eval", run)
+                    if run.lambda_anchor is None:
+                        for ft in (f for f in finetunes if f.seed == run.seed):
+                            submit_train(ft)
+                else:
+                    results[key], eval_s[key] = future.result()
+                    print(f"{run.name} seed {run.seed}: evaluated", flush=True)
+    return results, train_s, eval_s
+
+
+def report(args, names: list[str], results: dict, train_s: dict, timings: dict, command: str, val: dict) -> tuple[str, dict]:
+    seeds = range(args.seeds)
+    pooled = {t: {n: pool([results[(n, s)]["tasks"][t] for s in seeds]) for n in names} for t in TASKS}
+    ft_cfg = run_config(Run(run_name(args.lambdas[-1]), 0, args.lambdas[-1]), args)
+    rw = ft_cfg.reward_weighting
+    labels = {"base": "base: IL on clean data of all three tasks"}
+    labels.update({run_name(lam): f"fine-tuned, lambda_anchor {lam:g}" + (" (anchor off)" if lam == 0 else "")
+                   for lam in args.lambdas})  # fmt: skip
+    lines = [
+        "# The anchor's job: fine-tune on egg transfer, keep the other tasks",
+        "",
+        f"Generated by `crab/sim/anchor_benchmark.py` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        f"    {command}",
+        "",
+        f"- Machine: {machine()}. Shared with other jobs while it ran: times are indicative only.",
+        f"- Data (`crab.sim.generate`, seed {args.data_seed}, {args.image_size}x{args.image_size} camera, "
+        f"{args.episodes_per_dataset} episodes per dataset). Base: `{MANIFESTS['base'].name}` (clean: egg "
+        f"transfers, carton openings, carton closings). Fine-tuning: `{MANIFESTS['egg_mixed'].name}` (the "
+        "cycle's egg data: clean and cracked transfers, no carton task). One episode per dataset held out "
+        f"for validation; the carton datasets' held-out episodes give the retention validation loss "
+        f"(`data.retention_manifest: {MANIFESTS['retention'].name}`).",
+        f"- Base: the tiny offline SmolVLA (`TINY_SMOLVLA_DEFAULTS`), baseline IL config, {args.base_steps} steps "
+        f"at batch {args.batch_size}, {args.n_action_steps} actions executed per chunk of 10.",
+        f"- Fine-tuning: from the base (`policy.pretrained_path` = its checkpoint, `policy.normalization: "
+        f"pretrained`), the cracked-factor cycle config (RWFM alpha {rw.alpha:g}, clip [{rw.clip_min:g}, "
+        f"{rw.clip_max:g}]), the base as the frozen reference (`anchor.reference`), {args.steps} steps at batch "
+        f"{args.batch_size}, anchor warmup/ramp {args.steps // 20}/{args.steps // 10} steps (the cycle configs' "
+        f"1000/2000 of 20000, scaled), lambda_anchor in {{{', '.join(f'{x:g}' for x in args.lambdas)}}}; "
+        "lambda 0 = anchor off. The learning rate and its schedule are the base's (lerobot's presets).",
+        f"- Training seeds: {args.seeds} (1000, 1001, ...); evaluation: {args.episodes} closed-loop episodes per "
+        "task per seed, the same scenes for every run of a seed. Rates pool the seeds' episodes (Wilson 95% "
+        "interval); 'per seed' lists each seed's rate. Retention = fine-tuned success / base success (pooled).",
+        f"- Wall time of the command: {timings['wall_s'] / 60:.1f} min with {args.jobs} job(s) at a time "
+        f"({args.threads} torch thread(s) each): data {timings['data_s']:.0f} s; summed over the runs, training "
+        f"{sum(train_s.values()) / 60:.1f} min and evaluation {timings['eval_s'] / 60:.1f} min (reused runs count "
+        "the time measured when they were trained).",
+        "",
+    ]
+    for task in TASKS:
+        rows = []
+        for n in names:
+            p = pooled[task][n]
+            keep = "" if n == "base" or task == TARGET else f"{retention(p, pooled[task]['base']):.0%}"
+            rows.append([
+                labels[n], fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
+                fmt_rate(p["crack_rate"], p["crack_ci95"]), fmt_seeds(p["seed_crack"]), keep,
+            ])  # fmt: skip
+        role = "target task" if task == TARGET else "not in the fine-tuning data"
+        lines += [
+            f"## {task} ({role}; {pooled[task]['base']['episodes']} episodes per row)",
+            "",
+            markdown_table(["run", "success", "per seed", "crack", "per seed", "retention"], rows),
+            "",
+        ]
+    if val:
+        lines += [
+            "## Retention validation loss at the end of fine-tuning (mean over seeds)",
+            "",
+            "The unweighted flow loss on the carton tasks' held-out episodes, logged in the epoch summaries "
+            "(`val_loss`, keys `retention: <task>`) and plotted in each run's `plots/val_loss.png`:",
+            "",
+            markdown_table(["run", *OTHERS], [[labels[n], *(f"{val[n][t]:.3f}" for t in OTHERS)] for n in val]),
+            "",
+        ]
+    bar, recommended = check_bar(pooled, args.lambdas)
+    lines += ["## The bar (pooled)", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in bar]
+    lines += [
+        "",
+        "Recommended lambda_anchor: "
+        + (f"**{recommended:g}**" if recommended is not None else "none of the tested values meets the bar")
+        + ".",
+        "",
+    ]
+    return "\n".join(lines), {"pooled": pooled, "bar": bar, "recommended": recommended}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("docs/anchor.md"))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task per seed")
+    p.add_argument("--base-steps", type=int, default=4000, help="training steps of each base")
+    p.add_argument("--steps", type=int, default=1500, help="fine-tuning steps of each run")
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 1.0], help="lambda_anchor values; 0 = off")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
+    p.add_argument("--episodes-per-dataset", type=int, default=50)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--work-dir", type=Path, default=Path("outputs/anchor_benchmark"))
+    p.add_argument("--cache-items", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep decoded training items in RAM (`data.cache_items`)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, help="trainings/evaluations at a time, each in its own process")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per job")
+    p.add_argument("--bases-only", action="store_true", help="train and evaluate the bases only (no report)")
+    args = p.parse_args(argv)
+    if 0.0 not in args.lambdas or len(set(args.lambdas)) < 2:
+        p.error("--lambdas needs 0 (the anchor off, the bar's reference) and at least one value > 0")
+    args.lambdas = sorted(set(args.lambdas))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    import torch
+
+    start = time.perf_counter()
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python -m crab.sim.anchor_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
+    data_root = args.work_dir / "data"
+    timings = {"data_s": ensure_data(data_root, args.episodes_per_dataset, args.data_seed, args.image_size)}
+    from crab.training.crab_smolvla_wrapper import TINY_SMOLVLA_DEFAULTS
+
+    rw = run_config(Run("lambda0", 0, 0.0), args).reward_weighting
+    ensure_stats(data_root, TINY_SMOLVLA_DEFAULTS["chunk_size"], rw)
+    results, train_s, eval_s = execute(args)
+    timings["eval_s"] = sum(eval_s.values())
+    timings["wall_s"] = time.perf_counter() - start
+    print(f"wall time {timings['wall_s'] / 60:.1f} min", flush=True)
+    if args.bases_only:
+        return None
+    names = ["base", *(run_name(lam) for lam in args.lambdas)]
+    val = {}
+    for lam in args.lambdas:
+        runs = [Run(run_name(lam), s, lam) for s in range(args.seeds)]
+        per_seed = [final_retention_val(run_config(r, args).run_dir) for r in runs]
+        if all(per_seed):
+            val[run_name(lam)] = {t: sum(v[t] for v in per_seed) / len(per_seed) for t in OTHERS}
+    text, summary = report(args, names, results, train_s, timings, command, val)
+    notes = ""
+    if args.out.is_file() and NOTES_MARKER in args.out.read_text():
+        notes = args.out.read_text().split(NOTES_MARKER, 1)[1]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n" + NOTES_MARKER + (notes or "\n"))
+    out = {"args": {k: str(v) for k, v in vars(args).items()}, **summary, "timings": timings,
+           "train_s": {f"{n}_seed{s}": v for (n, s), v in train_s.items()},
+           "per_seed": {f"{n}_seed{s}": v for (n, s), v in results.items()}, "retention_val_loss": val}  # fmt: skip
+    (args.work_dir / "results.json").write_text(json.dumps(out, indent=2))
+    print(text)
+    print(f"\nwrote {args.out}, {args.work_dir / 'results.json'}")
+    pooled = summary["pooled"]
+    kept = {
+        lam: ", ".join(f"{retention(pooled[t][run_name(lam)], pooled[t]['base']):.0%}" for t in OTHERS)
+        for lam in args.lambdas
+    }
+    print(
+        f"headline: share of the base's success kept on {' / '.join(OTHERS)}: "
+        + "; ".join(f"lambda {lam:g}: {k}" for lam, k in kept.items())
+        + f"; recommended lambda_anchor: {summary['recommended']}"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()
