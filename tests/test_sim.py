@@ -13,9 +13,12 @@ import pytest
 from crab.sim.demonstrators import make_demonstrator, rollout
 from crab.sim.egg_env import (
     ACTION_NAMES,
+    CLOSE_CARTON,
     CRACK_FORCE,
     CRACK_SPEED,
     IMAGE_KEY,
+    LID_CLOSED_ANGLE,
+    LID_STOP,
     MAX_STEPS,
     OPEN_CARTON,
     PUT_EGG,
@@ -105,6 +108,44 @@ def test_demonstrator_qualities():
         assert np.abs(r.frames["action"][:, :3]).max() > np.abs(c.frames["action"][:, :3]).max()
 
 
+# Physics of seed 3 (actions, states, rewards rounded to 1e-5) as the code wrote them before the third task
+# was added (commit 8db8527): adding a task must not change the others' episodes, hence their datasets.
+BEFORE_THIRD_TASK = {
+    ("careful", PUT_EGG): "68b61805aa55cebb",
+    ("rough", PUT_EGG): "2e609251d1f34422",
+    ("failing", PUT_EGG): "71f7ba4c333e1acf",
+    ("careful", OPEN_CARTON): "4308aaa8000b9a4e",
+}
+
+
+def test_existing_tasks_unchanged_by_the_third():
+    import hashlib
+
+    for (style, task), expected in BEFORE_THIRD_TASK.items():
+        frames = rollout(task, style, 3, render=False).frames
+        h = hashlib.sha256()
+        for key in ("action", STATE_KEY, "next.reward"):
+            h.update(np.round(frames[key].astype(np.float64), 5).tobytes())
+        assert h.hexdigest()[:16] == expected, (style, task)
+
+
+def test_close_the_carton_scene_and_demonstrator():
+    env = EggEnv(CLOSE_CARTON, render_images=False)
+    env.reset(seed=1)
+    rel = env.egg_pos - env.tray_pos
+    assert abs(rel[0]) < 0.05 and abs(rel[1]) < 0.05  # the egg is already in the tray
+    assert env.lid_angle == pytest.approx(LID_STOP, abs=0.01)  # and the lid lies open on its stop
+    closings = [rollout(CLOSE_CARTON, "careful", s, render=False) for s in SEEDS]
+    assert all(r.success and not r.cracked and r.episode_return == 1.0 for r in closings)
+    assert all(r.length < MAX_STEPS for r in closings)
+    env.reset(seed=1)
+    for _ in range(5):  # doing nothing leaves it open
+        *_, info = env.step(np.zeros(4))
+    assert not info["success"] and env.lid_angle > LID_CLOSED_ANGLE
+    with pytest.raises(ValueError, match="only the careful"):
+        make_demonstrator(CLOSE_CARTON, "rough", 0)
+
+
 def test_demonstrator_actions_are_smooth():
     for style in ("careful", "rough", "failing"):
         actions = rollout(PUT_EGG, style, 1, render=False).frames["action"]
@@ -139,7 +180,27 @@ def test_evaluate_reports_rates_and_saves_videos(tmp_path):
         assert summary["episodes"] == 2 and summary["success_rate"] == 0.0 and summary["crack_rate"] == 0.0
         assert summary["success_ci95"] == pytest.approx(wilson_interval(0, 2))
         assert summary["mean_length"] == MAX_STEPS
-    assert len(list(tmp_path.glob("*.mp4"))) == 4
+    assert len(list(tmp_path.glob("*.mp4"))) == 2 * len(TASKS)
+
+
+class SeedRecorder:
+    """A do-nothing policy that records the episode seeds `evaluate` resets it with."""
+
+    def __init__(self):
+        self.seeds = []
+
+    def reset(self, seed):
+        self.seeds.append(seed)
+
+    def __call__(self, obs):
+        return np.zeros((MAX_STEPS, 4), np.float32)  # one chunk per episode
+
+
+def test_a_tasks_scenes_do_not_depend_on_the_other_tasks_evaluated():
+    both, alone = SeedRecorder(), SeedRecorder()
+    evaluate(both, tasks=[PUT_EGG, CLOSE_CARTON], episodes_per_task=2, n_action_steps=MAX_STEPS)
+    evaluate(alone, tasks=[CLOSE_CARTON], episodes_per_task=2, n_action_steps=MAX_STEPS)
+    assert alone.seeds == both.seeds[2:] and alone.seeds != both.seeds[:2]
 
 
 def test_rendering_then_importing_torch_compiler_does_not_crash():

@@ -629,7 +629,7 @@ class CrabSmolVLA(nn.Module):
         self.anchor_mode = anchor.mode
         if anchor.enabled and anchor.mode == "shared_prefix":
             if unsupported is None and not self._reference_shares_vlm():
-                unsupported = "the reference does not share the policy's VLM parameters (use make_reference)"
+                unsupported = "the reference's frozen VLM weights are not the policy's"
             if unsupported is not None:
                 logger.warning("anchor mode shared_prefix is not exact here (%s); using naive", unsupported)
                 self.anchor_mode = "naive"

@@ -305,8 +305,11 @@ def training_step(model, batch, lambda_anchor, accelerator, optimizer, scheduler
 
 
 def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) -> CrabDataset | None:
-    """The held-out episodes of `data.retention_manifest` (None without one); its tasks must be ones the
-    training manifest lacks."""
+    """The held-out episodes of `data.retention_manifest` (None without one): the last
+    `val_episodes_per_dataset` of each of its datasets (all of a smaller one), those a base trained with
+    the same setting never saw. Its tasks must be ones the training manifest lacks."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
     if cfg.data.retention_manifest is None:
         return None
     retention_rows = load_manifest(cfg.data.retention_manifest, cfg.data.data_root)
@@ -316,7 +319,10 @@ def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) ->
             f"{cfg.data.retention_manifest}: task(s) {overlap} are also in the training manifest "
             f"{cfg.data.manifest}; the retention manifest is for tasks the training data lacks"
         )
-    _, held_out = split_episodes(retention_rows, cfg.data.val_episodes_per_dataset)
+    held_out = {}
+    for row in retention_rows:
+        n = LeRobotDatasetMetadata(row.repo_id, root=row.root).total_episodes
+        held_out[row.name] = list(range(max(n - cfg.data.val_episodes_per_dataset, 0), n))
     return CrabDataset(retention_rows, spec, episodes=held_out, **data_kw)
 
 
