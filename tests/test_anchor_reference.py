@@ -100,3 +100,14 @@ def test_starting_from_a_checkpoint_with_its_normalisation(trained_checkpoint):
     assert set(stats) >= {"action", "observation.state"} and {"mean", "std"} <= set(stats["action"])
     with pytest.raises(ConfigError, match="normalizer"):
         pretrained_stats(step.parent)
+
+
+def test_a_config_saved_before_the_new_keys_existed_counts_them_as_defaults():
+    from crab.training.config import CrabConfig, DataConfig, to_dict, training_settings
+
+    current = to_dict(CrabConfig("run", DataConfig("m.csv")))
+    old = {**current, "anchor": {k: v for k, v in current["anchor"].items() if k != "reference"},
+           "policy": {k: v for k, v in current["policy"].items() if k != "normalization"}}  # fmt: skip
+    assert training_settings(old) == training_settings(current)
+    changed = {**current, "anchor": {**current["anchor"], "reference": "outputs/base/step_000100"}}
+    assert training_settings(changed) != training_settings(current)

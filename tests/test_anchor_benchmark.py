@@ -1,0 +1,66 @@
+"""crab.sim.anchor_benchmark: the bar and the recommendation (hand-checked), the runs' configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from crab.sim import anchor_benchmark as ab
+from crab.sim.egg_env import CLOSE_CARTON, OPEN_CARTON, PUT_EGG
+from crab.sim.evaluate import wilson_interval
+
+
+def rate(k: int, n: int = 100) -> dict:
+    return {"success_rate": k / n, "success_ci95": wilson_interval(k, n)}
+
+
+def pooled(egg: dict[str, int], open_: dict[str, int], close: dict[str, int]) -> dict:
+    return {task: {name: rate(k) for name, k in rows.items()}
+            for task, rows in ((PUT_EGG, egg), (OPEN_CARTON, open_), (CLOSE_CARTON, close))}  # fmt: skip
+
+
+def test_bar_and_recommendation_hand_checked():
+    # Base 60% / 50% on the carton tasks; lambda 0 drops them to 30% / 20% (-30 points each: forgetting).
+    # lambda 0.1 keeps 55/60 = 92% and 46/50 = 92% with egg 38%, inside lambda 0's [31%, 50%]: passes.
+    # lambda 1 keeps everything but egg 20% is below that interval: fails.
+    p = pooled(
+        {"base": 30, "lambda0": 40, "lambda0.1": 38, "lambda1": 20},
+        {"base": 60, "lambda0": 30, "lambda0.1": 55, "lambda1": 60},
+        {"base": 50, "lambda0": 20, "lambda0.1": 46, "lambda1": 50},
+    )
+    assert wilson_interval(40, 100)[0] == pytest.approx(0.309, abs=1e-3)
+    bar, recommended = ab.check_bar(p, [0.0, 0.1, 1.0])
+    assert [ok for _, ok, _ in bar] == [True, True, False]
+    assert recommended == 0.1
+    assert "-30 points" in bar[0][2] and "92%" in bar[1][2]
+
+    # One carton task forgets only 10 points: no forgetting bar; 89% retention misses the 90% bar.
+    p = pooled(
+        {"base": 30, "lambda0": 40, "lambda0.1": 40, "lambda1": 40},
+        {"base": 60, "lambda0": 30, "lambda0.1": 60, "lambda1": 60},
+        {"base": 100, "lambda0": 90, "lambda0.1": 89, "lambda1": 95},
+    )
+    bar, recommended = ab.check_bar(p, [0.0, 0.1, 1.0])
+    assert [ok for _, ok, _ in bar] == [False, False, True] and recommended == 1.0
+    assert math.isnan(ab.retention(rate(10), rate(0)))
+
+
+def test_runs_configs(tmp_path):
+    args = ab.parse_args(["--work-dir", str(tmp_path), "--base-steps", "40", "--steps", "20", "--lambdas", "1", "0"])
+    assert args.lambdas == [0.0, 1.0]
+    base = ab.run_config(ab.Run("base", 1), args)
+    assert not base.reward_weighting.enabled and not base.anchor.enabled and base.policy.pretrained_path == "tiny"
+    assert base.data.manifest.endswith("dataset_manifest_anchor_base.csv") and base.train.steps == 40
+    assert set(base.task_masks) == {PUT_EGG, OPEN_CARTON, CLOSE_CARTON} and base.seed == 1001
+    checkpoint = str(tmp_path / "runs" / "base_seed1" / "step_000040")
+    free, anchored = (ab.run_config(ab.Run(ab.run_name(lam), 1, lam), args) for lam in (0.0, 1.0))
+    for cfg in (free, anchored):
+        assert cfg.policy.pretrained_path == checkpoint and cfg.policy.normalization == "pretrained"
+        assert cfg.data.manifest.endswith("anchor_egg_mixed.csv") and cfg.data.retention_manifest.endswith("retention.csv")
+        assert cfg.reward_weighting.enabled and cfg.reward_weighting.alpha == 4.0 and cfg.train.steps == 20
+    assert not free.anchor.enabled
+    assert anchored.anchor.enabled and anchored.anchor.lambda_anchor == 1.0 and anchored.anchor.reference == checkpoint
+    assert (anchored.anchor.warmup_steps, anchored.anchor.ramp_steps) == (1, 2)
+    with pytest.raises(SystemExit):
+        ab.parse_args(["--lambdas", "0.1", "1"])  # lambda 0 is the bar's reference
