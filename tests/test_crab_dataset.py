@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -92,16 +93,21 @@ def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
     assert stats["per_dataset"]["clean"]["signal"]["mean"] == 1.0
     assert stats["per_dataset"]["clean"]["success_rate"] == 1.0
     ds = CrabDataset(load_manifest(manifest, data_root), SPEC)
-    assert reward_stats.load_checked(out, manifest, ds.fingerprint, SPEC)["fingerprint"] == ds.fingerprint
+    assert reward_stats.load_checked(out, manifest, ds.fingerprint, SPEC, data_root)["fingerprint"] == ds.fingerprint
 
     other = write_manifest(tmp_path / "other.csv", [(n, t, "failed" if n == "clean" else q) for n, t, q in ALL_ROWS])
     stale = CrabDataset(load_manifest(other, data_root), SPEC)
-    with pytest.raises(ManifestError, match="stale statistics.*recompute with: python -m crab.training.reward_stats"):
-        reward_stats.load_checked(out, other, stale.fingerprint, SPEC)
+    with pytest.raises(ManifestError, match="stale statistics.*recompute with: python -m crab.training.reward_stats") as e:
+        reward_stats.load_checked(out, other, stale.fingerprint, SPEC, data_root)
+    # The printed command works as printed (the data root is not the default `data` here).
+    command = shlex.split(str(e.value).split("recompute with: ")[1])
+    assert command[:3] == ["python", "-m", "crab.training.reward_stats"]
+    reward_stats.main(command[3:])
+    assert reward_stats.load_checked(out, other, stale.fingerprint, SPEC, data_root)["fingerprint"] == stale.fingerprint
     with pytest.raises(ManifestError, match="reward spec"):
-        reward_stats.load_checked(out, manifest, ds.fingerprint, RewardSpec(chunk_size=5))
+        reward_stats.load_checked(out, manifest, ds.fingerprint, RewardSpec(chunk_size=5), data_root)
     with pytest.raises(ManifestError, match="reward statistics not found"):
-        reward_stats.load_checked(tmp_path / "nope.json", manifest, ds.fingerprint, SPEC)
+        reward_stats.load_checked(tmp_path / "nope.json", manifest, ds.fingerprint, SPEC, data_root)
 
 
 # --- bad input: each error names the file / row / column ---------------------------------------------
@@ -195,3 +201,26 @@ def test_scaled_counts_weight_the_pooled_normalisation_statistics():
     assert pooled["mean"].tolist() == pytest.approx([0.4])
     assert pooled["std"].tolist() == pytest.approx([1.64**0.5])
     assert aggregate_stats([stats(0.0), stats(2.0)])["action"]["mean"].tolist() == pytest.approx([1.0])
+
+
+def test_normalisation_statistics_come_from_the_served_episodes(data_root, tmp_path):
+    """lerobot's own per-episode statistics, pooled by lerobot: all episodes give meta/stats.json, the
+    training split gives the statistics of its frames only, and weights scale each episode's count."""
+    from lerobot.datasets.compute_stats import get_feature_stats
+
+    manifest = write_manifest(tmp_path / "m.csv", [("clean", PLACE, "clean")])
+    rows = load_manifest(manifest, data_root)
+    everything = CrabDataset(rows, SPEC).normalization_stats()
+    meta = CrabDataset(rows, SPEC).datasets[0].meta.stats
+    for key in ("mean", "std", "min", "max"):
+        np.testing.assert_allclose(everything["action"][key], meta["action"][key], rtol=1e-6)
+    first = CrabDataset(rows, SPEC, episodes={"clean": [0]})
+    frames = np.stack([first.datasets[0].hf_dataset[i]["action"].numpy() for i in range(len(first))])
+    own = get_feature_stats(frames, axis=0, keepdims=False)
+    split = first.normalization_stats()
+    for key in ("mean", "std", "min", "max"):
+        np.testing.assert_allclose(split["action"][key], own[key], rtol=1e-5)
+    assert not np.allclose(split["action"]["mean"], everything["action"]["mean"])
+    assert split["action"]["count"].item() == len(first) == 12
+    halved = first.normalization_stats(lambda g: np.full(len(g), 0.5))
+    assert halved["action"]["count"].item() == 6 and np.allclose(halved["action"]["mean"], split["action"]["mean"])

@@ -224,17 +224,17 @@ def test_disabled_weighting_is_bit_identical_to_unweighted_loss(tiny):
 
 def test_enabled_weighting_uses_reward_functions(tiny):
     policy, pre, _ = tiny
-    rw = RewardWeightingConfig(enabled=True, alpha=0.5, clip_min=0.1, clip_max=10.0, normalize_batch=True)
-    crab = CrabSmolVLA(policy, rw, NO_ANCHOR, signal_mean=0.2, signal_std=1.5)
+    rw = RewardWeightingConfig(enabled=True, alpha=0.5, clip_min=0.1, clip_max=10.0)
+    crab = CrabSmolVLA(policy, rw, NO_ANCHOR, signal_mean=0.2, signal_std=1.5, weight_mean=0.8)
     batch = pre(raw_batch())
     noise, time = noise_time()
     loss, metrics = crab(batch, 0.0, noise, time)
     signal = batch["episode_reward"].float()  # G = R_e
-    w, _ = rwfm_weights(advantage(signal, 0.2, 1.5, 1.0), 0.5, 0.1, 10.0, True)
+    w, _ = rwfm_weights(advantage(signal, 0.2, 1.5, 1.0), 0.5, 0.1, 10.0, 0.8)
     per_sample = crab.per_sample_loss(batch, noise, time)
     torch.testing.assert_close(loss, (w * per_sample).mean())
     torch.testing.assert_close(metrics["loss_unweighted"], per_sample.mean())
-    assert metrics["alpha"].item() == 0.5 and metrics["w_mean"].item() == pytest.approx(1.0)
+    assert metrics["alpha"].item() == 0.5 and metrics["w_mean"].item() == pytest.approx(w.mean().item())
     torch.testing.assert_close(metrics["weights"], w)
     assert not any(m.requires_grad for m in metrics.values())
     assert all(m.ndim == 0 for k, m in metrics.items() if k != "weights")

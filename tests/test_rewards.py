@@ -37,7 +37,11 @@ def test_weights_worked_example():
     g = torch.tensor([2.0, 1.0, -1.0, -2.0], dtype=torch.float64)
     a = rewards.advantage(g, mean=0.5, std=1.5, std_floor=1.0)
     torch.testing.assert_close(a, torch.tensor([1.0, 1 / 3, -1.0, -5 / 3], dtype=torch.float64))
-    w, clipped = rewards.rwfm_weights(a, alpha=0.25, clip_min=0.7, clip_max=10.0, normalize=True)
+    # The four frames are the whole training set: the normaliser is their mean clipped raw weight.
+    shares = rewards.weight_shares({"all": g.numpy()}, 0.5, 1.5, alpha=0.25, clip=(0.7, 10.0), std_floor=1.0)
+    mean_weight = rewards.mean_raw_weight(shares)
+    assert mean_weight == pytest.approx(0.962433, abs=1e-6)
+    w, clipped = rewards.rwfm_weights(a, alpha=0.25, clip_min=0.7, clip_max=10.0, mean_weight=mean_weight)
     expected = torch.tensor([1.334146, 1.129330, 0.809200, 0.727324], dtype=torch.float64)
     torch.testing.assert_close(w, expected, atol=1e-6, rtol=0)
     assert clipped.tolist() == [False, False, False, True]
@@ -55,6 +59,9 @@ def test_weights_worked_example():
         },
         abs=1e-6,
     )
+    # The same frame has the same weight in a batch of one: nothing depends on the batch.
+    alone, _ = rewards.rwfm_weights(a[3:], alpha=0.25, clip_min=0.7, clip_max=10.0, mean_weight=mean_weight)
+    assert alone.item() == pytest.approx(0.727324, abs=1e-6)
 
 
 def test_std_floor_keeps_uniform_quality_data_from_large_advantages():
@@ -64,21 +71,24 @@ def test_std_floor_keeps_uniform_quality_data_from_large_advantages():
 
 
 def test_weights_without_batch_normalisation_and_effective_weight_bounds():
-    w, clipped = rewards.rwfm_weights(torch.zeros(3), alpha=0.25, clip_min=0.1, clip_max=10.0, normalize=False)
+    w, clipped = rewards.rwfm_weights(torch.zeros(3), alpha=0.25, clip_min=0.1, clip_max=10.0)
     assert w.tolist() == [1.0, 1.0, 1.0] and not clipped.any()
     assert rewards.weight_statistics(w, clipped)["effective_batch_weight"].item() == pytest.approx(1.0)
     one_hot = torch.tensor([1.0, 0.0, 0.0, 0.0])
     assert rewards.weight_statistics(one_hot, torch.zeros(4, dtype=torch.bool))["effective_batch_weight"].item() == pytest.approx(0.25)
 
 
-def test_zero_clip_floor_lets_weights_reach_zero_and_an_all_zero_batch_stays_zero():
+def test_zero_clip_floor_lets_weights_reach_zero_and_an_all_zero_batch_is_defined():
     adv = torch.tensor([0.5, -1.5, -200.0])  # exp(4 * -200) underflows to 0
-    w, clipped = rewards.rwfm_weights(adv, alpha=4.0, clip_min=0.0, clip_max=10.0, normalize=True)
+    w, clipped = rewards.rwfm_weights(adv, alpha=4.0, clip_min=0.0, clip_max=10.0, mean_weight=2.0)
     raw = torch.tensor([math.exp(2.0), math.exp(-6.0), 0.0])
-    torch.testing.assert_close(w, raw / raw.mean())
+    torch.testing.assert_close(w, raw / 2.0)
     assert not clipped.any()
-    w, _ = rewards.rwfm_weights(torch.full((2,), -200.0), alpha=4.0, clip_min=0.0, clip_max=10.0, normalize=True)
+    w, clipped = rewards.rwfm_weights(torch.full((2,), -200.0), alpha=4.0, clip_min=0.0, clip_max=10.0, mean_weight=2.0)
     assert w.tolist() == [0.0, 0.0]
+    stats = rewards.weight_statistics(w, clipped)
+    assert all(torch.isfinite(v) for v in stats.values())  # the trainer stops on a non-finite metric
+    assert stats["effective_batch_weight"].item() == 0.0 and stats["w_max"].item() == 0.0
 
 
 def test_weight_shares_hand_checked():

@@ -73,9 +73,13 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
     assert [r["step"] for r in logged] == list(range(1, 13))
     assert [r["lambda_anchor"] for r in logged[:6]] == pytest.approx([0.0, 0.0, 0.0, 0.05, 0.1, 0.1])
     assert all(r["loss_anchor"] == 0.0 for r in logged[:2]) and logged[5]["loss_anchor"] > 0
-    assert all(r["alpha"] == cfg.reward_weighting.alpha and r["w_mean"] == pytest.approx(1.0) for r in logged)
+    assert all(r["alpha"] == cfg.reward_weighting.alpha for r in logged)
 
     summaries = json.loads((run_dir / "epoch_summary.json").read_text())
+    # Weights are divided by the training frames' mean weight: over a whole epoch they average 1.
+    groups = summaries[0]["weights"].values()
+    assert summaries[0]["complete"] and sum(g["samples"] for g in groups) == 40
+    assert sum(g["samples"] * g["mean"] for g in groups) / 40 == pytest.approx(1.0)
     jsonl = [json.loads(line) for line in (run_dir / "epoch_summary.jsonl").read_text().splitlines()]
     rows = list(csv.DictReader((run_dir / "epoch_summary.csv").read_text().splitlines()))
     assert summaries == jsonl and len(rows) == len(summaries) >= 1
@@ -107,6 +111,27 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
     policy = SmolVLAPolicy.from_pretrained(run_dir / "step_000012" / "pretrained_model")
     assert policy.config.chunk_size == 10
     assert (run_dir / "step_000012" / "reward_stats.json").is_file()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_each_quality_gets_the_printed_share_of_the_weight_at_any_batch_size(setup, batch_size):
+    """Over an epoch the cracked data's share of the summed weight is what reward_stats prints, at batch 1
+    as at batch 8 (a batch-mean normaliser gives every sample weight 1 at batch 1)."""
+    from crab.training.rewards import weight_shares
+
+    steps = 40 // batch_size  # one epoch of the fixture's 40 frames
+    cfg = config(setup, f"share_b{batch_size}", **{"train.steps": steps, "train.save_every": steps,
+                 "data.batch_size": batch_size, "anchor.enabled": "false", "train.log_every": steps})  # fmt: skip
+    run_dir = train.train(cfg)
+    stats = json.loads(setup["stats"].read_text())
+    g, rw = stats["overall"]["signal"], cfg.reward_weighting
+    assert all(d["signal"]["std"] == 0 for d in stats["per_dataset"].values())  # one G per dataset here
+    signals = {name: [d["signal"]["mean"]] * d["frames"] for name, d in stats["per_dataset"].items()}
+    printed = weight_shares(signals, g["mean"], g["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor)
+    (summary,) = json.loads((run_dir / "epoch_summary.json").read_text())
+    assert summary["weights"]["cracked"]["samples"] == stats["per_dataset"]["labelled"]["frames"]
+    assert summary["weights"]["cracked"]["share"] == pytest.approx(printed["labelled"]["weight_share"], rel=1e-5)
+    assert summary["weights"]["cracked"]["share"] < 0.5 * (stats["per_dataset"]["labelled"]["frames"] / 40)
 
 
 def test_resume_is_bit_identical(setup, monkeypatch):

@@ -4,7 +4,8 @@ Layout of one checkpoint:
     step_000100/
       pretrained_model/      lerobot format: config.json, model.safetensors, policy pre/post-processor
                              files (SmolVLAPolicy.from_pretrained and lerobot's tools load it)
-      training_state.pt      optimizer, scheduler, RNG states, step, epoch, data position, epoch metrics
+      training_state.pt      optimizer, scheduler, RNG states of every process, step, epoch, data
+                             position, learning-rate schedule length, epoch metrics
       crab_config.yaml       the resolved training config
       reward_stats.json      the reward statistics the run used
 
@@ -52,6 +53,12 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rank_rng_states(training_state: dict) -> list[dict]:
+    """The saved RNG states, one per process (checkpoints before per-process states hold one dict)."""
+    rng = training_state["rng"]
+    return [rng] if isinstance(rng, dict) else rng
 
 
 def set_rng_state(state: dict) -> None:

@@ -60,7 +60,6 @@ class RewardWeightingConfig:
     std_floor: float = 1.0  # lower bound on the std that normalises the advantage (reward units)
     clip_min: float = 0.1  # bounds on the raw weight exp(alpha * A); 0 lets the worst data reach weight 0
     clip_max: float = 10.0
-    normalize_batch: bool = True  # divide by the batch mean weight so the loss scale matches IL
 
 
 @dataclass

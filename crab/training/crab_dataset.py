@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,7 +170,7 @@ class CrabDataset(Dataset):
         first = LeRobotDatasetMetadata(rows[0].repo_id, root=rows[0].root)
         self.fps = first.fps
         delta = {"action": [i / self.fps for i in range(spec.chunk_size)]}
-        self.datasets, self.tables, self._rewards = [], [], []
+        self.datasets, self.tables, self._rewards, self._rows_of_items = [], [], [], []
         for row in rows:
             meta = LeRobotDatasetMetadata(row.repo_id, root=row.root)
             _check_compatible(rows[0], first, row, meta)
@@ -193,6 +194,7 @@ class CrabDataset(Dataset):
             self.datasets.append(ds)
             self.tables.append(table)
             self._rewards.append(torch.from_numpy(values.astype(np.float32)))
+            self._rows_of_items.append(pos)  # each served item's row in `table`
         self.meta = first
         # Features only some datasets have (e.g. `next.reward`) would break default collate; the
         # reward fields carry what they mean.
@@ -204,6 +206,31 @@ class CrabDataset(Dataset):
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.rows, self.tables, self.spec)
+
+    def signals(self) -> dict[str, np.ndarray]:
+        """Per dataset (manifest name): the return signal G of every item served, in item order."""
+        return {
+            row.name: table.signal[pos] for row, table, pos in zip(self.rows, self.tables, self._rows_of_items, strict=True)
+        }
+
+    def normalization_stats(self, frame_weight: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+        """lerobot statistics of the policy's features over the episodes this dataset serves.
+
+        lerobot's own per-episode statistics (`meta/episodes`), pooled with its `aggregate_stats`, so
+        held-out episodes do not leak into the normalisation. With `frame_weight` (return signal G ->
+        clipped raw RWFM weight per frame) each episode counts in proportion to its weight mass (frames x
+        mean weight): the statistics then describe the data the weighted loss imitates.
+        """
+        from lerobot.datasets.compute_stats import aggregate_stats
+
+        pooled = []
+        for row, ds, table, pos in zip(self.rows, self.datasets, self.tables, self._rows_of_items, strict=True):
+            episode_of_item, signal = table.episode_index[pos], table.signal[pos]
+            for episode, stats in _episode_stats(row, ds.meta.features, np.unique(episode_of_item)).items():
+                of_episode = episode_of_item == episode
+                factor = 1.0 if frame_weight is None else float(frame_weight(signal[of_episode]).mean())
+                pooled.append(scale_counts(stats, factor))
+        return aggregate_stats(pooled)
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -233,6 +260,25 @@ class CrabDataset(Dataset):
         item["task_name"] = item["task"]
         item["quality"] = row.quality
         return item
+
+
+def _episode_stats(row: ManifestRow, features: dict, episodes: np.ndarray) -> dict[int, dict[str, dict]]:
+    """lerobot's stored statistics of the policy features (`observation.*`, `action`) of `episodes`."""
+    keys = [k for k in features if k.startswith(POLICY_FEATURE_PREFIXES)]
+    table = pads.dataset(row.root / "meta" / "episodes", format="parquet").to_table()
+    columns = [c for c in table.column_names if c.startswith("stats/") and c.split("/")[1] in keys]
+    if not columns:
+        raise ManifestError(f"{row.root / 'meta' / 'episodes'}: no per-episode statistics (dataset {row.name!r})")
+    wanted = set(episodes.tolist())
+    out = {}
+    for record in table.select(["episode_index", *columns]).to_pylist():
+        if record["episode_index"] in wanted:
+            stats: dict[str, dict] = {}
+            for column in columns:
+                _, feature, stat = column.split("/")
+                stats.setdefault(feature, {})[stat] = np.asarray(record[column], dtype=np.float64)
+            out[record["episode_index"]] = stats
+    return out
 
 
 def _check_compatible(row0: ManifestRow, meta0, row: ManifestRow, meta) -> None:

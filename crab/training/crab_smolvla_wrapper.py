@@ -596,6 +596,8 @@ class CrabSmolVLA(nn.Module):
         policy: the SmolVLA policy to train (already on its device).
         reward_weighting / anchor: the run's config sections.
         signal_mean / signal_std: frame-level statistics of the return signal G of the manifest.
+        weight_mean: the mean clipped raw weight over the training frames (`rewards.mean_raw_weight`),
+            the constant that divides every weight.
         task_masks: instruction -> counted action-dimension indices ({}: all real dimensions).
 
     With the anchor enabled the frozen reference is built at construction: `make_reference(policy)` (the
@@ -610,6 +612,7 @@ class CrabSmolVLA(nn.Module):
         anchor: AnchorConfig,
         signal_mean: float = 0.0,
         signal_std: float = 1.0,
+        weight_mean: float = 1.0,
         task_masks: Mapping[str, Sequence[int]] | None = None,
     ):
         super().__init__()
@@ -618,6 +621,7 @@ class CrabSmolVLA(nn.Module):
         self.anchor = anchor
         self.signal_mean = float(signal_mean)
         self.signal_std = float(signal_std)
+        self.weight_mean = float(weight_mean)
         self.dim_mask = TaskDimMask(task_masks or {}, self.action_dim, policy.config.max_action_dim)
         self.reference = None
         if anchor.enabled:
@@ -748,7 +752,7 @@ class CrabSmolVLA(nn.Module):
         signal = batch["episode_reward"].to(like)  # G = R_e (docs/reward_weighting.md)
         rw = self.reward_weighting
         adv = advantage(signal, self.signal_mean, self.signal_std, rw.std_floor)
-        return rwfm_weights(adv, rw.alpha, rw.clip_min, rw.clip_max, rw.normalize_batch)
+        return rwfm_weights(adv, rw.alpha, rw.clip_min, rw.clip_max, self.weight_mean)
 
     def forward(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import asdict
@@ -79,10 +80,19 @@ def write_json_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checked(path: str | Path, manifest: str | Path, expected_fingerprint: str, spec: RewardSpec) -> dict:
+def recompute_command(manifest: str | Path, out: str | Path, data_root: str | Path, spec: RewardSpec) -> str:
+    """The command line that (re)writes `out` for `manifest` with the data under `data_root`, quoted so it
+    runs verbatim in a POSIX shell."""
+    args = ["--manifest", manifest, "--out", out, "--data-root", data_root, "--chunk-size", spec.chunk_size]
+    return "python -m crab.training.reward_stats " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+def load_checked(
+    path: str | Path, manifest: str | Path, expected_fingerprint: str, spec: RewardSpec, data_root: str | Path
+) -> dict:
     """Load a statistics JSON and refuse it, with the command to fix it, if it is stale."""
     path = Path(path)
-    fix = f"recompute with: python -m crab.training.reward_stats --manifest {manifest} --out {path} --chunk-size {spec.chunk_size}"
+    fix = f"recompute with: {recompute_command(manifest, path, data_root, spec)}"
     if not path.is_file():
         raise ManifestError(f"reward statistics not found: {path}; {fix}")
     stats = json.loads(path.read_text(encoding="utf-8"))

@@ -4,7 +4,8 @@ Two halves:
 - per-dataset annotation (NumPy, vectorised over all frames once): step reward, chunk return and
   episode reward (the return signal G that the advantage normalises);
 - per-batch weighting (torch, stays on the device, no host synchronisation): advantage, RWFM weights
-  with clipping and batch normalisation, and the weight statistics that the trainer logs.
+  with clipping and normalisation by the training data's mean weight, and the weight statistics that
+  the trainer logs.
 """
 
 from __future__ import annotations
@@ -76,20 +77,27 @@ def advantage(signal: Tensor, mean: float, std: float, std_floor: float) -> Tens
 
 
 def rwfm_weights(
-    adv: Tensor, alpha: float, clip_min: float, clip_max: float, normalize: bool
+    adv: Tensor, alpha: float, clip_min: float, clip_max: float, mean_weight: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """w = clip(exp(alpha * A), clip_min, clip_max), then w / mean_batch(w) when `normalize`.
+    """w = clip(exp(alpha * A), clip_min, clip_max) / mean_weight.
 
-    Returns (weights, clipped) where `clipped` marks samples whose raw weight hit a clip bound. With
-    `clip_min = 0` a batch whose weights all underflow to 0 keeps weight 0 (it teaches nothing) instead
-    of dividing by zero.
+    `mean_weight` is a constant: the mean clipped raw weight over the training frames
+    (`mean_raw_weight`), so the weights average 1 over an epoch and the loss keeps imitation
+    learning's scale. Dividing by a constant, not by the batch's mean, makes the weighted objective the
+    same in expectation at every batch size and process count (a batch mean makes every weight 1 at
+    batch size 1). Returns (weights, clipped) where `clipped` marks samples whose raw weight hit a bound.
     """
     raw = torch.exp(alpha * adv)
     clipped = (raw < clip_min) | (raw > clip_max)
-    w = raw.clamp(clip_min, clip_max)
-    if normalize:
-        w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)
-    return w, clipped
+    return raw.clamp(clip_min, clip_max) / mean_weight, clipped
+
+
+def frame_weights(
+    signal: np.ndarray, mean: float, std: float, alpha: float, clip: tuple[float, float], std_floor: float
+) -> np.ndarray:
+    """The clipped raw weight clip(exp(alpha * A), *clip) of each frame, from its return signal G."""
+    adv = advantage(torch.as_tensor(signal, dtype=torch.float64), mean, std, std_floor)
+    return rwfm_weights(adv, alpha, *clip)[0].numpy()
 
 
 def weight_shares(
@@ -98,19 +106,21 @@ def weight_shares(
     """Per group of frames (e.g. per dataset or quality): its share of the frames, its mean clipped raw
     weight and its share of the total weight, i.e. how much of the data the weighted loss imitates.
 
-    Batch normalisation divides every weight of a batch by the same number, so these shares are what
-    training sees on average.
+    Weights are divided by one constant (`rwfm_weights`), so these shares are each group's share of the
+    gradient in expectation, whatever the batch size.
     """
-    raw = {
-        k: rwfm_weights(advantage(torch.as_tensor(g, dtype=torch.float64), mean, std, std_floor), alpha, *clip, False)[0]
-        for k, g in signals.items()
-    }
+    raw = {k: frame_weights(g, mean, std, alpha, clip, std_floor) for k, g in signals.items()}
     frames = sum(len(w) for w in raw.values())
     total = sum(float(w.sum()) for w in raw.values())
     return {
         k: {"frame_share": len(w) / frames, "mean_weight": float(w.mean()), "weight_share": float(w.sum()) / total}
         for k, w in raw.items()
     }
+
+
+def mean_raw_weight(shares: Mapping[str, Mapping[str, float]]) -> float:
+    """The mean clipped raw weight over all frames of `shares` (from `weight_shares`): RWFM's normaliser."""
+    return sum(s["frame_share"] * s["mean_weight"] for s in shares.values())
 
 
 def task_shares(shares: Mapping[str, Mapping[str, float]], task_of: Mapping[str, str]) -> dict[str, float]:
@@ -126,14 +136,16 @@ def weight_statistics(w: Tensor, clipped: Tensor) -> dict[str, Tensor]:
     """The guide's weight metrics, as 0-d tensors on w's device.
 
     effective_batch_weight is Kish's effective sample size over the batch size: (sum w)^2 / (B sum w^2),
-    1.0 when all weights are equal and 1/B when one sample carries the whole batch.
+    1.0 when all weights are equal, 1/B when one sample carries the whole batch, and 0 when every weight
+    is 0 (possible with clip_min = 0: the batch teaches nothing).
     """
     w = w.detach().float()
+    sum_sq = (w**2).sum()
     return {
         "w_mean": w.mean(),
         "w_std": w.std(unbiased=False),
         "w_p95": torch.quantile(w, 0.95),
         "w_max": w.max(),
         "clipped_frac": clipped.float().mean(),
-        "effective_batch_weight": w.sum() ** 2 / (w.numel() * (w**2).sum()),
+        "effective_batch_weight": torch.where(sum_sq > 0, w.sum() ** 2 / (w.numel() * sum_sq), 0.0),
     }

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -19,25 +20,32 @@ import torch
 
 from crab.training import checkpoint as ckpt
 from crab.training.config import ConfigError, CrabConfig, load_config, to_dict, training_settings
-from crab.training.crab_dataset import CrabDataset, scale_counts
+from crab.training.crab_dataset import CrabDataset
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
 from crab.training.manifest import ManifestError, load_manifest
 from crab.training.monitoring import (
     RETENTION_PREFIX,
     STEP_METRICS,
     EpochAccumulator,
+    append_epoch_summary,
+    combine_ranks,
+    interval_row,
     read_epoch_summaries,
     write_epoch_summaries,
 )
 from crab.training.plots import plot_run
 from crab.training.reward_stats import load_checked
-from crab.training.rewards import RewardSpec, task_shares, weight_shares
+from crab.training.rewards import RewardSpec, frame_weights, mean_raw_weight, task_shares, weight_shares
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
 
-# Keys that must match between a checkpoint's config and the resuming one (others, such as
-# train.steps or log_every, may change so that a run can be extended).
+# Keys that must match between a checkpoint's config and the resuming one. Others may change: log_every,
+# save_every, ..., and train.steps, which extends (or shortens) the run but never its learning-rate
+# schedule: that is fixed by the run's first length (see `train`).
 RESUME_MUST_MATCH = ("data", "policy", "reward_weighting", "anchor", "task_masks", "seed")
+# Plots and the whole-file epoch_summary.json are redrawn at checkpoints, at the end, and at an epoch end
+# only when this long has passed since the last time: on a small dataset epochs take a second or less.
+PUBLISH_EVERY_S = 120.0
 
 
 class TrainingError(RuntimeError):
@@ -66,26 +74,28 @@ def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
 
 def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from lerobot.datasets.compute_stats import aggregate_stats
+    from accelerate.utils import gather_object, set_seed
 
     cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.train.mixed_precision if cuda else "no")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision(cfg, cuda))
     main_process = accelerator.is_main_process
     run_dir = cfg.run_dir
     log = print if main_process else (lambda *a, **k: None)
 
     # --- everything that can be wrong with the input fails here, before any step -------------------
     resume_state = None
+    schedule_steps = cfg.train.steps
     if resume:
         pretrained_dir, resume_state, saved_cfg = ckpt.load_checkpoint(resume)
         check_resume_config(saved_cfg, cfg, resume)
+        schedule_steps = check_resume_state(resume_state, saved_cfg, cfg, resume, accelerator.num_processes)
     elif existing := ckpt.list_checkpoints(run_dir):
         raise TrainingError(
             f"{run_dir} already holds checkpoints {[p.name for p in existing]}; continue with --resume "
             f"{existing[-1]} or choose another run_name (--set run_name=...)"
         )
-    set_seed(cfg.seed)
+    # Each process its own flow noise (process 0 draws what a single-process run draws).
+    set_seed(cfg.seed, device_specific=True)
     smolvla_cfg = policy_config(cfg.policy)
     spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
     rows = load_manifest(cfg.data.manifest, cfg.data.data_root)
@@ -96,20 +106,33 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     retention_ds = retention_dataset(cfg, rows, spec, data_kw)
     reward_stats = {}  # required when weighting is on (checked with the config), else optional
     if cfg.data.reward_stats:
-        reward_stats = load_checked(cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec)
+        reward_stats = load_checked(
+            cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec, cfg.data.data_root
+        )
     signal = reward_stats.get("overall", {}).get("signal", {})
 
-    stats = [ds.meta.stats for ds in train_ds.datasets]
+    weight_mean, frame_weight = 1.0, None
     if cfg.reward_weighting.enabled:
-        # Normalise actions and states with the statistics of the weighted data. Otherwise suppressed
-        # rough demonstrations still widen the action std that the flow is learned in.
         rw = cfg.reward_weighting
-        signals = {row.name: table.signal for row, table in zip(rows, train_ds.tables, strict=True)}
-        shares = weight_shares(signals, signal["mean"], signal["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor)
-        stats = [scale_counts(st, shares[row.name]["mean_weight"]) for st, row in zip(stats, rows, strict=True)]
+        frame_weight = functools.partial(
+            frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha,
+            clip=(rw.clip_min, rw.clip_max), std_floor=rw.std_floor,
+        )  # fmt: skip
+        shares = weight_shares(
+            train_ds.signals(), signal["mean"], signal["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor
+        )
+        # One constant for the whole run: every weight is divided by the training frames' mean weight.
+        weight_mean = mean_raw_weight(shares)
+        if weight_mean <= 0:
+            raise TrainingError(
+                f"every training frame of {cfg.data.manifest} has RWFM weight 0 (alpha {rw.alpha}, clip_min "
+                f"{rw.clip_min}): lower reward_weighting.alpha or raise reward_weighting.clip_min"
+            )
         of_task = task_shares(shares, {row.name: row.task for row in rows})
         log("RWFM weight, share of its task's: " + ", ".join(f"{row.name} {of_task[row.name]:.2%}" for row in rows))
-    dataset_stats = aggregate_stats(stats)
+    # Actions and states are normalised with the training episodes' statistics; with weighting on, each
+    # episode counts by its weight mass, so suppressed data does not set the scale the flow is learned in.
+    dataset_stats = train_ds.normalization_stats(frame_weight)
     policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
     model = CrabSmolVLA(
         policy,
@@ -117,12 +140,13 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         cfg.anchor,
         signal_mean=signal.get("mean", 0.0),
         signal_std=signal.get("std", 1.0),
+        weight_mean=weight_mean,
         task_masks=cfg.task_masks,
     )
     model.check_tasks(sorted({row.task for row in [*rows, *(retention_ds.rows if retention_ds else [])]}))
     if resume_state is not None:  # the reference stays the starting policy; the trained one resumes
         model.load_policy_weights(pretrained_dir)
-    params, optimizer, scheduler = build_optimizer(model, smolvla_cfg, cfg.train.steps)
+    params, optimizer, scheduler = build_optimizer(model, smolvla_cfg, schedule_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     step, epoch, position = 0, 0, 0
@@ -131,11 +155,18 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
-        ckpt.set_rng_state(resume_state["rng"])
+        ckpt.set_rng_state(ckpt.rank_rng_states(resume_state)[accelerator.process_index])
         step, epoch, position = resume_state["step"], resume_state["epoch"], resume_state["position"]
         accumulator.load_state_dict(resume_state["epoch_metrics"])
         summaries = [s for s in summaries if s["epoch"] < epoch]
+        if main_process:
+            write_epoch_summaries(run_dir, summaries)
         log(f"resumed from {resume} at step {step} (epoch {epoch}, batch {position})")
+        if cfg.train.steps != schedule_steps:
+            log(
+                f"note: train.steps {cfg.train.steps} differs from the run's first length {schedule_steps}; the "
+                f"learning-rate schedule keeps that length (steps past it run at its final rate)"
+            )
 
     sampler = EpochBatchSampler(
         len(train_ds), cfg.data.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes
@@ -153,13 +184,14 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     global_batch = cfg.data.batch_size * accelerator.num_processes
+    qualities = sorted({row.quality for row in rows})  # weights travel between processes as indices
     run_dir.mkdir(parents=True, exist_ok=True)
     tracker = make_tracker(cfg, run_dir) if main_process else None
     log(
         f"run {cfg.run_name}: {len(train_ds)} training frames ({sum(map(len, train_eps.values()))} episodes), "
         f"{len(sampler)} batches/epoch, {cfg.train.steps} steps, weighting "
         f"{'on' if cfg.reward_weighting.enabled else 'off'}, anchor {'on' if cfg.anchor.enabled else 'off'}, "
-        f"device {accelerator.device}"
+        f"device {accelerator.device}, {accelerator.num_processes} process(es), batch {cfg.data.batch_size} each"
     )
     if cfg.anchor.enabled and cfg.policy.pretrained_path == "tiny":
         log(
@@ -169,19 +201,25 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
 
     # --- the loop ------------------------------------------------------------------------------------
     pending: list[torch.Tensor] = []  # per-step metric rows, still on the device
-    pending_weights: list[tuple[list[str], torch.Tensor]] = []
-    epoch_start = time.perf_counter() - (resume_state or {}).get("epoch_elapsed_s", 0.0)
-    interval_start, interval_samples = time.perf_counter(), 0
+    pending_weights: list[torch.Tensor] = []  # per-step (2, B): quality index, weight
+    run_start = time.perf_counter()
+    epoch_start = run_start - (resume_state or {}).get("epoch_elapsed_s", 0.0)
+    interval_start = run_start
+    epoch_end_s, last_publish = 0.0, run_start
     progress = make_progress(cfg, main_process, step)
 
     def flush() -> None:
-        """Bring the pending metrics to the host (one sync per logging interval) and check them."""
-        nonlocal interval_start, interval_samples
+        """Bring the pending metrics of every process to the host (one sync per logging interval), check
+        them and log one row that summarises the interval."""
+        nonlocal interval_start
         if not pending:
             return
-        rows_host = torch.stack(pending).double().cpu().tolist()
-        for quality, w in pending_weights:
-            accumulator.add_weights(quality, w.float().cpu().tolist())
+        steps = torch.stack(pending)
+        rows_host = combine_ranks(accelerator.gather(steps[None]).double()).cpu().tolist()
+        tagged = accelerator.gather(torch.stack(pending_weights)).cpu()  # (steps x processes, 2, B)
+        accumulator.add_weights(
+            [qualities[i] for i in tagged[:, 0].long().flatten().tolist()], tagged[:, 1].flatten().tolist()
+        )
         first_step = step - len(rows_host) + 1
         for i, row in enumerate(rows_host):
             if not all(math.isfinite(v) for v in row):
@@ -193,31 +231,42 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 )
             accumulator.add(row, global_batch)
         elapsed = time.perf_counter() - interval_start
-        latest = dict(zip(STEP_METRICS, rows_host[-1], strict=True))
-        latest.update(step=step, epoch=epoch, samples_per_s=interval_samples / max(elapsed, 1e-9))
+        summary = interval_row(rows_host)
+        summary.update(step=step, epoch=epoch, samples_per_s=len(rows_host) * global_batch / max(elapsed, 1e-9))
         if main_process:
             with open(run_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(latest) + "\n")
+                f.write(json.dumps(summary) + "\n")
             if tracker:
-                tracker(latest, step)
+                tracker(summary, step)
             progress.set_postfix_str(
-                " ".join(f"{k}={latest[k]:.4g}" for k in ("loss", "loss_weighted", "loss_anchor", "w_max", "lr"))
+                " ".join(f"{k}={summary[k]:.4g}" for k in ("loss", "loss_weighted", "loss_anchor", "w_max", "lr"))
             )
         pending.clear()
         pending_weights.clear()
-        interval_start, interval_samples = time.perf_counter(), 0
+        interval_start = time.perf_counter()
+
+    def publish() -> None:
+        """Whole-file summary and plots: at checkpoints, at the end, and every few minutes."""
+        nonlocal last_publish
+        if main_process:
+            write_epoch_summaries(run_dir, summaries)
+            plot_run(run_dir, accumulator.weights)
+        last_publish = time.perf_counter()
 
     def save() -> None:
         flush()
-        accelerator.wait_for_everyone()
+        # Every process's own RNG states (flow noise, CUDA generators): each resumes its own stream.
+        rng = gather_object([ckpt.rng_state()])
         if main_process:
             state = {
                 "step": step,
                 "epoch": epoch,
                 "position": position,
+                "schedule_steps": schedule_steps,
+                "world_size": accelerator.num_processes,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": ckpt.rng_state(),
+                "rng": rng,
                 "epoch_metrics": accumulator.state_dict(),
                 "epoch_elapsed_s": time.perf_counter() - epoch_start,
             }
@@ -232,6 +281,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 run_dir, step, write_model, state, to_dict(cfg), reward_stats, cfg.train.keep_last
             )
             progress.write(f"checkpoint {path}")
+        accelerator.wait_for_everyone()
 
     model.train()
     while step < cfg.train.steps:
@@ -246,8 +296,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             )
             step, position = step + 1, position + 1
             pending.append(row)
-            pending_weights.append((batch["quality"], weights))
-            interval_samples += global_batch
+            quality = torch.tensor([qualities.index(q) for q in batch["quality"]], dtype=weights.dtype)
+            pending_weights.append(torch.stack([quality.to(weights.device), weights.float()]))
             progress.update(1)
             if step % cfg.train.log_every == 0:
                 flush()
@@ -256,29 +306,63 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             if step >= cfg.train.steps:
                 break
         epoch_done = position >= len(sampler)
-        if epoch_done or step >= cfg.train.steps:
+        finished = step >= cfg.train.steps
+        if epoch_done or finished:
             flush()
+            end_start = time.perf_counter()
             val = {}
-            if val_ds is not None and main_process and epoch_done and (epoch + 1) % cfg.train.val_every_epochs == 0:
+            # The last epoch validates too, complete or not, so the last summary carries validation losses.
+            due = finished or (epoch + 1) % cfg.train.val_every_epochs == 0
+            if val_ds is not None and main_process and due:
                 val = validation_loss(accelerator.unwrap_model(model), val_ds, preprocessor, cfg)
                 val.update(retention_loss(accelerator.unwrap_model(model), retention_ds, preprocessor, cfg))
             if main_process and accumulator.rows:
                 summary = accumulator.summary(epoch, step, time.perf_counter() - epoch_start, val, complete=epoch_done)
                 summaries.append(summary)
-                write_epoch_summaries(run_dir, summaries)
-                plot_run(run_dir, accumulator.weights)
+                append_epoch_summary(run_dir, summaries)
                 progress.write(
                     f"epoch {epoch}: loss {summary['metrics']['loss']['mean']:.4f}, val {val} -> "
-                    f"{run_dir / 'epoch_summary.json'}"
+                    f"{run_dir / 'epoch_summary.jsonl'}"
                 )
+            if finished or step % cfg.train.save_every == 0 or time.perf_counter() - last_publish >= PUBLISH_EVERY_S:
+                publish()
+            epoch_end_s += time.perf_counter() - end_start
         if epoch_done:
             epoch, position = epoch + 1, 0
             accumulator = EpochAccumulator()
             epoch_start = time.perf_counter()
     progress.close()
+    wall = time.perf_counter() - run_start
+    log(f"epoch-end work (validation, summaries, plots): {epoch_end_s:.1f} s of {wall:.1f} s ({epoch_end_s / wall:.1%})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def mixed_precision(cfg: CrabConfig, cuda: bool) -> str:
+    """The accelerate mixed-precision mode: the config's on a GPU; on a CPU bf16 autocast works, fp16 does not."""
+    if not cuda and cfg.train.mixed_precision == "fp16":
+        raise ConfigError("`train.mixed_precision: fp16` needs a GPU; on a CPU use `bf16` or `no`")
+    return cfg.train.mixed_precision
+
+
+def check_resume_state(state: dict, saved_cfg: dict, cfg: CrabConfig, path: str, world_size: int) -> int:
+    """Check that a checkpoint can continue here; return the learning-rate schedule's length.
+
+    The schedule is fixed by the run's first `train.steps` (lerobot's cosine schedule rescales warmup and
+    decay to the length it is built with, so rebuilding it longer would jump the rate): a run extended
+    past it continues at the schedule's final rate. Each process resumes its own RNG states and data
+    shard, so the number of processes must match.
+    """
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        raise TrainingError(
+            f"{path} was saved by {saved_world} process(es), this run has {world_size}: resume with the same "
+            "number (each process resumes its own data shard and random state)"
+        )
+    if cfg.train.steps <= state["step"]:
+        raise ConfigError(f"cannot resume from {path}: it is at step {state['step']}, `train.steps` is {cfg.train.steps}")
+    return state.get("schedule_steps", saved_cfg["train"]["steps"])
 
 
 def build_optimizer(model: CrabSmolVLA, smolvla_cfg, total_steps: int):
@@ -345,7 +429,10 @@ def validation_loss(
     # A fixed subset spread evenly over the held-out frames, so every dataset (and quality) is seen.
     n = min(len(val_ds), cfg.train.val_max_batches * cfg.data.batch_size)
     subset = torch.utils.data.Subset(val_ds, torch.linspace(0, len(val_ds) - 1, n).long().tolist())
-    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.data.batch_size, shuffle=False)
+    # Its own generator: validating must not draw from the global RNG that samples training's flow noise.
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=cfg.data.batch_size, shuffle=False, generator=torch.Generator().manual_seed(cfg.seed)
+    )
     totals: dict[str, list[float]] = {}
     for batch in loader:
         groups = batch[group_by]
