@@ -301,17 +301,21 @@ def load_reference(policy: SmolVLAPolicy, path: str | Path) -> SmolVLAPolicy:
             )
         )  # fmt: skip
     shared = {id(p) for p in policy.parameters()}
+    own: dict[int, nn.Parameter] = {}  # policy tensor id -> the reference's own copy (tied aliases share it)
     with torch.no_grad():
-        for name, param in reference.named_parameters(remove_duplicate=False):
+        for name, param in list(reference.named_parameters(remove_duplicate=False)):
+            module_name, _, leaf = name.rpartition(".")
+            if id(param) in own:
+                setattr(reference.get_submodule(module_name), leaf, own[id(param)])
+                continue
             if name not in state:
                 continue
             value = state[name].to(param.device, param.dtype)
-            if id(param) in shared:
-                if not torch.equal(param, value):  # differs from the policy's frozen tensor: unshare it
-                    module_name, _, leaf = name.rpartition(".")
-                    setattr(reference.get_submodule(module_name), leaf, nn.Parameter(value, requires_grad=False))
-            else:
+            if id(param) not in shared:
                 param.copy_(value)
+            elif not torch.equal(param, value):  # differs from the policy's frozen tensor: unshare it
+                own[id(param)] = nn.Parameter(value, requires_grad=False)
+                setattr(reference.get_submodule(module_name), leaf, own[id(param)])
         for name, buffer in reference.named_buffers():
             if name in state:
                 buffer.copy_(state[name])
