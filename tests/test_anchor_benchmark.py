@@ -45,6 +45,18 @@ def test_bar_and_recommendation_hand_checked():
     assert [ok for _, ok, _ in bar] == [False, False, True] and recommended == 1.0
     assert math.isnan(ab.retention(rate(10), rate(0)))
 
+    # A task the base succeeds at less than 15% of the time cannot lose 15 points: left out, and named.
+    p = pooled(
+        {"base": 30, "lambda0": 40, "lambda0.1": 40, "lambda1": 40},
+        {"base": 60, "lambda0": 30, "lambda0.1": 58, "lambda1": 60},
+        {"base": 10, "lambda0": 0, "lambda0.1": 0, "lambda1": 0},
+    )
+    bar, recommended = ab.check_bar(p, [0.0, 0.1, 1.0])
+    assert [ok for _, ok, _ in bar] == [True, True, True] and recommended == 0.1
+    assert "Close the carton. not learned by the base (10%)" in bar[0][2] and "Close" not in bar[1][2].split(";")[0]
+    p[OPEN_CARTON] = {k: rate(10) for k in p[OPEN_CARTON]}
+    assert [ok for _, ok, _ in ab.check_bar(p, [0.0, 0.1, 1.0])[0]] == [False, False, False]
+
 
 def test_runs_configs(tmp_path):
     args = ab.parse_args(["--work-dir", str(tmp_path), "--base-steps", "40", "--steps", "20", "--lambdas", "1", "0"])

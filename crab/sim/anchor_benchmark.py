@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import multiprocessing
 import shlex
 import sys
@@ -78,26 +79,31 @@ def check_bar(pooled: dict[str, dict[str, dict]], lambdas: list[float]) -> tuple
     """The issue's bar on pooled results `pooled[task][run name]`: (criterion, passed, numbers) per
     criterion, and the recommended lambda_anchor (None when no tested value meets the anchor criterion).
 
-    1. Without the anchor (lambda 0) every non-target task loses >= 15 points of the base's success.
-    2. At some lambda > 0 every non-target task keeps >= 90% of the base's success while egg-transfer
-       success stays inside lambda 0's Wilson interval (or above it). The recommendation is the passing
-       lambda with the highest egg success (the smallest on ties).
+    Both count the non-target tasks the base can lose 15 points on (base success >= 15%); the others are
+    named in the first criterion's numbers ("not learned by the base"), and with none left both fail.
+
+    1. Without the anchor (lambda 0) every such task loses >= 15 points of the base's success.
+    2. At some lambda > 0 every such task keeps >= 90% of the base's success while egg-transfer success
+       stays inside lambda 0's Wilson interval (or above it). The recommendation is the passing lambda
+       with the highest egg success (the smallest on ties).
     """
     base, free = pooled[TARGET]["base"], pooled[TARGET][run_name(0.0)]
-    drops = {t: pooled[t]["base"]["success_rate"] - pooled[t][run_name(0.0)]["success_rate"] for t in OTHERS}
+    measurable = [t for t in OTHERS if pooled[t]["base"]["success_rate"] >= FORGETTING_POINTS - 1e-9]
+    drops = {t: pooled[t]["base"]["success_rate"] - pooled[t][run_name(0.0)]["success_rate"] for t in measurable}
+    unlearned = [f"{t} not learned by the base ({pooled[t]['base']['success_rate']:.0%})" for t in OTHERS if t not in measurable]
     results = [
         (
             f"lambda 0: every non-target task loses >= {FORGETTING_POINTS * 100:.0f} points of the base's success",
-            all(d >= FORGETTING_POINTS - 1e-9 for d in drops.values()),
-            ", ".join(f"{t} {-d * 100:+.0f} points" for t, d in drops.items()),
+            bool(measurable) and all(d >= FORGETTING_POINTS - 1e-9 for d in drops.values()),
+            ", ".join([*(f"{t} {-d * 100:+.0f} points" for t, d in drops.items()), *unlearned]),
         )
     ]
     passing = []
     for lam in (x for x in lambdas if x > 0):
-        kept = {t: retention(pooled[t][run_name(lam)], pooled[t]["base"]) for t in OTHERS}
+        kept = {t: retention(pooled[t][run_name(lam)], pooled[t]["base"]) for t in measurable}
         egg = pooled[TARGET][run_name(lam)]
         egg_ok = egg["success_rate"] >= free["success_ci95"][0] - 1e-9
-        ok = egg_ok and all(k >= RETENTION_BAR - 1e-9 for k in kept.values())
+        ok = bool(measurable) and egg_ok and all(k >= RETENTION_BAR - 1e-9 for k in kept.values())
         if ok:
             passing.append((egg["success_rate"], -lam, lam))
         results.append((
@@ -302,7 +308,8 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         rows = []
         for n in names:
             p = pooled[task][n]
-            keep = "" if n == "base" or task == TARGET else f"{retention(p, pooled[task]['base']):.0%}"
+            kept = retention(p, pooled[task]["base"]) if n != "base" and task != TARGET else None
+            keep = "" if kept is None else "n/a (base 0%)" if math.isnan(kept) else f"{kept:.0%}"
             rows.append([
                 labels[n], fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
                 fmt_rate(p["crack_rate"], p["crack_ci95"]), fmt_seeds(p["seed_crack"]), keep,
