@@ -75,6 +75,10 @@ def retention(finetuned: dict, base: dict) -> float:
     return finetuned["success_rate"] / base["success_rate"] if base["success_rate"] > 0 else float("nan")
 
 
+def fmt_retention(kept: float) -> str:
+    return "n/a (base 0%)" if math.isnan(kept) else f"{kept:.0%}"
+
+
 def check_bar(pooled: dict[str, dict[str, dict]], lambdas: list[float]) -> tuple[list[tuple[str, bool, str]], float | None]:
     """The issue's bar on pooled results `pooled[task][run name]`: (criterion, passed, numbers) per
     criterion, and the recommended lambda_anchor (None when no tested value meets the anchor criterion).
@@ -308,8 +312,7 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         rows = []
         for n in names:
             p = pooled[task][n]
-            kept = retention(p, pooled[task]["base"]) if n != "base" and task != TARGET else None
-            keep = "" if kept is None else "n/a (base 0%)" if math.isnan(kept) else f"{kept:.0%}"
+            keep = "" if n == "base" or task == TARGET else fmt_retention(retention(p, pooled[task]["base"]))
             rows.append([
                 labels[n], fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
                 fmt_rate(p["crack_rate"], p["crack_ci95"]), fmt_seeds(p["seed_crack"]), keep,
@@ -410,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"\nwrote {args.out}, {args.work_dir / 'results.json'}")
     pooled = summary["pooled"]
     kept = {
-        lam: ", ".join(f"{retention(pooled[t][run_name(lam)], pooled[t]['base']):.0%}" for t in OTHERS)
+        lam: ", ".join(fmt_retention(retention(pooled[t][run_name(lam)], pooled[t]["base"])) for t in OTHERS)
         for lam in args.lambdas
     }
     print(
