@@ -1,7 +1,7 @@
 """The anchor's job, measured: fine-tune a multi-task policy on egg transfer and see what it keeps of the others.
 
     python -m crab.sim.anchor_benchmark --out docs/anchor.md [--seeds 3] [--episodes 50] [--base-steps 10000] \
-        [--steps 2000] [--lambdas 0 0.1 1] [--batch-size 32] [--work-dir outputs/anchor_benchmark] [--jobs 2] \
+        [--steps 2000] [--lambdas 0 0.1 1 10 100] [--batch-size 32] [--work-dir outputs/anchor_benchmark] [--jobs 2] \
         [--threads 1] [--bases-only]
 
 Per training seed: a **base** policy, imitation learning on clean data of every simulated task
@@ -353,7 +353,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task per seed")
     p.add_argument("--base-steps", type=int, default=10000, help="training steps of each base")
     p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps of each run")
-    p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 1.0], help="lambda_anchor values; 0 = off")
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 1.0, 10.0, 100.0], help="lambda_anchor values; 0 = off")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
     p.add_argument("--episodes-per-dataset", type=int, default=50)
