@@ -73,9 +73,13 @@ def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
 
 def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import gather_object, set_seed
 
     cuda = torch.cuda.is_available()
+    # accelerate keeps the first run's mixed-precision mode for the whole process; `train` may run several
+    # times in one (tests, notebooks), each with its own config. The process group (PartialState) stays.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision(cfg, cuda))
     main_process = accelerator.is_main_process
     run_dir = cfg.run_dir
@@ -333,6 +337,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     log(f"epoch-end work (validation, summaries, plots): {epoch_end_s:.1f} s of {wall:.1f} s ({epoch_end_s / wall:.1%})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    log(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
+        f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
     return run_dir
 
 
@@ -433,11 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        run_dir = train(cfg, args.resume)
+        train(cfg, args.resume)
     except (ConfigError, ManifestError, ckpt.CheckpointError, TrainingError) as e:  # bad input: no traceback
         sys.exit(f"error: {e}")
-    print(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
-          f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
 
 
 if __name__ == "__main__":
