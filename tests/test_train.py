@@ -87,7 +87,7 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
         assert float(row["loss_weighted_mean"]) == s["metrics"]["loss_weighted"]["mean"]
     first_epoch = [r["loss"] for r in logged[: summaries[0]["steps"]]]
     assert summaries[0]["metrics"]["loss"]["mean"] == pytest.approx(sum(first_epoch) / len(first_epoch))
-    for name in ("losses", "weights", "lambda_anchor", "val_loss", "weight_hist"):
+    for name in ("overview", "losses", "weights", "lambda_anchor", "val_loss", "weight_hist"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 0
 
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

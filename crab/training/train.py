@@ -32,7 +32,7 @@ from crab.training.monitoring import (
     read_epoch_summaries,
     write_epoch_summaries,
 )
-from crab.training.plots import plot_run
+from crab.training.plots import plot_run, read_step_log
 from crab.training.reward_stats import load_checked
 from crab.training.rewards import RewardSpec, frame_weights, mean_raw_weight, task_shares, weight_shares
 from crab.training.sampling import EpochBatchSampler, split_episodes
@@ -337,6 +337,11 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     log(f"epoch-end work (validation, summaries, plots): {epoch_end_s:.1f} s of {wall:.1f} s ({epoch_end_s / wall:.1%})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if main_process:
+        logged = read_step_log(run_dir)
+        first, last = logged[0], logged[-1]
+        log(f"loss: first logged {first['loss']:.4f} (steps 1-{first['step']}), last {last['loss']:.4f} "
+            f"(steps {last['step'] - last['steps'] + 1}-{last['step']}), {last['loss'] / first['loss']:.0%} of the first")
     log(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
         f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
     return run_dir
