@@ -113,25 +113,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         )
     signal = reward_stats.get("overall", {}).get("signal", {})
 
-    weight_mean, frame_weight = 1.0, None
-    if cfg.reward_weighting.enabled:
-        rw = cfg.reward_weighting
-        frame_weight = functools.partial(
-            frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha,
-            clip=(rw.clip_min, rw.clip_max), std_floor=rw.std_floor,
-        )  # fmt: skip
-        shares = weight_shares(
-            train_ds.signals(), signal["mean"], signal["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor
-        )
-        # One constant for the whole run: every weight is divided by the training frames' mean weight.
-        weight_mean = mean_raw_weight(shares)
-        if weight_mean <= 0:
-            raise TrainingError(
-                f"every training frame of {cfg.data.manifest} has RWFM weight 0 (alpha {rw.alpha}, clip_min "
-                f"{rw.clip_min}): lower reward_weighting.alpha or raise reward_weighting.clip_min"
-            )
-        of_task = task_shares(shares, {row.name: row.task for row in rows})
-        log("RWFM weight, share of its task's: " + ", ".join(f"{row.name} {of_task[row.name]:.2%}" for row in rows))
+    weight_mean, frame_weight = rwfm_normaliser(cfg, train_ds, signal, log) if cfg.reward_weighting.enabled else (1.0, None)
     # Actions and states are normalised with the training episodes' statistics; with weighting on, each
     # episode counts by its weight mass, so suppressed data does not set the scale the flow is learned in.
     dataset_stats = train_ds.normalization_stats(frame_weight)
@@ -283,6 +265,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 run_dir, step, write_model, state, to_dict(cfg), reward_stats, cfg.train.keep_last
             )
             progress.write(f"checkpoint {path}")
+        publish()
         accelerator.wait_for_everyone()
 
     model.train()
@@ -325,7 +308,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                     f"epoch {epoch}: loss {summary['metrics']['loss']['mean']:.4f}, val {val} -> "
                     f"{run_dir / 'epoch_summary.jsonl'}"
                 )
-            if finished or step % cfg.train.save_every == 0 or time.perf_counter() - last_publish >= PUBLISH_EVERY_S:
+            if finished or time.perf_counter() - last_publish >= PUBLISH_EVERY_S:
                 publish()
             epoch_end_s += time.perf_counter() - end_start
         if epoch_done:
@@ -345,6 +328,26 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     log(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
         f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
     return run_dir
+
+
+def rwfm_normaliser(cfg: CrabConfig, train_ds: CrabDataset, signal: dict, log) -> tuple[float, functools.partial]:
+    """The run's one weight normaliser, the mean clipped raw weight of the training frames, and the
+    function G -> clipped raw weight per frame; prints each dataset's share of its task's weight."""
+    rw = cfg.reward_weighting
+    clip = (rw.clip_min, rw.clip_max)
+    frame_weight = functools.partial(
+        frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha, clip=clip, std_floor=rw.std_floor
+    )
+    shares = weight_shares(train_ds.signals(), signal["mean"], signal["std"], rw.alpha, clip, rw.std_floor)
+    weight_mean = mean_raw_weight(shares)
+    if weight_mean <= 0:
+        raise TrainingError(
+            f"every training frame of {cfg.data.manifest} has RWFM weight 0 (alpha {rw.alpha}, clip_min "
+            f"{rw.clip_min}): lower reward_weighting.alpha or raise reward_weighting.clip_min"
+        )
+    of_task = task_shares(shares, {row.name: row.task for row in train_ds.rows})
+    log("RWFM weight, share of its task's: " + ", ".join(f"{n} {share:.2%}" for n, share in of_task.items()))
+    return weight_mean, frame_weight
 
 
 def mixed_precision(cfg: CrabConfig, cuda: bool) -> str:
