@@ -38,11 +38,7 @@ class RewardTable:
     episode_reward: np.ndarray
     episode_success: np.ndarray
     episode_damage: np.ndarray
-
-    @property
-    def signal(self) -> np.ndarray:
-        """The return signal G that the advantage normalises: the episode's reward R_e."""
-        return self.episode_reward
+    signal: np.ndarray  # the return signal G the weights come from (`rewards.SIGNALS`)
 
 
 def _read_labels(row: ManifestRow) -> dict[int, tuple[float, float]] | None:
@@ -66,8 +62,14 @@ def _read_labels(row: ManifestRow) -> dict[int, tuple[float, float]] | None:
     return labels
 
 
-def annotate(row: ManifestRow, spec: RewardSpec) -> RewardTable:
-    """Compute the reward fields of every frame of one dataset (vectorised over its parquet files)."""
+def annotate(
+    row: ManifestRow, spec: RewardSpec, signal: str = "outcome", values: tuple[np.ndarray, np.ndarray] | None = None
+) -> RewardTable:
+    """Compute the reward fields of every frame of one dataset (vectorised over its parquet files).
+
+    `signal` chooses the return signal G; `chunk_advantage` needs `values`, the (frame index, V(s)) of
+    every frame of the dataset from a checked value file (`value_fit.load_values`).
+    """
     data_dir = row.root / "data"
     parquet = pads.dataset(data_dir, format="parquet")
     wanted = [c for c in ("index", "episode_index", "next.reward", "next.success") if c in parquet.schema.names]
@@ -98,6 +100,14 @@ def annotate(row: ManifestRow, spec: RewardSpec) -> RewardTable:
     else:
         ep_reward = rewards.episode_reward_from_labels(success, damage, spec.damage_penalty)
         step = rewards.sparse_step_rewards(ep, ep_reward[ep_pos])
+    if signal == "outcome":
+        g = ep_reward[ep_pos]
+    elif signal == "oracle":
+        g = rewards.damage_free_chunks(step, ep, spec.chunk_size)
+    else:
+        if values is None or not np.array_equal(values[0], index):
+            raise ManifestError(f"dataset {row.name!r}: the value file does not hold a value for each of its frames")
+        g = rewards.chunk_advantages(step, values[1], ep, spec.chunk_size, spec.gamma)
     return RewardTable(
         index=index,
         episode_index=ep,
@@ -106,6 +116,7 @@ def annotate(row: ManifestRow, spec: RewardSpec) -> RewardTable:
         episode_reward=ep_reward[ep_pos],
         episode_success=success[ep_pos],
         episode_damage=damage[ep_pos],
+        signal=g,
     )
 
 
@@ -121,9 +132,14 @@ def _flat(table, column: str, row: ManifestRow) -> np.ndarray:
     return values
 
 
-def fingerprint(rows: list[ManifestRow], tables: list[RewardTable], spec: RewardSpec) -> str:
-    """Identifies the manifest, the reward spec and every frame's return signal."""
+def fingerprint(rows: list[ManifestRow], tables: list[RewardTable], spec: RewardSpec, signal: str = "outcome") -> str:
+    """Identifies the manifest, the reward spec, the kind of return signal and every frame's signal.
+
+    (`outcome` adds nothing for its kind, so statistics written before other kinds existed stay valid.)
+    """
     h = hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode())
+    if signal != "outcome":
+        h.update(signal.encode())
     for row, t in zip(rows, tables, strict=True):
         h.update(json.dumps([row.name, row.repo_id, row.task, row.quality, list(row.cycles)]).encode())
         h.update(np.round(t.signal, 9).astype(np.float64).tobytes())
@@ -153,6 +169,8 @@ class CrabDataset(Dataset):
 
     `episodes` optionally restricts each dataset (by name) to a list of episode indices. With `cache`,
     each item is decoded once and then served from memory (a copy of its dict, sharing the tensors).
+    `signal` chooses the return signal G of every item; `chunk_advantage` needs `state_values`, the
+    checked value file's {dataset name: (frame index, V)} (`value_fit.load_values`; see `annotate`).
     """
 
     def __init__(
@@ -162,11 +180,13 @@ class CrabDataset(Dataset):
         episodes: dict[str, list[int]] | None = None,
         video_backend: str = "torchcodec",
         cache: bool = False,
+        signal: str = "outcome",
+        state_values: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
         check_roots(rows)
-        self.rows, self.spec = rows, spec
+        self.rows, self.spec, self.signal = rows, spec, signal
         first = LeRobotDatasetMetadata(rows[0].repo_id, root=rows[0].root)
         self.fps = first.fps
         delta = {"action": [i / self.fps for i in range(spec.chunk_size)]}
@@ -186,7 +206,7 @@ class CrabDataset(Dataset):
                 delta_timestamps=delta,
                 video_backend=video_backend,
             )
-            table = annotate(row, spec)
+            table = annotate(row, spec, signal, None if state_values is None else state_values.get(row.name))
             # Reward fields of every item this dataset serves, in its own (possibly episode-filtered) order.
             local_index = np.asarray(ds.hf_dataset.with_format("numpy")["index"])
             pos = np.searchsorted(table.index, local_index)
@@ -205,7 +225,7 @@ class CrabDataset(Dataset):
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.rows, self.tables, self.spec)
+        return fingerprint(self.rows, self.tables, self.spec, self.signal)
 
     def signals(self) -> dict[str, np.ndarray]:
         """Per dataset (manifest name): the return signal G of every item served, in item order."""

@@ -37,6 +37,7 @@ from crab.training.reward_stats import load_checked
 from crab.training.rewards import RewardSpec, frame_weights, mean_raw_weight, task_shares, weight_shares
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
+from crab.training.value_fit import load_values
 
 # Keys that must match between a checkpoint's config and the resuming one. Others may change: log_every,
 # save_every, ..., and train.steps, which extends (or shortens) the run but never its learning-rate
@@ -103,14 +104,19 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
     rows = load_manifest(cfg.data.manifest, cfg.data.data_root)
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
-    data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items}
+    kind = cfg.reward_weighting.signal if cfg.reward_weighting.enabled else "outcome"  # unused when off
+    values = None  # out-of-episode values V(s), for chunk advantages only
+    if kind == "chunk_advantage":
+        values, _ = load_values(cfg.data.value_file, rows, spec, cfg.data.manifest, cfg.data.data_root)
+    data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items, "signal": kind, "state_values": values}
     train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
     reward_stats = {}  # required when weighting is on (checked with the config), else optional
     if cfg.data.reward_stats:
         reward_stats = load_checked(
-            cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec, cfg.data.data_root
-        )
+            cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec, cfg.data.data_root,
+            kind, cfg.data.value_file,
+        )  # fmt: skip
     signal = reward_stats.get("overall", {}).get("signal", {})
 
     weight_mean, frame_weight = rwfm_normaliser(cfg, train_ds, signal, log) if cfg.reward_weighting.enabled else (1.0, None)
@@ -336,9 +342,10 @@ def rwfm_normaliser(cfg: CrabConfig, train_ds: CrabDataset, signal: dict, log) -
     rw = cfg.reward_weighting
     clip = (rw.clip_min, rw.clip_max)
     frame_weight = functools.partial(
-        frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha, clip=clip, std_floor=rw.std_floor
-    )
-    shares = weight_shares(train_ds.signals(), signal["mean"], signal["std"], rw.alpha, clip, rw.std_floor)
+        frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha, clip=clip, std_floor=rw.std_floor,
+        kind=rw.signal,
+    )  # fmt: skip
+    shares = weight_shares(train_ds.signals(), signal["mean"], signal["std"], rw.alpha, clip, rw.std_floor, rw.signal)
     weight_mean = mean_raw_weight(shares)
     if weight_mean <= 0:
         raise TrainingError(
