@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,11 +13,13 @@ import pytest
 import torch
 from conftest import PLACE, synthetic_episode, write, write_manifest
 
-from crab.training import reward_stats, rewards, value_fit
+from crab.training import reward_stats, rewards, train, value_fit
+from crab.training.config import ConfigError, load_config
 from crab.training.crab_dataset import CrabDataset, annotate, fingerprint
 from crab.training.manifest import ManifestError, load_manifest
 from crab.training.rewards import RewardSpec
 
+CONFIGS = Path(__file__).resolve().parents[1] / "crab" / "training" / "configs"
 SPEC = RewardSpec(chunk_size=3)
 FIT = ["--folds", "2", "--epochs", "3", "--hidden", "16", "--image-size", "8", "--batch-size", "8", "--no-progress"]
 # Dense rewards per episode; episode 2 is the one whose outcome the tests flip.
@@ -151,3 +154,33 @@ def test_statistics_record_the_signal_and_refuse_another(roots, fitted, tmp_path
     assert f"--signal chunk_advantage --value-file {value_file}" in str(e.value)
     with pytest.raises(SystemExit, match="value file not found"):
         reward_stats.main([*args, "--signal", "chunk_advantage"])
+
+
+@pytest.mark.slow
+def test_training_weighs_by_chunk_advantages_and_refuses_mismatched_inputs(roots, fitted, tmp_path, capsys):
+    root, manifest = roots[False]
+    value_file, stats = root / "values.parquet", tmp_path / "stats.json"
+    reward_stats.main([
+        "--manifest", str(manifest), "--out", str(stats), "--data-root", str(root), "--chunk-size", "10",
+        "--signal", "chunk_advantage", "--value-file", str(value_file),
+    ])  # fmt: skip
+    layers = [CONFIGS / "train_cycle1_rwfm.yaml", CONFIGS / "demo_overrides.yaml"]
+    sets = {
+        "run_name": "chunk", "output_dir": (tmp_path / "out").as_posix(), "data.manifest": manifest.as_posix(),
+        "data.reward_stats": stats.as_posix(), "data.data_root": root.as_posix(), "data.value_file": value_file.as_posix(),
+        "data.num_workers": 0, "data.batch_size": 4, "data.val_episodes_per_dataset": 0, "task_masks": "{}",
+        "train.steps": 2, "train.log_every": 1, "train.progress_bar": "false", "reward_weighting.signal": "chunk_advantage",
+    }  # fmt: skip
+
+    def cfg(**changes):
+        return load_config(layers, [f"{k}={v}" for k, v in {**sets, **changes}.items()])
+
+    run = train.train(cfg())
+    assert "RWFM weight, share of its task's: dense" in capsys.readouterr().out
+    assert json.loads((run / "step_000002" / "reward_stats.json").read_text())["signal_type"] == "chunk_advantage"
+    with pytest.raises(ConfigError, match="`data.value_file` is required by `reward_weighting.signal: chunk_advantage`"):
+        cfg(**{"data.value_file": "null"})
+    with pytest.raises(ManifestError, match=r"computed for signal 'chunk_advantage', training uses 'oracle'"):
+        train.train(cfg(run_name="oracle", **{"reward_weighting.signal": "oracle"}))
+    with pytest.raises(ManifestError, match="stale value file"):
+        train.train(cfg(run_name="stale", **{"data.value_file": (roots[True][0] / "values.parquet").as_posix()}))
