@@ -184,3 +184,22 @@ def test_config_signals_match_rewards():
     from crab.training.config import RewardWeightingConfig
 
     assert typing.get_args(typing.get_type_hints(RewardWeightingConfig)["signal"]) == rewards.SIGNALS
+
+
+def test_chunk_advantage_keeps_damage_near_zero_when_most_episodes_are_bad():
+    """The spec's example: 1 clean and 9 cracked episodes of 100 frames, alike until a release chunk of 10
+    frames; the baseline V = -0.8 cannot foresee the release, so A = +1.8 (clean) or -0.2 (cracked) there."""
+    release = lambda a: np.r_[np.zeros(90), np.full(10, a)]  # noqa: E731
+    a = {"clean": release(1.8), "cracked approach": np.zeros(810), "cracked release": np.full(90, -0.2)}
+    every = np.concatenate(list(a.values()))
+    shares = rewards.weight_shares(a, every.mean(), every.std(), 4.0, (0.0, 10.0), 0.1, "chunk_advantage")
+    assert {k: round(s["weight_share"], 4) for k, s in shares.items()} == {
+        "clean": 0.1897, "cracked approach": 0.8089, "cracked release": 0.0013,
+    }  # fmt: skip
+    # the default floor 1 (reward units) is above this RMS of 0.19 and lets the crack keep 3.9%
+    floor_1 = rewards.weight_shares(a, every.mean(), every.std(), 4.0, (0.0, 10.0), 1.0, "chunk_advantage")
+    assert round(floor_1["cracked release"]["weight_share"], 4) == 0.0389
+    # outcome weighting of the same data: the cracked episodes keep 28.8%, clip_max capping the clean one
+    g = {"clean": np.ones(100), "cracked": -np.ones(900)}
+    outcome = rewards.weight_shares(g, -0.8, 0.6, 4.0, (0.0, 10.0), 1.0)
+    assert round(outcome["cracked"]["weight_share"], 4) == 0.2880

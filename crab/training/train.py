@@ -33,7 +33,7 @@ from crab.training.monitoring import (
     write_epoch_summaries,
 )
 from crab.training.plots import plot_run, read_step_log
-from crab.training.reward_stats import load_checked
+from crab.training.reward_stats import load_checked, plot_signal
 from crab.training.rewards import RewardSpec, frame_weights, mean_raw_weight, task_shares, weight_shares
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
@@ -120,6 +120,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     signal = reward_stats.get("overall", {}).get("signal", {})
 
     weight_mean, frame_weight = rwfm_normaliser(cfg, train_ds, signal, log) if cfg.reward_weighting.enabled else (1.0, None)
+    if main_process and cfg.reward_weighting.enabled:  # the signal over a few episodes of each dataset
+        plot_signal(train_ds.rows, train_ds.tables, kind, signal, cfg.reward_weighting.std_floor, run_dir / "plots" / "signal.png", spec)
     # Actions and states are normalised with the training episodes' statistics; with weighting on, each
     # episode counts by its weight mass, so suppressed data does not set the scale the flow is learned in.
     dataset_stats = train_ds.normalization_stats(frame_weight)
