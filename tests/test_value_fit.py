@@ -184,3 +184,10 @@ def test_training_weighs_by_chunk_advantages_and_refuses_mismatched_inputs(roots
         train.train(cfg(run_name="oracle", **{"reward_weighting.signal": "oracle"}))
     with pytest.raises(ManifestError, match="stale value file"):
         train.train(cfg(run_name="stale", **{"data.value_file": (roots[True][0] / "values.parquet").as_posix()}))
+    oracle_stats = tmp_path / "oracle.json"
+    reward_stats.main([
+        "--manifest", str(manifest), "--out", str(oracle_stats), "--data-root", str(root), "--chunk-size", "10",
+        "--signal", "oracle",
+    ])  # fmt: skip
+    oracle = train.train(cfg(run_name="oracle", **{"reward_weighting.signal": "oracle", "data.reward_stats": oracle_stats}))
+    assert (oracle / "plots" / "signal.png").is_file()

@@ -8,7 +8,7 @@ The JSON holds counts, mean, std and percentiles per dataset and overall of the 
 `--signal` (and of the other reward fields), alpha, the reward spec, the signal's kind (with the value
 file's fingerprint for `chunk_advantage`) and a fingerprint of the manifest and the data. Training refuses
 statistics whose fingerprint, spec or signal does not match what it loads. It also prints each dataset's
-share of the RWFM weight at `--alpha` and `--clip-min` (default clip max and std floor), the share of bad
+share of the RWFM weight at `--alpha`, `--clip-min` and `--std-floor` (default clip max), the share of bad
 data that the weighted loss still imitates, and the share of the chunks that lead into damage; `--plot`
 draws the normalised signal over time for a few episodes of each dataset.
 """
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", type=Path, help="PNG to draw the signal over time of a few episodes of each dataset")
     p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
     p.add_argument("--clip-min", type=float, default=RewardWeightingConfig.clip_min, help="for the printed shares")
+    p.add_argument("--std-floor", type=float, default=RewardWeightingConfig.std_floor, help="for the printed shares")
     args = p.parse_args(argv)
     spec = RewardSpec(chunk_size=args.chunk_size)
     try:
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         h = value_meta["heldout"]
         print(f"value file {args.value_file}: held-out RMSE {h['rmse']:.4f} (a constant per task: "
               f"{h['rmse_constant_per_task']:.4f}), fingerprint {value_meta['fingerprint']}")  # fmt: skip
-    rw = RewardWeightingConfig(clip_min=args.clip_min)
+    rw = RewardWeightingConfig(clip_min=args.clip_min, std_floor=args.std_floor)
     clip, mean, std = (rw.clip_min, rw.clip_max), o["signal"]["mean"], o["signal"]["std"]
     shares = weight_shares(
         {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, mean, std, args.alpha, clip, rw.std_floor,
