@@ -191,3 +191,18 @@ def test_training_weighs_by_chunk_advantages_and_refuses_mismatched_inputs(roots
     ])  # fmt: skip
     oracle = train.train(cfg(run_name="oracle", **{"reward_weighting.signal": "oracle", "data.reward_stats": oracle_stats}))
     assert (oracle / "plots" / "signal.png").is_file()
+
+
+def test_expectile_loss_by_hand():
+    pred, target = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, -1.0, 3.0])
+    assert value_fit.expectile_loss(pred, target, 0.5).item() == pytest.approx((1 + 1 + 4) / 3)  # the MSE
+    assert value_fit.expectile_loss(pred, target, 0.9).item() == pytest.approx((1.8 * 1 + 0.2 * 1 + 1.8 * 4) / 3)
+    # minimised over a constant: the expectile; 10% of returns +1, 90% -1 -> 0 at tau = 0.9 (the mean is -0.8)
+    returns = torch.tensor([1.0] + [-1.0] * 9)
+    v = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([v], lr=0.2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        value_fit.expectile_loss(v.expand(10), returns, 0.9).backward()
+        optimizer.step()
+    assert v.item() == pytest.approx(0.0, abs=1e-4)

@@ -60,6 +60,10 @@ class ValueFitSettings:
     hidden: int = 128
     image_size: int = 32  # each camera image is resized to image_size x image_size
     seed: int = 0
+    # 0.5: V is the mean return-to-go. Above 0.5, V leans towards the better returns seen from similar
+    # states (expectile regression, as in IQL), so where good behaviour is rare the chunks that lead into
+    # damage stay clearly negative instead of close to a mostly-bad mean (docs/reward_weighting.md).
+    expectile: float = 0.5
 
 
 @dataclass
@@ -187,6 +191,13 @@ def _low_dim(frames: Frames, n_tasks: int) -> np.ndarray:
     return np.concatenate([frames.state, frames.time_s[:, None], np.eye(n_tasks)[frames.task]], axis=1)
 
 
+def expectile_loss(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    """mean(2 |tau - 1[target < pred]| (target - pred)^2): the mean squared error at tau = 0.5; its
+    minimiser over a constant is the tau-expectile of the targets."""
+    weight = torch.where(target >= pred, 2 * tau, 2 * (1 - tau))
+    return (weight * (target - pred) ** 2).mean()
+
+
 def fit_fold(frames: Frames, train: np.ndarray, predict: np.ndarray, settings: ValueFitSettings, seed: int, bar=None):
     """Train V on the frames `train` (bool mask), return its predictions on the frames `predict`."""
     torch.manual_seed(seed)
@@ -203,7 +214,7 @@ def fit_fold(frames: Frames, train: np.ndarray, predict: np.ndarray, settings: V
     g = torch.Generator().manual_seed(seed)
     for _ in range(settings.epochs):
         for batch in rows[torch.randperm(len(rows), generator=g)].split(settings.batch_size):
-            loss = F.mse_loss(model(images[batch].float() / 255, low[batch]), target[batch])
+            loss = expectile_loss(model(images[batch].float() / 255, low[batch]), target[batch], settings.expectile)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -319,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = ValueFitSettings(**{k: getattr(args, k) for k in asdict(defaults) if k != "gamma"})
     if settings.folds < 2:
         sys.exit("error: --folds must be >= 2 (the value of an episode must come from a model that never saw it)")
+    if not 0 < settings.expectile < 1:
+        sys.exit("error: --expectile must be in (0, 1)")
     spec = RewardSpec()
     try:
         rows = load_manifest(args.manifest, args.data_root)
