@@ -206,3 +206,5 @@ def test_expectile_loss_by_hand():
         value_fit.expectile_loss(v.expand(10), returns, 0.9).backward()
         optimizer.step()
     assert v.item() == pytest.approx(0.0, abs=1e-4)
+    assert value_fit.expectile(returns.numpy(), 0.9) == pytest.approx(0.0, abs=1e-9)
+    assert value_fit.expectile(returns.numpy(), 0.5) == pytest.approx(-0.8)

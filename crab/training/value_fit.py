@@ -1,7 +1,7 @@
 """Fit the out-of-episode value model V(s) that `reward_weighting.signal: chunk_advantage` needs.
 
     python -m crab.training.value_fit --manifest crab/training/docs/dataset_manifest_cycle1_with_cracked.csv \
-        --data-root data --out data/values_cycle1_with_cracked.parquet [--folds 5] [--epochs 40]
+        --data-root data --out data/values_cycle1_with_cracked.parquet [--folds 5] [--epochs 40] [--expectile 0.9]
 
 V(s_t) estimates the discounted return-to-go `sum_{j>=t} gamma^(j-t) r_j` of the dataset's step rewards
 (`next.reward`, or the sparse `r = R_e` on the last frame; docs/reward_weighting.md) from what the
@@ -108,7 +108,11 @@ def values_fingerprint(rows: list[ManifestRow], tables: list[RewardTable], setti
 
 
 def read_frames(
-    rows: list[ManifestRow], tables: list[RewardTable], settings: ValueFitSettings, num_workers: int = 0
+    rows: list[ManifestRow],
+    tables: list[RewardTable],
+    settings: ValueFitSettings,
+    num_workers: int = 0,
+    progress: bool = True,
 ) -> Frames:
     """Decode every frame once through lerobot's LeRobotDataset (its video decoding), downsample images."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -121,7 +125,7 @@ def read_frames(
         cameras = list(ds.meta.camera_keys)
         loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=num_workers)
         index, frame_index, state, images = [], [], [], []
-        for batch in tqdm(loader, desc=f"reading {row.name}", leave=False, dynamic_ncols=True):
+        for batch in tqdm(loader, desc=f"reading {row.name}", leave=False, dynamic_ncols=True, disable=not progress):
             index.append(batch["index"].numpy())
             frame_index.append(batch["frame_index"].numpy())
             state.append(batch["observation.state"].float().numpy())
@@ -242,14 +246,23 @@ def fit_values(frames: Frames, settings: ValueFitSettings, progress: bool = True
     return values, fold
 
 
-def heldout_errors(frames: Frames, values: np.ndarray, fold: np.ndarray) -> dict[str, float]:
-    """RMSE of the out-of-fold values, and of the best constant per task fitted on the other folds (what V
-    must beat to have learned anything from the states)."""
+def expectile(x: np.ndarray, tau: float) -> float:
+    """The tau-expectile of `x` (the mean at 0.5): the fixed point of its asymmetrically weighted mean."""
+    m = float(x.mean())
+    for _ in range(200):
+        w = np.where(x >= m, tau, 1 - tau)
+        m = float((w * x).sum() / w.sum())
+    return m
+
+
+def heldout_errors(frames: Frames, values: np.ndarray, fold: np.ndarray, tau: float = 0.5) -> dict[str, float]:
+    """RMSE of the out-of-fold values, and of the best constant per task fitted on the other folds (its
+    tau-expectile; what V must beat to have learned anything from the states)."""
     constant = np.zeros(len(values))
     for k in np.unique(fold):
         for task in np.unique(frames.task):
             train, test = (fold != k) & (frames.task == task), (fold == k) & (frames.task == task)
-            constant[test] = frames.target[train].mean() if train.any() else 0.0
+            constant[test] = expectile(frames.target[train], tau) if train.any() else 0.0
     rmse = lambda pred: float(np.sqrt(np.mean((pred - frames.target) ** 2)))  # noqa: E731
     return {"rmse": rmse(values), "rmse_constant_per_task": rmse(constant), "target_std": float(frames.target.std())}
 
@@ -338,11 +351,11 @@ def main(argv: list[str] | None = None) -> None:
         check_roots(rows)
         tables = [annotate(row, spec) for row in rows]
         fingerprint = values_fingerprint(rows, tables, settings)
-        frames = read_frames(rows, tables, settings, args.num_workers)
+        frames = read_frames(rows, tables, settings, args.num_workers, progress=not args.no_progress)
         values, fold = fit_values(frames, settings, progress=not args.no_progress)
     except ManifestError as e:
         sys.exit(f"error: {e}")
-    errors = heldout_errors(frames, values, fold)
+    errors = heldout_errors(frames, values, fold, settings.expectile)
     meta = {
         "manifest": Path(args.manifest).as_posix(),
         "settings": asdict(settings),
