@@ -121,7 +121,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
 
     weight_mean, frame_weight = rwfm_normaliser(cfg, train_ds, signal, log) if cfg.reward_weighting.enabled else (1.0, None)
     if main_process and cfg.reward_weighting.enabled:  # the signal over a few episodes of each dataset
-        plot_signal(train_ds.rows, train_ds.tables, kind, signal, cfg.reward_weighting.std_floor, run_dir / "plots" / "signal.png", spec)
+        plot_path = run_dir / "plots" / "signal.png"
+        plot_signal(train_ds.rows, train_ds.tables, kind, signal, cfg.reward_weighting.std_floor, plot_path, spec)
     # Actions and states are normalised with the training episodes' statistics; with weighting on, each
     # episode counts by its weight mass, so suppressed data does not set the scale the flow is learned in.
     dataset_stats = train_ds.normalization_stats(frame_weight)
