@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -72,6 +73,59 @@ def synthetic_manifest(folder: Path) -> Path:
         lines.append(f"{quality},bench/{quality},{quality},Put the egg into the tray.,{quality},bench")
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
     return folder / "manifest.csv"
+
+
+REAL_SHAPE = (480, 640)  # height, width of each camera
+REAL_CAMERAS = ("top", "wrist", "side")
+REAL_FPS = 30
+REAL_TASK = "Put the egg into the tray."
+
+
+def real_shaped_frames(rng: np.random.Generator, camera: int, length: int) -> np.ndarray:
+    """(length, 480, 640, 3) uint8 frames that compress like a camera's: a fixed textured scene, four
+    objects moving smoothly across it, and a little sensor noise per frame (so AV1 cannot skip frames)."""
+    h, w = REAL_SHAPE
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    shade = 80 + 60 * np.sin(xx / (37 + 5 * camera)) * np.cos(yy / (53 - 4 * camera)) + 0.1 * yy
+    texture = rng.normal(0, 12, (h, w)).astype(np.float32)
+    scene = np.stack([shade + texture, 0.8 * shade + texture + 20, 0.6 * shade + texture + 40], axis=-1)
+    phase = rng.uniform(0, 2 * np.pi, 4)
+    out = np.empty((length, h, w, 3), np.uint8)
+    for t in range(length):
+        frame = scene + rng.normal(0, 3, (h, w, 1)).astype(np.float32)
+        for k in range(4):
+            cx = w / 2 + 200 * np.sin(0.02 * t * (k + 1) + phase[k])
+            cy = h / 2 + 150 * np.cos(0.015 * t * (k + 2) + phase[k])
+            frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (30 + 10 * k) ** 2] = (60 * k, 200 - 40 * k, 120)
+        out[t] = np.clip(frame, 0, 255)
+    return out
+
+
+def real_shaped_manifest(folder: Path, episodes: int, length: int) -> Path:
+    """A manifest over one real-shaped dataset (3 cameras at 480x640, lerobot's default AV1 encoding,
+    30 fps, 6-D state and action), written once under `folder` and reused by later runs."""
+    from tqdm import tqdm
+
+    from crab.data.lerobot_writer import Episode, write_lerobot_dataset
+
+    name = f"real_{episodes}x{length}"
+    manifest = folder / f"{name}.csv"
+    if manifest.is_file():
+        return manifest
+    root = folder / name
+    shutil.rmtree(root, ignore_errors=True)  # an interrupted earlier build
+    rng = np.random.default_rng(0)
+
+    def generate():
+        for _ in tqdm(range(episodes), desc=f"writing {root} ({episodes} episodes x {length} frames, once)"):
+            state = np.cumsum(rng.normal(0, 0.01, (length, 6)), axis=0).astype(np.float32)
+            frames = {f"observation.images.{cam}": real_shaped_frames(rng, c, length) for c, cam in enumerate(REAL_CAMERAS)}
+            yield Episode(REAL_TASK, {**frames, "observation.state": state, "action": np.roll(state, -1, axis=0)})
+
+    write_lerobot_dataset(root, f"bench/{name}", REAL_FPS, generate(), [f"s{i}" for i in range(6)], [f"a{i}" for i in range(6)])
+    # The manifest is written last: its presence marks a complete dataset.
+    manifest.write_text(f"name,repo_id,root,task,quality,cycle\n{name},bench/{name},{name},{REAL_TASK},clean,bench\n")
+    return manifest
 
 
 def annotation_overhead(rows: list[ManifestRow], args: argparse.Namespace) -> None:
