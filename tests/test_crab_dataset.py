@@ -128,22 +128,29 @@ def test_fast_path_items_equal_lerobot_items(kind, dataset, image_dataset):
     assert padded >= 2  # the chunks past episode ends were compared
 
 
-def test_fast_path_with_delta_timestamps_on_cameras_and_episode_subset(data_root):
-    """Several frames per camera from one batched decode, padding before the episode start, and an
-    episode subset (absolute -> relative frame indices) give lerobot's items."""
+def test_fast_path_with_two_cameras_delta_timestamps_and_episode_subset(tmp_path):
+    """Two cameras (decoded in parallel threads), several frames per camera from one batched decode,
+    padding before the episode start, and an episode subset (absolute -> relative frame indices)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from crab.data.lerobot_reader import LeRobotFrames
 
+    rng = np.random.default_rng(3)
+    episodes = [synthetic_episode(rng, PLACE, n) for n in (6, 5)]
+    for ep in episodes:
+        ep.frames["observation.images.wrist"] = rng.integers(0, 255, (ep.length, 32, 48, 3), dtype=np.uint8)
+    write(tmp_path, "two_cams", episodes)
     delta = {"observation.images.top": [-0.2, -0.1, 0.0], "observation.state": [-0.1, 0.0], "action": [0.0, 0.1]}
-    for episodes in (None, [1]):
-        args = ("crab_test/clean", data_root / "clean", episodes, delta)
-        ours, theirs = LeRobotFrames(*args), LeRobotDataset(*args[:2], episodes=episodes, delta_timestamps=delta)
+    for subset in (None, [1]):
+        args = ("crab_test/two_cams", tmp_path / "two_cams", subset, delta)
+        ours, theirs = LeRobotFrames(*args), LeRobotDataset(*args[:2], episodes=subset, delta_timestamps=delta)
         assert len(ours) == len(theirs)
         for i in range(len(ours)):
-            assert_same_item(ours[i], theirs[i], f"episodes {episodes} item {i}")
-        assert ours[0]["observation.images.top"].shape == (3, 3, 32, 32)
-        assert ours[0]["observation.images.top_is_pad"].tolist() == [True, True, False]
+            assert_same_item(ours[i], theirs[i], f"episodes {subset} item {i}")
+        first = ours[0]
+        assert first["observation.images.top"].shape == (3, 3, 32, 32)
+        assert first["observation.images.wrist"].shape == (3, 32, 48)
+        assert first["observation.images.top_is_pad"].tolist() == [True, True, False]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -11,7 +11,8 @@ one after the other, through decoders that read the file through Python (fsspec)
   and its `<key>_is_pad` masks;
 - each process (DataLoader worker) opens one torchcodec `VideoDecoder` per video file on first use, keeps
   at most `max_open_videos` of them (least recently used closed first), and asks each for all of an
-  item's timestamps in one `get_frames_at` call; the cameras of an item are decoded in parallel threads.
+  item's timestamps in one `get_frames_at` call; the cameras of an item are decoded in parallel threads
+  where the process has cores to spare (cores / DataLoader workers).
   Decoders and threads are never pickled: a worker (fork or spawn) opens its own.
 
 Frames are those of lerobot's `decode_video_frames_torchcodec` (same decoder options, same frame indices,
@@ -150,10 +151,11 @@ class LeRobotFrames(torch.utils.data.Dataset):
 
     def _decode(self, ep: int, timestamps: dict[str, list[float]]) -> dict[str, torch.Tensor]:
         jobs = [(self._ep_video_path[key][ep], ts) for key, ts in timestamps.items()]
-        if len(jobs) == 1:
-            frames = [self._decode_file(*jobs[0])]
+        pool = self._local.pool(len(jobs))
+        if pool is None:
+            frames = [self._decode_file(*job) for job in jobs]
         else:
-            frames = list(self._local.pool(len(jobs)).map(lambda job: self._decode_file(*job), jobs))
+            frames = list(pool.map(lambda job: self._decode_file(*job), jobs))
         # lerobot squeezes the time axis away when a camera has one timestamp.
         return {key: f.squeeze(0) for key, f in zip(timestamps, frames, strict=True)}
 
@@ -182,7 +184,7 @@ class _ProcessLocal:
         self._pid = os.getpid()
         self._decoders: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | bool | None = None  # False: decode the cameras in turn
 
     def __reduce__(self):
         # Decoders and threads belong to the process that opened them: a worker opens its own.
@@ -192,12 +194,16 @@ class _ProcessLocal:
         if os.getpid() != self._pid:  # forked: the parent's decoders and threads are not ours
             self.__init__()
 
-    def pool(self, threads: int) -> ThreadPoolExecutor:
-        """A pool of `threads` threads (the number of cameras of the dataset that asks first)."""
+    def pool(self, cameras: int) -> ThreadPoolExecutor | None:
+        """Threads for the cameras of an item: as many as the cores each loader process gets (the cores
+        over the DataLoader's workers), at most one per camera; None where that is one (decode in turn).
+        More threads than cores only make the decoders wait for each other."""
         self._check_process()
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="crab-video")
-        return self._pool
+            info = torch.utils.data.get_worker_info()
+            threads = min(cameras, (os.cpu_count() or 1) // (info.num_workers if info else 1))
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="crab-video") if threads > 1 else False
+        return self._pool or None
 
     def decoder(self, path: str, capacity: int):
         from torchcodec.decoders import VideoDecoder
