@@ -283,3 +283,15 @@ def test_scaled_counts_weight_the_pooled_normalisation_statistics():
     assert pooled["mean"].tolist() == pytest.approx([0.4])
     assert pooled["std"].tolist() == pytest.approx([1.64**0.5])
     assert aggregate_stats([stats(0.0), stats(2.0)])["action"]["mean"].tolist() == pytest.approx([1.0])
+
+
+@pytest.mark.skipif("fork" not in torch.multiprocessing.get_all_start_methods(), reason="no fork here")
+def test_forked_workers_open_their_own_decoders(dataset):
+    """Decoders the main process opened (it read items first) are not used by forked workers."""
+    indices = boundary_and_random_indices(dataset, 6, seed=5)
+    expected = [dataset[i] for i in indices]  # opens decoders in this process
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=indices, batch_size=None, num_workers=2, multiprocessing_context="fork"
+    )
+    for i, item, theirs in zip(indices, loader, expected, strict=True):
+        assert_same_item(item, theirs, f"item {i}")
