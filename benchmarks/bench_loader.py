@@ -208,8 +208,9 @@ REAL_LOADERS = ("lerobot", "crab")
 
 
 def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse.Namespace) -> dict:
-    """Items/s of one loader over the real-shaped dataset, and the peak resident memory of its process
-    tree (this process and its DataLoader workers, sampled every 20 ms). Run in a fresh subprocess."""
+    """Items/s of one loader over the real-shaped dataset, the CPU time it spent per item (this process
+    and its DataLoader workers: unlike items/s, independent of other jobs' load), and the peak resident
+    memory of that process tree (sampled every 20 ms). Run in a fresh subprocess."""
     import json
     import threading
 
@@ -233,19 +234,24 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
                     total += proc.memory_info().rss
             peak[0] = max(peak[0], total)
 
+    def cpu_seconds() -> float:  # user + system time of this process and its workers so far
+        me = psutil.Process()
+        return sum(sum(proc.cpu_times()[:2]) for proc in [me, *me.children(recursive=True)])
+
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
     loader_ = torch.utils.data.DataLoader(ds, batch_size=args.real_batch, sampler=indices.tolist(), num_workers=workers)
     batches = iter(loader_)
     for _ in range(args.real_warmup):  # starts the workers, opens the decoders
         next(batches)
-    start = time.perf_counter()
-    for _ in batches:
-        pass
-    rate = args.real_batches * args.real_batch / (time.perf_counter() - start)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    for _ in range(args.real_batches):
+        next(batches)
+    items = args.real_batches * args.real_batch
+    rate, cpu_ms = items / (time.perf_counter() - start), 1e3 * (cpu_seconds() - cpu) / items
     done.set()
     sampler.join()
-    result = {"items_per_s": rate, "peak_rss_mb": peak[0] / 2**20}
+    result = {"items_per_s": rate, "cpu_ms_per_item": cpu_ms, "peak_rss_mb": peak[0] / 2**20}
     print(json.dumps(result))
     return result
 
@@ -286,11 +292,14 @@ def real_shaped(args: argparse.Namespace) -> None:
                 if done.returncode != 0:
                     raise SystemExit(f"{loader} with {w} worker(s) failed:\n{done.stderr[-3000:]}")
                 runs[loader, w].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"  {'workers':>7} {'lerobot items/s':>16} {'crab items/s':>13} {'crab/lerobot':>13} {'lerobot peak RSS':>17} {'crab peak RSS':>14}")
+    print(
+        f"  {'workers':>7} {'lerobot items/s':>16} {'crab items/s':>13} {'crab/lerobot':>13} {'lerobot peak RSS':>17} "
+        f"{'crab peak RSS':>14} {'CPU ms/item lerobot':>20} {'crab':>6}"
+    )
     ratios = {}
     for w in args.real_workers:
         med = {
-            loader: {k: statistics.median(run[k] for run in runs[loader, w]) for k in ("items_per_s", "peak_rss_mb")}
+            loader: {k: statistics.median(run[k] for run in runs[loader, w]) for k in runs[loader, w][0]}
             for loader in REAL_LOADERS
         }
         pairs = zip(runs["crab", w], runs["lerobot", w], strict=True)
@@ -298,8 +307,9 @@ def real_shaped(args: argparse.Namespace) -> None:
         ratios[w] = statistics.median(per_repeat)
         print(
             f"  {w:>7} {med['lerobot']['items_per_s']:>16.1f} {med['crab']['items_per_s']:>13.1f} {ratios[w]:>12.2f}x "
-            f"{med['lerobot']['peak_rss_mb']:>14.0f} MB {med['crab']['peak_rss_mb']:>11.0f} MB"
-            f"   (ratio per repeat: {', '.join(f'{r:.2f}' for r in per_repeat)})"
+            f"{med['lerobot']['peak_rss_mb']:>14.0f} MB {med['crab']['peak_rss_mb']:>11.0f} MB "
+            f"{med['lerobot']['cpu_ms_per_item']:>20.1f} {med['crab']['cpu_ms_per_item']:>6.1f}"
+            f"   (items/s ratio per repeat: {', '.join(f'{r:.2f}' for r in per_repeat)})"
         )
     best = max(args.real_workers, key=lambda w: statistics.median(run["items_per_s"] for run in runs["crab", w]))
     print(f"  best worker count for crab: {best}")
