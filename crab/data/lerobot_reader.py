@@ -99,6 +99,10 @@ class LeRobotFrames(torch.utils.data.Dataset):
         self._ep_video_path = {
             k: {int(e): str(self.root / self.meta.get_video_file_path(int(e), k)) for e in needed} for k in self.video_keys
         }
+        # lerobot's `meta.tasks.iloc[task_index].name`, as lists (pandas indexing costs more than an item).
+        self._tasks = list(self.meta.tasks.index)
+        has_subtasks = "subtask_index" in self.meta.features and self.meta.subtasks is not None
+        self._subtasks = list(self.meta.subtasks.index) if has_subtasks else None
         self._local = _ProcessLocal()
 
     def __len__(self) -> int:
@@ -111,37 +115,37 @@ class LeRobotFrames(torch.utils.data.Dataset):
         ep = int(self._episode[row])
         abs_idx = int(self.index[row])
         ep_start, ep_end = int(self._ep_from[ep]), int(self._ep_to[ep])
-        rows = {key: np.array([row]) for key in self._row_keys}
-        padding = {}
+        queried, padding = {}, {}
         for key, delta in self.delta_indices.items():
             query = abs_idx + delta
             padding[f"{key}_is_pad"] = torch.from_numpy((query < ep_start) | (query >= ep_end))
-            query = np.clip(query, ep_start, ep_end - 1)
-            rows[key] = query if self._relative is None else self._relative[query]
+            query = np.minimum(np.maximum(query, ep_start), ep_end - 1)
+            queried[key] = query if self._relative is None else self._relative[query]
 
-        item = {key: self._rows(key, rows[key], key in self.delta_indices) for key in self._row_keys}
+        item = {key: self._values(key, queried.get(key, row)) for key in self._row_keys}
         item.update(padding)
         if self.video_keys:
             timestamps = {}
             for key in self.video_keys:
-                frames = rows.get(key, rows["timestamp"])
                 # lerobot shifts the frame's float32 timestamp (as a Python float) by the episode's start.
                 start = float(self._ep_video_start[key][ep])
-                timestamps[key] = [start + float(t) for t in self.columns["timestamp"][frames].tolist()]
+                frames = np.atleast_1d(self.columns["timestamp"][queried.get(key, row)])
+                timestamps[key] = [start + t for t in frames.tolist()]
             item = {**self._decode(ep, timestamps), **item}
-        item["task"] = self.meta.tasks.iloc[int(item["task_index"])].name
-        if "subtask_index" in self.meta.features and self.meta.subtasks is not None:
-            item["subtask"] = self.meta.subtasks.iloc[int(item["subtask_index"])].name
+        item["task"] = self._tasks[int(item["task_index"])]
+        if self._subtasks is not None:
+            item["subtask"] = self._subtasks[int(item["subtask_index"])]
         return item
 
-    def _rows(self, key: str, rows: np.ndarray, stacked: bool) -> torch.Tensor:
-        """The values of `key` at `rows` as lerobot's transform makes them (floats as float32, integers
-        as int64, images as float32 CHW in [0, 1]); one row unstacked unless `key` has delta timestamps."""
+    def _values(self, key: str, rows: int | np.ndarray) -> torch.Tensor:
+        """The values of `key` at one row, or stacked at an array of rows (keys with delta timestamps), as
+        lerobot's transform makes them: floats as float32, integers as int64, images as float32 CHW in
+        [0, 1]. Copies, so that an item never holds (and pickles) a whole column."""
         if key in self.image_keys:
-            values = torch.stack([self._image(key, int(r)) for r in rows])
-        else:
-            values = torch.from_numpy(self.columns[key][rows])
-        return values if stacked else values[0]
+            if isinstance(rows, int):
+                return self._image(key, rows)
+            return torch.stack([self._image(key, int(r)) for r in rows])
+        return torch.tensor(self.columns[key][rows])
 
     def _image(self, key: str, row: int) -> torch.Tensor:
         from torchvision.transforms.functional import to_tensor
