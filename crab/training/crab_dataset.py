@@ -2,7 +2,8 @@
 
 Rewards are computed once per dataset, vectorised over its parquet frames (see
 `docs/reward_weighting.md` for the formulas and the order of sources); `__getitem__` only indexes
-precomputed arrays. Picklable, so DataLoader workers work under spawn (Windows).
+precomputed arrays. Each dataset's items are lerobot's `LeRobotDataset` items, read by the fast
+`LeRobotFrames` (crab/data/lerobot_reader.py). Picklable, so DataLoader workers work under spawn (Windows).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.dataset as pads
 import torch
 from torch.utils.data import Dataset
 
+from crab.data.lerobot_reader import LeRobotFrames
 from crab.data.lerobot_writer import LABELS_FILE
 from crab.training import rewards
 from crab.training.manifest import ManifestError, ManifestRow, check_roots
@@ -183,13 +185,15 @@ class CrabDataset(Dataset):
         signal: str = "outcome",
         state_values: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ):
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
         check_roots(rows)
         self.rows, self.spec, self.signal = rows, spec, signal
         first = LeRobotDatasetMetadata(rows[0].repo_id, root=rows[0].root)
         self.fps = first.fps
-        delta = {"action": [i / self.fps for i in range(spec.chunk_size)]}
+        self.delta_timestamps = {"action": [i / self.fps for i in range(spec.chunk_size)]}
+        self.video_backend = video_backend
+        self.episodes = episodes
         self.datasets, self.tables, self._rewards, self._rows_of_items = [], [], [], []
         for row in rows:
             meta = LeRobotDatasetMetadata(row.repo_id, root=row.root)
@@ -199,17 +203,16 @@ class CrabDataset(Dataset):
                     f"{row.source}: task {row.task!r} of dataset {row.name!r} is not among its tasks "
                     f"{sorted(meta.tasks.index)}"
                 )
-            ds = LeRobotDataset(
+            ds = LeRobotFrames(
                 row.repo_id,
                 root=row.root,
                 episodes=None if episodes is None else episodes[row.name],
-                delta_timestamps=delta,
+                delta_timestamps=self.delta_timestamps,
                 video_backend=video_backend,
             )
             table = annotate(row, spec, signal, None if state_values is None else state_values.get(row.name))
             # Reward fields of every item this dataset serves, in its own (possibly episode-filtered) order.
-            local_index = np.asarray(ds.hf_dataset.with_format("numpy")["index"])
-            pos = np.searchsorted(table.index, local_index)
+            pos = np.searchsorted(table.index, ds.index)
             values = np.stack([getattr(table, name)[pos] for name in rewards.REWARD_FIELDS], axis=1)
             self.datasets.append(ds)
             self.tables.append(table)
@@ -222,6 +225,20 @@ class CrabDataset(Dataset):
         self._uncommon = set.union(*keys) - set.intersection(*keys)
         self._offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self._cache: dict[int, dict] | None = {} if cache else None
+
+    def lerobot_dataset(self, d: int):
+        """lerobot's own `LeRobotDataset` for dataset `d`: the items `self.datasets[d]` reproduces, read
+        lerobot's way (for the equality tests and the loader benchmark)."""
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        row = self.rows[d]
+        return LeRobotDataset(
+            row.repo_id,
+            root=row.root,
+            episodes=None if self.episodes is None else self.episodes[row.name],
+            delta_timestamps=self.delta_timestamps,
+            video_backend=self.video_backend,
+        )
 
     @property
     def fingerprint(self) -> str:
