@@ -29,7 +29,7 @@ $py crab/training/train.py \
 checkpoint=$(ls -d outputs/$run/step_* | tail -n 1)
 echo
 echo "closed-loop evaluation of $checkpoint (20 seeded episodes per task, new scenes):"
-$py -m crab.sim.policy_eval --checkpoint "$checkpoint" --episodes 20 --out "outputs/$run/eval.json"
+$py -m crab.sim.policy_eval --checkpoint "$checkpoint" --episodes 20 --n-action-steps 5 --out "outputs/$run/eval.json"
 echo
 echo "demo done in $((SECONDS - start)) s"
 echo "plots:            outputs/$run/plots/overview.png (losses, validation loss per quality group), more beside it"
