@@ -1,14 +1,18 @@
-"""Data loading: reward-annotation overhead, and loader throughput against the trainer's.
+"""Data loading: reward-annotation overhead, loader throughput against the trainer's, and CrabDataset
+against lerobot's LeRobotDataset on real-shaped multi-camera 480p video.
 
     python benchmarks/bench_loader.py [--manifest M --data-root D] [--items 400] [--repeats 3]
     python benchmarks/bench_loader.py --config <cycle yaml> --config <overrides yaml> [--batches 40]
+    python benchmarks/bench_loader.py --parts real [--real-episodes 20 --real-length 300]
 
 Data: `--manifest`/`--data-root` when given; else the config's manifest under its data_root when those
 datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a small synthetic dataset
 (two episodes per quality, 32x32 video) written to a temporary folder.
 
-1. Annotation overhead: plain LeRobotDataset and CrabDataset read the same random indices, back to back
-   per item with alternating order; the median time per repeat is reported and compared (goal < 1%).
+1. Annotation overhead: lerobot's LeRobotDataset, CrabDataset's fast path without the annotation
+   (LeRobotFrames) and CrabDataset read the same random indices, back to back per item in rotating
+   order; the median time per repeat is reported. The annotation's cost (CrabDataset - LeRobotFrames)
+   is compared with a LeRobotDataset item (goal < 1%) and with a fast-path item.
 2. Item cache (`data.cache_items`): the same random items read from CrabDataset without the cache and,
    after one priming pass, from one with it (every later epoch of training); items/s and their ratio.
 3. Loader vs trainer (goal: loader >= 2x trainer), at the config's batch size (default: the demo
@@ -17,13 +21,23 @@ datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a sma
    train.py's step (preprocessor, RWFM + anchor forward at the post-ramp lambda, backward, clip,
    optimiser, scheduler) on batches loaded beforehand. The two take turns per repeat; the ratio is
    the median of the per-repeat ratios. Each is measured alone: in training they share the CPU.
+4. Real-shaped loader (`--parts real`; goal: CrabDataset >= 2x LeRobotDataset's items/s): a dataset the
+   benchmark writes once under `--real-root` (3 cameras at 480x640, lerobot's default AV1 encoding,
+   30 fps, 6-D state and action; synthetic scenes with moving objects and sensor noise), read with
+   smolvla_base's delta timestamps (the current frame of each camera, an action chunk of 50). Per
+   repeat and worker count (0, 1, 2), each loader runs a DataLoader over the same random indices in a
+   fresh subprocess (which goes first alternates); items/s after warm-up batches and the peak resident
+   memory of the subprocess and its workers. Ratios are medians of per-repeat ratios; the last line is
+   the ratio at crab's best worker count. A few items are first checked equal (frames bit-identical).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -74,35 +88,99 @@ def synthetic_manifest(folder: Path) -> Path:
     return folder / "manifest.csv"
 
 
+REAL_SHAPE = (480, 640)  # height, width of each camera
+REAL_CAMERAS = ("top", "wrist", "side")
+REAL_FPS = 30
+REAL_TASK = "Put the egg into the tray."
+
+
+def real_shaped_frames(rng: np.random.Generator, camera: int, length: int) -> np.ndarray:
+    """(length, 480, 640, 3) uint8 frames that compress like a camera's: a fixed textured scene, four
+    objects moving smoothly across it, and a little sensor noise per frame (so AV1 cannot skip frames)."""
+    h, w = REAL_SHAPE
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    shade = 80 + 60 * np.sin(xx / (37 + 5 * camera)) * np.cos(yy / (53 - 4 * camera)) + 0.1 * yy
+    texture = rng.normal(0, 12, (h, w)).astype(np.float32)
+    scene = np.stack([shade + texture, 0.8 * shade + texture + 20, 0.6 * shade + texture + 40], axis=-1)
+    phase = rng.uniform(0, 2 * np.pi, 4)
+    out = np.empty((length, h, w, 3), np.uint8)
+    for t in range(length):
+        frame = scene + rng.normal(0, 3, (h, w, 1)).astype(np.float32)
+        for k in range(4):
+            cx = w / 2 + 200 * np.sin(0.02 * t * (k + 1) + phase[k])
+            cy = h / 2 + 150 * np.cos(0.015 * t * (k + 2) + phase[k])
+            frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (30 + 10 * k) ** 2] = (60 * k, 200 - 40 * k, 120)
+        out[t] = np.clip(frame, 0, 255)
+    return out
+
+
+def real_shaped_manifest(folder: Path, episodes: int, length: int) -> Path:
+    """A manifest over one real-shaped dataset (3 cameras at 480x640, lerobot's default AV1 encoding,
+    30 fps, 6-D state and action), written once under `folder` and reused by later runs."""
+    from tqdm import tqdm
+
+    from crab.data.lerobot_writer import Episode, write_lerobot_dataset
+
+    name = f"real_{episodes}x{length}"
+    manifest = folder / f"{name}.csv"
+    if manifest.is_file():
+        return manifest
+    root = folder / name
+    shutil.rmtree(root, ignore_errors=True)  # an interrupted earlier build
+    rng = np.random.default_rng(0)
+
+    def generate():
+        for _ in tqdm(range(episodes), desc=f"writing {root} ({episodes} episodes x {length} frames, once)"):
+            state = np.cumsum(rng.normal(0, 0.01, (length, 6)), axis=0).astype(np.float32)
+            frames = {f"observation.images.{cam}": real_shaped_frames(rng, c, length) for c, cam in enumerate(REAL_CAMERAS)}
+            yield Episode(REAL_TASK, {**frames, "observation.state": state, "action": np.roll(state, -1, axis=0)})
+
+    write_lerobot_dataset(root, f"bench/{name}", REAL_FPS, generate(), [f"s{i}" for i in range(6)], [f"a{i}" for i in range(6)])
+    # The manifest is written last: its presence marks a complete dataset.
+    manifest.write_text(f"name,repo_id,root,task,quality,cycle\n{name},bench/{name},{name},{REAL_TASK},clean,bench\n")
+    return manifest
+
+
 def annotation_overhead(rows: list[ManifestRow], args: argparse.Namespace) -> None:
     crab = CrabDataset(rows, RewardSpec(chunk_size=args.chunk_size))
+    lerobot = [crab.lerobot_dataset(d) for d in range(len(crab.datasets))]
     indices = np.random.default_rng(0).integers(0, len(crab), args.items).tolist()
 
-    def plain(i: int):  # the same LeRobotDataset item, without the reward annotation
+    def plain(i: int):  # lerobot's item, read by lerobot
+        d, local = crab.locate(i)
+        return lerobot[d][local]
+
+    def fast(i: int):  # the same item from CrabDataset's fast path, without the reward annotation
         d, local = crab.locate(i)
         return crab.datasets[d][local]
 
+    loaders = [("LeRobotDataset", plain), ("LeRobotFrames", fast), ("CrabDataset", crab.__getitem__)]
     for i in indices[:20]:  # warm up decoders and caches
-        plain(i), crab[i]
-    # Per item, both loaders read the same index back to back (order alternating), so drift in
-    # decoder caches or machine load hits both alike.
-    times = {"LeRobotDataset": [], "CrabDataset": []}
-    loaders = [("LeRobotDataset", plain), ("CrabDataset", crab.__getitem__)]
+        for _, get in loaders:
+            get(i)
+    # Per item, the loaders read the same index back to back (order rotating), so drift in decoder
+    # caches or machine load hits all alike.
+    times = {name: [] for name, _ in loaders}
     for _ in range(args.repeats):
         total = dict.fromkeys(times, 0.0)
         for k, i in enumerate(indices):
-            for name, get in loaders if k % 2 == 0 else loaders[::-1]:
+            for name, get in loaders[k % 3 :] + loaders[: k % 3]:
                 start = time.perf_counter()
                 get(i)
                 total[name] += time.perf_counter() - start
         for name in times:
-            times[name].append(total[name])
+            times[name].append(total[name] / args.items)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"annotation overhead: {args.items} random items, {args.repeats} repeats, median")
     for name, t in med.items():
-        print(f"  {name:<15} {args.items / t:8.1f} items/s")
-    overhead = med["CrabDataset"] / med["LeRobotDataset"] - 1
-    print(f"  annotation overhead: {100 * overhead:+.2f}% (goal < 1%: {'met' if overhead < 0.01 else 'MISSED'})")
+        print(f"  {name:<15} {1 / t:8.1f} items/s")
+    print(f"  fast path / LeRobotDataset: {med['LeRobotDataset'] / med['LeRobotFrames']:.2f}x items/s")
+    extra = med["CrabDataset"] - med["LeRobotFrames"]
+    share = extra / med["LeRobotDataset"]
+    print(
+        f"  annotation overhead: {1e6 * extra:+.1f} us per item, {100 * share:+.2f}% of a LeRobotDataset item "
+        f"(goal < 1%: {'met' if share < 0.01 else 'MISSED'}), {100 * extra / med['LeRobotFrames']:+.2f}% of a fast-path item"
+    )
 
 
 def item_cache(rows: list[ManifestRow], args: argparse.Namespace) -> None:
@@ -123,6 +201,119 @@ def item_cache(rows: list[ManifestRow], args: argparse.Namespace) -> None:
     for name, r in med.items():
         print(f"  {name:<8} {r:10.1f} items/s")
     print(f"  cached / decoded: {med['cached'] / med['decoded']:.0f}x")
+
+
+PARTS = ("annotation", "cache", "trainer", "real")
+REAL_LOADERS = ("lerobot", "crab")
+
+
+def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse.Namespace) -> dict:
+    """Items/s of one loader over the real-shaped dataset, the CPU time it spent per item (this process
+    and its DataLoader workers: unlike items/s, independent of other jobs' load), and the peak resident
+    memory of that process tree (sampled every 20 ms). Run in a fresh subprocess."""
+    import json
+    import threading
+
+    import psutil
+
+    # One intra-op thread, as in DataLoader workers: with torch's default of one per core, lerobot's
+    # float conversion at 0 workers spun against the other jobs on this machine (4.8 items/s instead of ~17).
+    torch.set_num_threads(1)
+    rows = load_manifest(manifest, manifest.parent)
+    crab = CrabDataset(rows, RewardSpec(chunk_size=args.real_chunk))
+    ds = crab if loader == "crab" else crab.lerobot_dataset(0)
+    indices = np.random.default_rng(2).integers(0, len(ds), (args.real_warmup + args.real_batches) * args.real_batch)
+    peak, done = [0], threading.Event()
+
+    def sample_rss() -> None:
+        me = psutil.Process()
+        while not done.wait(0.02):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):  # a worker that just exited
+                    total += proc.memory_info().rss
+            peak[0] = max(peak[0], total)
+
+    def cpu_seconds() -> float:  # user + system time of this process and its workers so far
+        me = psutil.Process()
+        return sum(sum(proc.cpu_times()[:2]) for proc in [me, *me.children(recursive=True)])
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    loader_ = torch.utils.data.DataLoader(ds, batch_size=args.real_batch, sampler=indices.tolist(), num_workers=workers)
+    batches = iter(loader_)
+    for _ in range(args.real_warmup):  # starts the workers, opens the decoders
+        next(batches)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    for _ in range(args.real_batches):
+        next(batches)
+    items = args.real_batches * args.real_batch
+    rate, cpu_ms = items / (time.perf_counter() - start), 1e3 * (cpu_seconds() - cpu) / items
+    done.set()
+    sampler.join()
+    result = {"items_per_s": rate, "cpu_ms_per_item": cpu_ms, "peak_rss_mb": peak[0] / 2**20}
+    print(json.dumps(result))
+    return result
+
+
+def real_shaped(args: argparse.Namespace) -> None:
+    """CrabDataset against lerobot's LeRobotDataset on the real-shaped dataset, side by side: per repeat,
+    per worker count, one fresh subprocess per loader (alternating which goes first), same indices."""
+    import json
+    import subprocess
+
+    manifest = real_shaped_manifest(args.real_root, args.real_episodes, args.real_length)
+    rows = load_manifest(manifest, manifest.parent)
+    crab = CrabDataset(rows, RewardSpec(chunk_size=args.real_chunk))
+    lerobot = crab.lerobot_dataset(0)
+    checked = [*np.random.default_rng(3).integers(0, len(crab), 8).tolist(), len(crab) - 1]
+    for i in checked:  # the same items: every key lerobot returns, frames bit-identical
+        ours, theirs = crab[i], lerobot[i]
+        for key, value in theirs.items():
+            same = torch.equal(ours[key], value) if isinstance(value, torch.Tensor) else ours[key] == value
+            if not same:
+                raise SystemExit(f"real-shaped item {i}: `{key}` differs between CrabDataset and LeRobotDataset")
+    features = crab.meta.features
+    cams = crab.meta.video_keys
+    print(
+        f"real-shaped loader: {manifest.parent / rows[0].name}: {crab.meta.total_episodes} episodes, {len(crab)} frames, "
+        f"{len(cams)} cameras {'x'.join(map(str, features[cams[0]]['shape'][:2]))} "
+        f"({features[cams[0]]['info']['video.codec']}, {crab.fps} fps), chunk {args.real_chunk}, batch {args.real_batch}; "
+        f"{len(checked)} random items equal to LeRobotDataset's (frames bit-identical); "
+        f"{args.repeats} repeats x {args.real_batches} batches after {args.real_warmup} warm-up, median"
+    )
+    del crab, lerobot
+    runs = {(loader, w): [] for w in args.real_workers for loader in REAL_LOADERS}
+    for r in range(args.repeats):
+        for w in args.real_workers:
+            for loader in REAL_LOADERS if (r + w) % 2 == 0 else REAL_LOADERS[::-1]:
+                cmd = [sys.executable, __file__, "--real-measure", f"{loader},{w}", *sys.argv[1:]]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise SystemExit(f"{loader} with {w} worker(s) failed:\n{done.stderr[-3000:]}")
+                runs[loader, w].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(
+        f"  {'workers':>7} {'lerobot items/s':>16} {'crab items/s':>13} {'crab/lerobot':>13} {'lerobot peak RSS':>17} "
+        f"{'crab peak RSS':>14} {'CPU ms/item lerobot':>20} {'crab':>6}"
+    )
+    ratios = {}
+    for w in args.real_workers:
+        med = {
+            loader: {k: statistics.median(run[k] for run in runs[loader, w]) for k in runs[loader, w][0]}
+            for loader in REAL_LOADERS
+        }
+        pairs = zip(runs["crab", w], runs["lerobot", w], strict=True)
+        per_repeat = [c["items_per_s"] / b["items_per_s"] for c, b in pairs]
+        ratios[w] = statistics.median(per_repeat)
+        print(
+            f"  {w:>7} {med['lerobot']['items_per_s']:>16.1f} {med['crab']['items_per_s']:>13.1f} {ratios[w]:>12.2f}x "
+            f"{med['lerobot']['peak_rss_mb']:>14.0f} MB {med['crab']['peak_rss_mb']:>11.0f} MB "
+            f"{med['lerobot']['cpu_ms_per_item']:>20.1f} {med['crab']['cpu_ms_per_item']:>6.1f}"
+            f"   (items/s ratio per repeat: {', '.join(f'{r:.2f}' for r in per_repeat)})"
+        )
+    best = max(args.real_workers, key=lambda w: statistics.median(run["items_per_s"] for run in runs["crab", w]))
+    print(f"  best worker count for crab: {best}")
+    print(f"real-shaped loader: crab/lerobot items/s {ratios[best]:.2f}x")
 
 
 def loader_vs_trainer(rows: list[ManifestRow], cfg: CrabConfig, args: argparse.Namespace) -> None:
@@ -186,19 +377,8 @@ def loader_vs_trainer(rows: list[ManifestRow], cfg: CrabConfig, args: argparse.N
     print(f"  loader / trainer: {ratio:.2f}x (goal >= 2x: {'met' if ratio >= 2 else 'MISSED'})")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--config", action="append", help="training config YAML(s), layered (default: the demo's)")
-    p.add_argument("--chunk-size", type=int, default=10, help="for the annotation comparison")
-    p.add_argument("--items", type=int, default=400)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batches", type=int, default=40, help="batches per repeat, loader vs trainer")
-    p.add_argument("--threads", type=int, help="torch intra-op threads of the trainer (default: torch's choice)")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def demo_parts(args: argparse.Namespace) -> None:
+    """Parts 1-3, on the demo data (or the given manifest, or a small synthetic dataset)."""
     cfg = load_config(args.config or DEMO_CONFIGS)
     with tempfile.TemporaryDirectory() as tmp:
         if args.manifest:
@@ -209,9 +389,47 @@ def main() -> None:
             manifest, root = synthetic_manifest(Path(tmp)), tmp
         rows = load_manifest(manifest, root)
         print(f"data: {manifest} under {root}; python {sys.version.split()[0]}, {os.cpu_count()} cpus")
-        annotation_overhead(rows, args)
-        item_cache(rows, args)
-        loader_vs_trainer(rows, cfg, args)
+        if "annotation" in args.parts:
+            annotation_overhead(rows, args)
+        if "cache" in args.parts:
+            item_cache(rows, args)
+        if "trainer" in args.parts:
+            loader_vs_trainer(rows, cfg, args)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--config", action="append", help="training config YAML(s), layered (default: the demo's)")
+    p.add_argument("--chunk-size", type=int, default=10, help="for the annotation comparison")
+    p.add_argument("--items", type=int, default=400)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", type=int, default=40, help="batches per repeat, loader vs trainer")
+    p.add_argument("--threads", type=int, help="torch intra-op threads of the trainer (default: torch's choice)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
+    real = p.add_argument_group("real-shaped comparison (CrabDataset against LeRobotDataset)")
+    real.add_argument("--real-root", type=Path, default=REPO / "outputs" / "bench_loader", help="its data folder")
+    real.add_argument("--real-episodes", type=int, default=20)
+    real.add_argument("--real-length", type=int, default=300, help="frames per episode")
+    real.add_argument("--real-workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
+    real.add_argument("--real-batch", type=int, default=8)
+    real.add_argument("--real-batches", type=int, default=30, help="timed batches per run")
+    real.add_argument("--real-warmup", type=int, default=3, help="untimed batches per run (starts workers)")
+    real.add_argument("--real-chunk", type=int, default=50, help="action chunk (smolvla_base: 50)")
+    real.add_argument("--real-measure", help=argparse.SUPPRESS)  # internal: one measurement subprocess
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.real_measure:
+        loader, workers = args.real_measure.split(",")
+        manifest = real_shaped_manifest(args.real_root, args.real_episodes, args.real_length)
+        real_shaped_loader(manifest, loader, int(workers), args)
+        return
+    if set(args.parts) - {"real"}:
+        demo_parts(args)
+    if "real" in args.parts:
+        real_shaped(args)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ def raw_batch(batch_size: int, cfg) -> dict:
         "episode_reward": torch.randn(batch_size, generator=g, dtype=torch.float64),
         "episode_success": torch.ones(batch_size, dtype=torch.float64),
         "episode_damage": torch.zeros(batch_size, dtype=torch.float64),
+        "signal": torch.randn(batch_size, generator=g, dtype=torch.float64),
         "dataset_name": ["egg_carton_to_tray"] * batch_size,
         "task_name": ["egg_carton_to_tray"] * batch_size,
         "quality": ["clean"] * batch_size,

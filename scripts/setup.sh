@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ffmpeg_libs=(libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavdevice59 libavfilter8)
-if ! ldconfig -p | grep -q 'libavcodec\.so\.59'; then
+# grep without -q reads all of ldconfig's output: with -q it stops at the first match, ldconfig dies of
+# SIGPIPE and, under pipefail, the libraries would look missing (and be reinstalled) on every run.
+if ! ldconfig -p | grep 'libavcodec\.so\.59' >/dev/null; then
     echo "setup: installing FFmpeg shared libraries: ${ffmpeg_libs[*]}"
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

@@ -30,10 +30,10 @@ def synthetic_episode(rng, task: str, length: int, rewards=None, labels=None) ->
     return Episode(task, frames, labels)
 
 
-def write(root: Path, name: str, episodes: list[Episode]) -> Path:
+def write(root: Path, name: str, episodes: list[Episode], use_videos: bool = True) -> Path:
     return write_lerobot_dataset(
         root / name, f"crab_test/{name}", 10, episodes,
-        [f"s{i}" for i in range(STATE_DIM)], [f"a{i}" for i in range(ACTION_DIM)],
+        [f"s{i}" for i in range(STATE_DIM)], [f"a{i}" for i in range(ACTION_DIM)], use_videos=use_videos,
     )
 
 
@@ -48,6 +48,8 @@ def data_root(tmp_path_factory) -> Path:
         synthetic_episode(rng, PLACE, 7, labels={"success": 0, "damage": 0}),
     ])
     write(root, "stepwise", [synthetic_episode(rng, OPEN, 4, rewards=[0, -1, 0, 1])])
+    # The cameras as PNG images inside the parquet files instead of video.
+    write(root, "images", [synthetic_episode(rng, PLACE, n) for n in (6, 5)], use_videos=False)
     return root
 
 

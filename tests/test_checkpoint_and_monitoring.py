@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from crab.training import checkpoint as ckpt
-from crab.training.monitoring import STEP_METRICS, EpochAccumulator, read_epoch_summaries, write_epoch_summaries
+from crab.training.monitoring import (
+    STEP_METRICS,
+    EpochAccumulator,
+    append_epoch_summary,
+    combine_ranks,
+    interval_row,
+    read_epoch_summaries,
+    write_epoch_summaries,
+)
 from crab.training.sampling import EpochBatchSampler
 
 
@@ -97,3 +105,42 @@ def test_three_summary_files_agree(tmp_path):
     assert loss == {"mean": 12.5, "min": 11.0, "max": 14.0, "p95": pytest.approx(13.85)}
     assert float(row["loss_mean"]) == loss["mean"] and float(row["loss_p95"]) == loss["p95"]
     assert float(row["val_loss_cracked"]) == 0.9 and int(row["samples"]) == 32 and int(row["steps"]) == 4
+
+    weights = summaries[0]["weights"]
+    assert weights == {"clean": {"samples": 1, "mean": 1.2, "share": 0.6}, "cracked": {"samples": 1, "mean": 0.8, "share": 0.4}}
+    assert float(row["weight_share_cracked"]) == 0.4
+
+
+def test_appended_summaries_equal_rewritten_ones(tmp_path):
+    """The trainer appends each epoch to the JSONL and CSV files; they must read as a full rewrite does,
+    including a column that first appears later (validation)."""
+    summaries = []
+    (tmp_path / "appended").mkdir()
+    for epoch, val in enumerate([{}, {"clean": 0.5}, {}]):
+        acc = EpochAccumulator()
+        acc.add([float(epoch + i) for i in range(len(STEP_METRICS))], batch_size=4)
+        acc.add_weights(["clean"], [1.0])
+        summaries.append(acc.summary(epoch, epoch + 1, 0.1, val, complete=True))
+        append_epoch_summary(tmp_path / "appended", summaries)
+    write_epoch_summaries(tmp_path / "rewritten", summaries)
+    for name in ("epoch_summary.jsonl", "epoch_summary.csv"):
+        assert (tmp_path / "appended" / name).read_text() == (tmp_path / "rewritten" / name).read_text(), name
+
+
+def test_interval_row_summarises_its_steps():
+    """Hand-checked: two steps; means, except the maximum of w_max and the last lr / lambda_anchor / alpha."""
+    first = {name: 1.0 for name in STEP_METRICS} | {"w_max": 5.0, "lr": 1e-4, "lambda_anchor": 0.0, "loss": 2.0}
+    second = {name: 3.0 for name in STEP_METRICS} | {"w_max": 4.0, "lr": 2e-4, "lambda_anchor": 0.1, "loss": 1.0}
+    row = interval_row([[first[k] for k in STEP_METRICS], [second[k] for k in STEP_METRICS]])
+    assert row["loss"] == 1.5 and row["loss_weighted"] == 2.0 and row["w_mean"] == 2.0 and row["grad_norm"] == 2.0
+    assert row["w_max"] == 5.0 and row["lr"] == 2e-4 and row["lambda_anchor"] == 0.1 and row["alpha"] == 3.0
+    assert row["steps"] == 2
+
+
+def test_ranks_combine_by_mean_and_max_of_w_max():
+    per_rank = torch.zeros(2, 1, len(STEP_METRICS))
+    per_rank[0, 0], per_rank[1, 0] = 1.0, 3.0
+    per_rank[0, 0, STEP_METRICS.index("w_max")] = 7.0
+    combined = combine_ranks(per_rank)
+    assert combined.shape == (1, len(STEP_METRICS))
+    assert combined[0, STEP_METRICS.index("loss")] == 2.0 and combined[0, STEP_METRICS.index("w_max")] == 7.0

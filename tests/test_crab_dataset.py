@@ -81,6 +81,94 @@ def test_default_collate_with_spawn_workers(dataset):
     assert batch["observation.images.top"].shape == (4, 3, 32, 32)
 
 
+# --- the fast path serves lerobot's items ---------------------------------------------------------------
+
+
+def assert_same_item(ours: dict, theirs: dict, where: str) -> None:
+    assert list(ours) == list(theirs), where  # same keys, same order
+    for key, value in theirs.items():
+        if isinstance(value, torch.Tensor):
+            mine = ours[key]
+            assert (mine.dtype, mine.shape) == (value.dtype, value.shape), f"{where} {key}"
+            assert torch.equal(mine, value), f"{where} {key}"  # frames bit-identical too
+        else:
+            assert ours[key] == value, f"{where} {key}"
+
+
+def boundary_and_random_indices(ds: CrabDataset, count: int, seed: int) -> list[int]:
+    """First and last frames of every episode (padded action chunks at the ends), plus random ones."""
+    edges = []
+    for d, frames in enumerate(ds.datasets):
+        starts = np.flatnonzero(np.diff(frames.columns["episode_index"], prepend=-1))
+        ends = np.append(starts[1:], len(frames)) - 1
+        edges += (ds._offsets[d] + np.concatenate([starts, ends, ends - 1])).tolist()
+    rng = np.random.default_rng(seed)
+    return sorted(set(edges)) + rng.integers(0, len(ds), count).tolist()
+
+
+@pytest.fixture(scope="module")
+def image_dataset(data_root, tmp_path_factory):
+    manifest = write_manifest(tmp_path_factory.mktemp("m") / "images.csv", [("images", PLACE, "clean")])
+    return CrabDataset(load_manifest(manifest, data_root), SPEC, episodes={"images": [1, 0]})
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_fast_path_items_equal_lerobot_items(kind, dataset, image_dataset):
+    ds = dataset if kind == "video" else image_dataset
+    reference = [ds.lerobot_dataset(d) for d in range(len(ds.datasets))]
+    indices = boundary_and_random_indices(ds, 20, seed=1)
+    padded = 0
+    for i in indices:
+        d, local = ds.locate(i)
+        theirs = reference[d][local]
+        assert_same_item(ds.datasets[d][local], theirs, f"{kind} item {i}")
+        annotated = ds[i]  # CrabDataset's item: lerobot's, less uncommon features, plus the reward fields
+        assert_same_item({k: annotated[k] for k in theirs if k in annotated}, {k: v for k, v in theirs.items() if k in annotated}, f"{kind} {i}")
+        padded += bool(theirs["action_is_pad"].any())
+        assert theirs["observation.images.top"].shape == (3, 32, 32)
+    assert padded >= 2  # the chunks past episode ends were compared
+
+
+def test_fast_path_with_two_cameras_delta_timestamps_and_episode_subset(tmp_path):
+    """Two cameras (decoded in parallel threads), several frames per camera from one batched decode,
+    padding before the episode start, and an episode subset (absolute -> relative frame indices)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from crab.data.lerobot_reader import LeRobotFrames
+
+    rng = np.random.default_rng(3)
+    episodes = [synthetic_episode(rng, PLACE, n) for n in (6, 5)]
+    for ep in episodes:
+        ep.frames["observation.images.wrist"] = rng.integers(0, 255, (ep.length, 32, 48, 3), dtype=np.uint8)
+    write(tmp_path, "two_cams", episodes)
+    delta = {"observation.images.top": [-0.2, -0.1, 0.0], "observation.state": [-0.1, 0.0], "action": [0.0, 0.1]}
+    for subset in (None, [1]):
+        args = ("crab_test/two_cams", tmp_path / "two_cams", subset, delta)
+        ours, theirs = LeRobotFrames(*args), LeRobotDataset(*args[:2], episodes=subset, delta_timestamps=delta)
+        assert len(ours) == len(theirs)
+        for i in range(len(ours)):
+            assert_same_item(ours[i], theirs[i], f"episodes {subset} item {i}")
+        first = ours[0]
+        assert first["observation.images.top"].shape == (3, 3, 32, 32)
+        assert first["observation.images.wrist"].shape == (3, 32, 48)
+        assert first["observation.images.top_is_pad"].tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fast_path_items_in_spawned_workers(workers, dataset, image_dataset):
+    """The datasets pickle into `spawn` workers (Windows' only start method), which open their own decoders."""
+    for ds in (dataset, image_dataset):
+        indices = boundary_and_random_indices(ds, 6, seed=workers)
+        loader = torch.utils.data.DataLoader(
+            ds, sampler=indices, batch_size=None, num_workers=workers, multiprocessing_context="spawn"
+        )
+        reference = [ds.lerobot_dataset(d) for d in range(len(ds.datasets))]
+        for i, item in zip(indices, loader, strict=True):
+            d, local = ds.locate(i)
+            theirs = reference[d][local]
+            assert_same_item({k: item[k] for k in theirs if k in item}, {k: v for k, v in theirs.items() if k in item}, f"item {i}")
+
+
 def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
     manifest = write_manifest(tmp_path / "m.csv", ALL_ROWS)
     out = tmp_path / "stats.json"
@@ -215,7 +303,7 @@ def test_normalisation_statistics_come_from_the_served_episodes(data_root, tmp_p
     for key in ("mean", "std", "min", "max"):
         np.testing.assert_allclose(everything["action"][key], meta["action"][key], rtol=1e-6)
     first = CrabDataset(rows, SPEC, episodes={"clean": [0]})
-    frames = np.stack([first.datasets[0].hf_dataset[i]["action"].numpy() for i in range(len(first))])
+    frames = np.stack([first.lerobot_dataset(0).hf_dataset[i]["action"].numpy() for i in range(len(first))])
     own = get_feature_stats(frames, axis=0, keepdims=False)
     split = first.normalization_stats()
     for key in ("mean", "std", "min", "max"):
@@ -224,3 +312,15 @@ def test_normalisation_statistics_come_from_the_served_episodes(data_root, tmp_p
     assert split["action"]["count"].item() == len(first) == 12
     halved = first.normalization_stats(lambda g: np.full(len(g), 0.5))
     assert halved["action"]["count"].item() == 6 and np.allclose(halved["action"]["mean"], split["action"]["mean"])
+
+
+@pytest.mark.skipif("fork" not in torch.multiprocessing.get_all_start_methods(), reason="no fork here")
+def test_forked_workers_open_their_own_decoders(dataset):
+    """Decoders the main process opened (it read items first) are not used by forked workers."""
+    indices = boundary_and_random_indices(dataset, 6, seed=5)
+    expected = [dataset[i] for i in indices]  # opens decoders in this process
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=indices, batch_size=None, num_workers=2, multiprocessing_context="fork"
+    )
+    for i, item, theirs in zip(indices, loader, expected, strict=True):
+        assert_same_item(item, theirs, f"item {i}")

@@ -66,6 +66,7 @@ def raw_batch(batch_size: int = 4, seed: int = 1, tasks=None) -> dict:
         "episode_reward": torch.randn(batch_size, generator=g, dtype=torch.float64),
         "episode_success": torch.ones(batch_size),
         "episode_damage": torch.zeros(batch_size),
+        "signal": torch.randn(batch_size, generator=g, dtype=torch.float64),
         "dataset_name": ["clean"] * batch_size,
         "task_name": ["t"] * batch_size,
         "quality": ["clean"] * batch_size,
@@ -89,7 +90,7 @@ def test_preprocessor_keeps_extra_keys(tiny):
     _, pre, _ = tiny
     raw = raw_batch()
     batch = pre(raw)
-    for key in ("step_reward", "chunk_return", "episode_reward", "episode_success", "episode_damage"):
+    for key in ("step_reward", "chunk_return", "episode_reward", "episode_success", "episode_damage", "signal"):
         assert torch.equal(batch[key], raw[key])
     for key in ("dataset_name", "task_name", "quality"):
         assert batch[key] == raw[key]
@@ -209,7 +210,7 @@ def test_disabled_weighting_is_bit_identical_to_unweighted_loss(tiny):
     policy, pre, _ = tiny
     crab = CrabSmolVLA(policy, OFF, NO_ANCHOR)
     raw = raw_batch()
-    for key in ("step_reward", "chunk_return", "episode_reward", "episode_success", "episode_damage"):
+    for key in ("step_reward", "chunk_return", "episode_reward", "episode_success", "episode_damage", "signal"):
         del raw[key]  # not needed when weighting is off
     batch = pre(raw)
     noise, time = noise_time()
@@ -229,7 +230,7 @@ def test_enabled_weighting_uses_reward_functions(tiny):
     batch = pre(raw_batch())
     noise, time = noise_time()
     loss, metrics = crab(batch, 0.0, noise, time)
-    signal = batch["episode_reward"].float()  # G = R_e
+    signal = batch["signal"].float()  # G (outcome: R_e)
     w, _ = rwfm_weights(advantage(signal, 0.2, 1.5, 1.0), 0.5, 0.1, 10.0, 0.8)
     per_sample = crab.per_sample_loss(batch, noise, time)
     torch.testing.assert_close(loss, (w * per_sample).mean())
@@ -243,8 +244,8 @@ def test_enabled_weighting_uses_reward_functions(tiny):
 def test_enabled_weighting_names_a_missing_reward_field(tiny):
     policy, pre, _ = tiny
     crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), NO_ANCHOR)
-    batch = pre({k: v for k, v in raw_batch().items() if k != "episode_reward"})
-    with pytest.raises(KeyError, match="episode_reward"):
+    batch = pre({k: v for k, v in raw_batch().items() if k != "signal"})
+    with pytest.raises(KeyError, match="signal"):
         crab(batch, 0.0)
 
 
@@ -252,7 +253,7 @@ def test_nonfinite_reward_shows_in_the_metrics_the_trainer_checks(tiny):
     policy, pre, _ = tiny
     crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), NO_ANCHOR)
     raw = raw_batch()
-    raw["episode_reward"][1] = float("nan")
+    raw["signal"][1] = float("nan")
     _, metrics = crab(pre(raw), 0.0)
     assert not torch.isfinite(metrics["w_max"]) and not torch.isfinite(metrics["loss"])
 
@@ -393,7 +394,7 @@ def test_rwfm_moves_policy_closer_to_good_actions_than_il():
         "action": torch.where(is_good[:, None, None], good[obs], -good[obs]),
         "action_is_pad": torch.zeros(size, CHUNK, dtype=torch.bool),
         "task": [PICK] * size,
-        "episode_reward": is_good.double() * 2 - 1,  # success +1, crack -1
+        "signal": is_good.double() * 2 - 1,  # outcome G = R_e: success +1, crack -1
     }
     train_batch = pre(raw)
     eval_batch = pre(dict(raw, action=good[obs]))  # every sample with its good chunk

@@ -112,3 +112,100 @@ def test_weight_shares_clip_at_the_bound_and_floor_the_std():
     # A std below the floor is replaced by the floor, as in training: A = -2, exp(0.5 * -2).
     low_std = rewards.weight_shares(signal, 0.0, 0.1, 0.5, (0.1, 10.0), 1.0)
     assert low_std["cracked"]["mean_weight"] == pytest.approx(np.exp(-1.0))
+
+
+# --- chunk advantages (docs/reward_weighting.md, "Chunk advantages: worked example") ---------------------
+
+EP5 = np.zeros(5, dtype=int)
+V5 = np.array([0.2, 0.1, -0.5, 0.4, 0.8])  # out-of-episode values of the five frames
+
+
+def test_chunk_advantage_worked_example_dense_rewards():
+    r = np.array([0, 0, -1, 0, 1.0])  # egg cracked at t = 2, task done at t = 4
+    assert rewards.returns_to_go(r, EP5, 1.0).tolist() == [0, 0, 0, 1, 1]
+    a = rewards.chunk_advantages(r, V5, EP5, chunk_size=3, gamma=1.0)
+    # t = 0, 1 bootstrap from V(s_3), V(s_4); from t = 2 the chunk runs past the episode's end (V = 0 there)
+    np.testing.assert_allclose(a, [-0.8, -0.3, 0.5, 0.6, 0.2], atol=1e-12)
+    assert rewards.damage_free_chunks(r, EP5, 3).tolist() == [0, 0, 0, 1, 1]  # the oracle's weights
+
+
+def test_chunk_advantage_worked_example_sparse_rewards():
+    r = rewards.sparse_step_rewards(EP5, np.full(5, -1.0))  # no next.reward, quality cracked: R_e = -1 at the end
+    assert r.tolist() == [0, 0, 0, 0, -1]
+    a = rewards.chunk_advantages(r, V5, EP5, chunk_size=3, gamma=1.0)
+    np.testing.assert_allclose(a, [0.2, 0.7, -0.5, -1.4, -1.8], atol=1e-12)
+    # over chunks that tile the episode (t = 0, 3) the advantages telescope to R_e - V(s_0)
+    assert a[0] + a[3] == pytest.approx(-1.0 - V5[0])
+
+
+def test_chunk_advantage_discounts_and_stops_at_episode_boundaries():
+    r = np.array([0, 0, -1, 0, 1.0])
+    np.testing.assert_allclose(rewards.returns_to_go(r, EP5, 0.5), [-0.1875, -0.375, -0.75, 0.5, 1.0])
+    a = rewards.chunk_advantages(r, V5, EP5, chunk_size=3, gamma=0.5)
+    np.testing.assert_allclose(a, [-0.4, -0.5, -0.25, 0.1, 0.2], atol=1e-12)
+    # two episodes back to back: each computed as if alone (no reward or value crosses the boundary)
+    ep = np.r_[EP5, EP5 + 1]
+    both = rewards.chunk_advantages(np.r_[r, -r], np.r_[V5, V5[::-1]], ep, 3, 1.0)
+    np.testing.assert_allclose(both[:5], rewards.chunk_advantages(r, V5, EP5, 3, 1.0))
+    np.testing.assert_allclose(both[5:], rewards.chunk_advantages(-r, V5[::-1], EP5, 3, 1.0))
+    assert rewards.returns_to_go(np.r_[r, -r], ep, 1.0).tolist() == [0, 0, 0, 1, 1, 0, 0, 0, -1, -1]
+    assert rewards.damage_free_chunks(np.r_[r, -r], ep, 3).tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_chunk_advantage_worked_example_weights():
+    a = np.array([-0.8, -0.3, 0.5, 0.6, 0.2])
+    # not centred: scale = root mean square of A = sqrt(mean^2 + std^2)
+    centre, scale = rewards.normaliser("chunk_advantage", a.mean(), a.std())
+    assert centre == 0.0 and scale == pytest.approx(0.525357, abs=1e-6)
+    w = rewards.frame_weights(a, a.mean(), a.std(), alpha=2.0, clip=(0.0, 10.0), std_floor=0.25, kind="chunk_advantage")
+    np.testing.assert_allclose(w, [0.047570, 0.319154, 6.709118, 9.817446, 2.141244], atol=1e-6)
+    # the floor bounds the scale from below, as for outcome
+    assert rewards.frame_weights(a, a.mean(), a.std(), 2.0, (0.0, 10.0), 1.0, "chunk_advantage")[0] == pytest.approx(
+        math.exp(-1.6)
+    )
+    assert rewards.normaliser("outcome", 0.3, 0.7) == (0.3, 0.7)
+    with pytest.raises(ValueError, match="unknown return signal"):
+        rewards.normaliser("bogus", 0.0, 1.0)
+
+
+def test_oracle_signal_is_the_weight_and_outcome_is_bit_identical():
+    g = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    w, clipped = rewards.signal_weights(g, "oracle", 0.5, 0.5, 4.0, (0.1, 10.0), 1.0, mean_weight=0.5)
+    assert w.tolist() == [0.0, 2.0, 2.0, 0.0] and not clipped.any()
+    g = torch.tensor([2.0, 1.0, -1.0, -2.0], dtype=torch.float64)
+    w, clipped = rewards.signal_weights(g, "outcome", 0.5, 1.5, 0.25, (0.7, 10.0), 1.0, 0.962433)
+    w0, clipped0 = rewards.rwfm_weights(rewards.advantage(g, 0.5, 1.5, 1.0), 0.25, 0.7, 10.0, 0.962433)
+    assert torch.equal(w, w0) and torch.equal(clipped, clipped0)
+
+
+def test_config_signals_match_rewards():
+    import typing
+
+    from crab.training.config import RewardWeightingConfig
+
+    assert typing.get_args(typing.get_type_hints(RewardWeightingConfig)["signal"]) == rewards.SIGNALS
+
+
+def test_chunk_advantage_keeps_damage_near_zero_when_most_episodes_are_bad():
+    """The spec's example: 1 clean and 9 cracked episodes of 100 frames, alike until a release chunk of 10
+    frames; the baseline V = -0.8 cannot foresee the release, so A = +1.8 (clean) or -0.2 (cracked) there."""
+    release = lambda a: np.r_[np.zeros(90), np.full(10, a)]  # noqa: E731
+    a = {"clean": release(1.8), "cracked approach": np.zeros(810), "cracked release": np.full(90, -0.2)}
+    every = np.concatenate(list(a.values()))
+    shares = rewards.weight_shares(a, every.mean(), every.std(), 4.0, (0.0, 10.0), 0.1, "chunk_advantage")
+    assert {k: round(s["weight_share"], 4) for k, s in shares.items()} == {
+        "clean": 0.1897, "cracked approach": 0.8089, "cracked release": 0.0013,
+    }  # fmt: skip
+    # the default floor 1 (reward units) is above this RMS of 0.19 and lets the crack keep 3.9%
+    floor_1 = rewards.weight_shares(a, every.mean(), every.std(), 4.0, (0.0, 10.0), 1.0, "chunk_advantage")
+    assert round(floor_1["cracked release"]["weight_share"], 4) == 0.0389
+    # outcome weighting of the same data: the cracked episodes keep 28.8%, clip_max capping the clean one
+    g = {"clean": np.ones(100), "cracked": -np.ones(900)}
+    outcome = rewards.weight_shares(g, -0.8, 0.6, 4.0, (0.0, 10.0), 1.0)
+    assert round(outcome["cracked"]["weight_share"], 4) == 0.2880
+    # an expectile-0.9 baseline (V = 0 before the release): A = +1 / -1 there, the crack keeps ~0
+    a = {"clean": release(1.0), "cracked approach": np.zeros(810), "cracked release": np.full(90, -1.0)}
+    every = np.concatenate(list(a.values()))
+    for floor, share in ((0.1, 2.89e-7), (1.0, 0.001646)):
+        shares = rewards.weight_shares(a, every.mean(), every.std(), 4.0, (0.0, 10.0), floor, "chunk_advantage")
+        assert shares["cracked release"]["weight_share"] == pytest.approx(share, rel=1e-3)

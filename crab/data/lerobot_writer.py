@@ -38,15 +38,19 @@ class Episode:
         self.length = next(iter(lengths.values()))
 
 
-def lerobot_features(example: Episode, state_names: list[str], action_names: list[str]) -> dict:
-    """LeRobot feature dict for episodes shaped like `example`."""
+def lerobot_features(
+    example: Episode, state_names: list[str], action_names: list[str], use_videos: bool = True
+) -> dict:
+    """LeRobot feature dict for episodes shaped like `example`; cameras as video, or as PNG images in
+    the parquet files when not `use_videos`."""
     features: dict[str, dict] = {}
     for key, arr in example.frames.items():
         if key.startswith("observation.images."):
             h, w, c = arr.shape[1:]
-            if min(h, w) < MIN_VIDEO_SIDE:
+            if use_videos and min(h, w) < MIN_VIDEO_SIDE:
                 raise ValueError(f"{key}: frames of {h}x{w} px; the AV1 encoder needs at least {MIN_VIDEO_SIDE} px")
-            features[key] = {"dtype": "video", "shape": (h, w, c), "names": ["height", "width", "channels"]}
+            dtype = "video" if use_videos else "image"
+            features[key] = {"dtype": dtype, "shape": (h, w, c), "names": ["height", "width", "channels"]}
         elif key == "observation.state":
             features[key] = {"dtype": "float32", "shape": (arr.shape[1],), "names": state_names}
         elif key == "action":
@@ -68,6 +72,7 @@ def write_lerobot_dataset(
     state_names: list[str],
     action_names: list[str],
     robot_type: str = "crab_sim",
+    use_videos: bool = True,
 ) -> Path:
     """Write `episodes` to a new LeRobot dataset at `root` (which must not exist yet)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -81,10 +86,10 @@ def write_lerobot_dataset(
             dataset = LeRobotDataset.create(
                 repo_id=repo_id,
                 fps=fps,
-                features=lerobot_features(ep, state_names, action_names),
+                features=lerobot_features(ep, state_names, action_names, use_videos),
                 root=root,
                 robot_type=robot_type,
-                use_videos=True,
+                use_videos=use_videos,
             )
         for t in range(ep.length):
             frame = {k: (v[t : t + 1] if v.ndim == 1 else v[t]) for k, v in ep.frames.items()}

@@ -410,7 +410,7 @@ def report(
         f"actions executed per chunk; {args.steps} steps at batch {args.batch_size}; anchor warmup/ramp "
         f"{args.steps // 20}/{args.steps // 10} steps (the cycle configs' 1000/2000 of 20000, scaled). Everything "
         f"else is the cycle configs' (alpha {rw.alpha:g}, clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor "
-        f"{rw.std_floor:g}, lambda_anchor {anchor.lambda_anchor:g}, batch-normalised weights, `G = R_e`).",
+        f"{rw.std_floor:g}, lambda_anchor {anchor.lambda_anchor:g}, weights divided by the training frames' mean weight, `G = R_e`).",
         f"- Training seeds: {seeds} (1000, 1001, ...); evaluation: {args.episodes} episodes per task per seed, "
         "the same initial scenes for every method of a seed (evaluation seed = seed index). Rates pool all "
         "seeds' episodes (Wilson 95% interval); 'per seed' lists each seed's rate.",

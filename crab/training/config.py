@@ -26,6 +26,9 @@ class DataConfig:
     manifest: str  # CSV manifest (see crab/training/docs/manifest_schema.md)
     # Statistics JSON recomputed for that manifest (reward_stats.py); needed when weighting is on.
     reward_stats: str | None = None
+    # Out-of-episode values V(s) of every frame (crab.training.value_fit); needed by
+    # `reward_weighting.signal: chunk_advantage`.
+    value_file: str | None = None
     data_root: str = "data"  # relative dataset roots in the manifest resolve against this
     batch_size: int = 8
     num_workers: int = 2
@@ -56,6 +59,9 @@ class PolicyConfig:
 @dataclass
 class RewardWeightingConfig:
     enabled: bool = True
+    # The return signal G the weights come from (docs/reward_weighting.md): the episode's outcome R_e,
+    # the action chunk's advantage under a learned value baseline, or the oracle's 0/1 (damage known).
+    signal: Literal["outcome", "chunk_advantage", "oracle"] = "outcome"
     alpha: float = 0.25
     std_floor: float = 1.0  # lower bound on the std that normalises the advantage (reward units)
     clip_min: float = 0.1  # bounds on the raw weight exp(alpha * A); 0 lets the worst data reach weight 0
@@ -205,6 +211,9 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
     rw, anchor = cfg.reward_weighting, cfg.anchor
     checks = [
         (rw.enabled and not cfg.data.reward_stats, "`data.reward_stats` is required when `reward_weighting.enabled`"),
+        (rw.enabled and rw.signal == "chunk_advantage" and not cfg.data.value_file,
+         "`data.value_file` is required by `reward_weighting.signal: chunk_advantage` "
+         "(fit it with `python -m crab.training.value_fit`)"),
         (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),
         (rw.std_floor <= 0, "`reward_weighting.std_floor` must be > 0"),
         (not 0 <= rw.clip_min < rw.clip_max, "need 0 <= `reward_weighting.clip_min` < `reward_weighting.clip_max`"),

@@ -2,7 +2,8 @@
 
 Rewards are computed once per dataset, vectorised over its parquet frames (see
 `docs/reward_weighting.md` for the formulas and the order of sources); `__getitem__` only indexes
-precomputed arrays. Picklable, so DataLoader workers work under spawn (Windows).
+precomputed arrays. Each dataset's items are lerobot's `LeRobotDataset` items, read by the fast
+`LeRobotFrames` (crab/data/lerobot_reader.py). Picklable, so DataLoader workers work under spawn (Windows).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.dataset as pads
 import torch
 from torch.utils.data import Dataset
 
+from crab.data.lerobot_reader import LeRobotFrames
 from crab.data.lerobot_writer import LABELS_FILE
 from crab.training import rewards
 from crab.training.manifest import ManifestError, ManifestRow, check_roots
@@ -38,11 +40,7 @@ class RewardTable:
     episode_reward: np.ndarray
     episode_success: np.ndarray
     episode_damage: np.ndarray
-
-    @property
-    def signal(self) -> np.ndarray:
-        """The return signal G that the advantage normalises: the episode's reward R_e."""
-        return self.episode_reward
+    signal: np.ndarray  # the return signal G the weights come from (`rewards.SIGNALS`)
 
 
 def _read_labels(row: ManifestRow) -> dict[int, tuple[float, float]] | None:
@@ -66,8 +64,14 @@ def _read_labels(row: ManifestRow) -> dict[int, tuple[float, float]] | None:
     return labels
 
 
-def annotate(row: ManifestRow, spec: RewardSpec) -> RewardTable:
-    """Compute the reward fields of every frame of one dataset (vectorised over its parquet files)."""
+def annotate(
+    row: ManifestRow, spec: RewardSpec, signal: str = "outcome", values: tuple[np.ndarray, np.ndarray] | None = None
+) -> RewardTable:
+    """Compute the reward fields of every frame of one dataset (vectorised over its parquet files).
+
+    `signal` chooses the return signal G; `chunk_advantage` needs `values`, the (frame index, V(s)) of
+    every frame of the dataset from a checked value file (`value_fit.load_values`).
+    """
     data_dir = row.root / "data"
     parquet = pads.dataset(data_dir, format="parquet")
     wanted = [c for c in ("index", "episode_index", "next.reward", "next.success") if c in parquet.schema.names]
@@ -98,6 +102,14 @@ def annotate(row: ManifestRow, spec: RewardSpec) -> RewardTable:
     else:
         ep_reward = rewards.episode_reward_from_labels(success, damage, spec.damage_penalty)
         step = rewards.sparse_step_rewards(ep, ep_reward[ep_pos])
+    if signal == "outcome":
+        g = ep_reward[ep_pos]
+    elif signal == "oracle":
+        g = rewards.damage_free_chunks(step, ep, spec.chunk_size)
+    else:
+        if values is None or not np.array_equal(values[0], index):
+            raise ManifestError(f"dataset {row.name!r}: the value file does not hold a value for each of its frames")
+        g = rewards.chunk_advantages(step, values[1], ep, spec.chunk_size, spec.gamma)
     return RewardTable(
         index=index,
         episode_index=ep,
@@ -106,6 +118,7 @@ def annotate(row: ManifestRow, spec: RewardSpec) -> RewardTable:
         episode_reward=ep_reward[ep_pos],
         episode_success=success[ep_pos],
         episode_damage=damage[ep_pos],
+        signal=g,
     )
 
 
@@ -121,9 +134,14 @@ def _flat(table, column: str, row: ManifestRow) -> np.ndarray:
     return values
 
 
-def fingerprint(rows: list[ManifestRow], tables: list[RewardTable], spec: RewardSpec) -> str:
-    """Identifies the manifest, the reward spec and every frame's return signal."""
+def fingerprint(rows: list[ManifestRow], tables: list[RewardTable], spec: RewardSpec, signal: str = "outcome") -> str:
+    """Identifies the manifest, the reward spec, the kind of return signal and every frame's signal.
+
+    (`outcome` adds nothing for its kind, so statistics written before other kinds existed stay valid.)
+    """
     h = hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode())
+    if signal != "outcome":
+        h.update(signal.encode())
     for row, t in zip(rows, tables, strict=True):
         h.update(json.dumps([row.name, row.repo_id, row.task, row.quality, list(row.cycles)]).encode())
         h.update(np.round(t.signal, 9).astype(np.float64).tobytes())
@@ -153,6 +171,8 @@ class CrabDataset(Dataset):
 
     `episodes` optionally restricts each dataset (by name) to a list of episode indices. With `cache`,
     each item is decoded once and then served from memory (a copy of its dict, sharing the tensors).
+    `signal` chooses the return signal G of every item; `chunk_advantage` needs `state_values`, the
+    checked value file's {dataset name: (frame index, V)} (`value_fit.load_values`; see `annotate`).
     """
 
     def __init__(
@@ -162,14 +182,18 @@ class CrabDataset(Dataset):
         episodes: dict[str, list[int]] | None = None,
         video_backend: str = "torchcodec",
         cache: bool = False,
+        signal: str = "outcome",
+        state_values: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ):
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
         check_roots(rows)
-        self.rows, self.spec = rows, spec
+        self.rows, self.spec, self.signal = rows, spec, signal
         first = LeRobotDatasetMetadata(rows[0].repo_id, root=rows[0].root)
         self.fps = first.fps
-        delta = {"action": [i / self.fps for i in range(spec.chunk_size)]}
+        self.delta_timestamps = {"action": [i / self.fps for i in range(spec.chunk_size)]}
+        self.video_backend = video_backend
+        self.episodes = episodes
         self.datasets, self.tables, self._rewards, self._rows_of_items = [], [], [], []
         for row in rows:
             meta = LeRobotDatasetMetadata(row.repo_id, root=row.root)
@@ -179,17 +203,16 @@ class CrabDataset(Dataset):
                     f"{row.source}: task {row.task!r} of dataset {row.name!r} is not among its tasks "
                     f"{sorted(meta.tasks.index)}"
                 )
-            ds = LeRobotDataset(
+            ds = LeRobotFrames(
                 row.repo_id,
                 root=row.root,
                 episodes=None if episodes is None else episodes[row.name],
-                delta_timestamps=delta,
+                delta_timestamps=self.delta_timestamps,
                 video_backend=video_backend,
             )
-            table = annotate(row, spec)
+            table = annotate(row, spec, signal, None if state_values is None else state_values.get(row.name))
             # Reward fields of every item this dataset serves, in its own (possibly episode-filtered) order.
-            local_index = np.asarray(ds.hf_dataset.with_format("numpy")["index"])
-            pos = np.searchsorted(table.index, local_index)
+            pos = np.searchsorted(table.index, ds.index)
             values = np.stack([getattr(table, name)[pos] for name in rewards.REWARD_FIELDS], axis=1)
             self.datasets.append(ds)
             self.tables.append(table)
@@ -203,9 +226,23 @@ class CrabDataset(Dataset):
         self._offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self._cache: dict[int, dict] | None = {} if cache else None
 
+    def lerobot_dataset(self, d: int):
+        """lerobot's own `LeRobotDataset` for dataset `d`: the items `self.datasets[d]` reproduces, read
+        lerobot's way (for the equality tests and the loader benchmark)."""
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        row = self.rows[d]
+        return LeRobotDataset(
+            row.repo_id,
+            root=row.root,
+            episodes=None if self.episodes is None else self.episodes[row.name],
+            delta_timestamps=self.delta_timestamps,
+            video_backend=self.video_backend,
+        )
+
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.rows, self.tables, self.spec)
+        return fingerprint(self.rows, self.tables, self.spec, self.signal)
 
     def signals(self) -> dict[str, np.ndarray]:
         """Per dataset (manifest name): the return signal G of every item served, in item order."""

@@ -62,7 +62,7 @@ from crab.training.flow_loss import (
     masked_per_sample_loss,
     sample_flow_time,
 )
-from crab.training.rewards import advantage, rwfm_weights, weight_statistics
+from crab.training.rewards import signal_weights, weight_statistics
 from crab.training.tiny_smolvla import ensure_backbone, ensure_tiny_vlm
 
 logger = logging.getLogger(__name__)
@@ -594,12 +594,13 @@ class CrabSmolVLA(nn.Module):
 
     Implements `FlowPolicy` for the trained policy. Batches must be preprocessed (`make_policy`'s preprocessor)
     and carry, besides SmolVLA's inputs, `action_is_pad` (B, H) and - with reward weighting enabled -
-    `episode_reward` (B,); with task masks, `task` (list of B str).
+    `signal` (B,), the return signal G (`CrabDataset`'s item field); with task masks, `task` (list of B str).
 
     Args:
         policy: the SmolVLA policy to train (already on its device).
         reward_weighting / anchor: the run's config sections.
-        signal_mean / signal_std: frame-level statistics of the return signal G of the manifest.
+        signal_mean / signal_std: frame-level statistics of the return signal G of the manifest (its kind
+            is `reward_weighting.signal`).
         weight_mean: the mean clipped raw weight over the training frames (`rewards.mean_raw_weight`),
             the constant that divides every weight.
         task_masks: instruction -> counted action-dimension indices ({}: all real dimensions).
@@ -751,12 +752,14 @@ class CrabSmolVLA(nn.Module):
 
     def _weights(self, batch: Mapping[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
         """RWFM weights w (B,) and the clipped flags (B,) from the batch's reward fields."""
-        if "episode_reward" not in batch:
-            raise KeyError("reward weighting is enabled but the batch has no 'episode_reward' field")
-        signal = batch["episode_reward"].to(like)  # G = R_e (docs/reward_weighting.md)
+        if "signal" not in batch:
+            raise KeyError("reward weighting is enabled but the batch has no 'signal' field (the return signal G)")
+        signal = batch["signal"].to(like)  # G of kind reward_weighting.signal (docs/reward_weighting.md)
         rw = self.reward_weighting
-        adv = advantage(signal, self.signal_mean, self.signal_std, rw.std_floor)
-        return rwfm_weights(adv, rw.alpha, rw.clip_min, rw.clip_max, self.weight_mean)
+        clip = (rw.clip_min, rw.clip_max)
+        return signal_weights(
+            signal, rw.signal, self.signal_mean, self.signal_std, rw.alpha, clip, rw.std_floor, self.weight_mean
+        )
 
     def forward(
         self,

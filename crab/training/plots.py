@@ -1,4 +1,4 @@
-"""PNG plots of a run (written at every epoch end) and several runs side by side.
+"""PNG plots of a run (written at checkpoints, at the end and every few minutes) and several runs side by side.
 
     python -m crab.training.plots outputs/cycle1_baseline_il outputs/cycle1_rwfm_anchor --out compare.png
 """
@@ -46,20 +46,34 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def _val_by_group(summaries: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+def _val_by_group(summaries: list[dict], x: str = "epoch") -> dict[str, tuple[list[int], list[float]]]:
+    """Validation loss per quality group against `x` ("epoch" or "global_step")."""
     groups: dict[str, tuple[list[int], list[float]]] = {}
     for s in summaries:
         for group, value in s["val_loss"].items():
             groups.setdefault(group, ([], []))
-            groups[group][0].append(s["epoch"])
+            groups[group][0].append(s[x])
             groups[group][1].append(value)
     return groups
 
 
 def plot_run(run_dir: Path, weights_by_quality: dict[str, list[float]]) -> None:
-    """losses.png, weights.png, lambda_anchor.png, val_loss.png, weight_hist.png under run_dir/plots."""
+    """overview.png (what to look at first), losses.png, weights.png, lambda_anchor.png, val_loss.png and
+    weight_hist.png under run_dir/plots."""
     rows, summaries = read_step_log(run_dir), read_epoch_summaries(run_dir)
     out = run_dir / "plots"
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in LOSSES:
+        train_ax.plot(*_series(rows, key), label=key)
+    train_ax.set_xlabel("step")
+    train_ax.set_title("training losses (each point: mean over its logging interval)")
+    for group, (steps, values) in _val_by_group(summaries, "global_step").items():
+        val_ax.plot(steps, values, marker="o", label=group)
+    val_ax.set_xlabel("step")
+    val_ax.set_title("validation flow loss per quality group (held-out episodes)")
+    fig.suptitle(run_dir.name)
+    _save(fig, out / "overview.png")
+
     for name, keys in (("losses", LOSSES), ("weights", WEIGHT_STATS), ("lambda_anchor", ("lambda_anchor",))):
         fig, ax = plt.subplots(figsize=(7, 4))
         for key in keys:
@@ -81,7 +95,7 @@ def plot_run(run_dir: Path, weights_by_quality: dict[str, list[float]]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for group, weights in sorted(weights_by_quality.items()):
         ax.hist(weights, bins=30, alpha=0.5, label=f"{group} (n={len(weights)})")
-    ax.set_xlabel("RWFM weight (after clipping and batch normalisation)")
+    ax.set_xlabel("RWFM weight (clipped, divided by the training frames' mean weight)")
     ax.set_title(f"{run_dir.name}: weights per quality group, last epoch")
     _save(fig, out / "weight_hist.png")
 

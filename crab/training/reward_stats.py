@@ -1,12 +1,16 @@
 """Recompute the reward statistics JSON of a manifest; check statistics against their data.
 
     python -m crab.training.reward_stats --manifest crab/training/docs/dataset_manifest_cycle1_clean.csv \
-        --out crab/training/docs/reward_weighting_stats_cycle1_clean.json [--data-root data] [--chunk-size 50]
+        --out crab/training/docs/reward_weighting_stats_cycle1_clean.json [--data-root data] [--chunk-size 50] \
+        [--signal chunk_advantage --value-file data/values.parquet] [--plot signal.png]
 
-The JSON holds counts, mean, std and percentiles per dataset and overall, alpha, the reward spec and a
-fingerprint of the manifest and the data. Training refuses statistics whose fingerprint or spec does
-not match what it loads. It also prints each dataset's share of the RWFM weight at `--alpha` and
-`--clip-min` (default clip max and std floor): the share of bad data that the weighted loss still imitates.
+The JSON holds counts, mean, std and percentiles per dataset and overall of the return signal G of kind
+`--signal` (and of the other reward fields), alpha, the reward spec, the signal's kind (with the value
+file's fingerprint for `chunk_advantage`) and a fingerprint of the manifest and the data. Training refuses
+statistics whose fingerprint, spec or signal does not match what it loads. It also prints each dataset's
+share of the RWFM weight at `--alpha`, `--clip-min` and `--std-floor` (default clip max), the share of bad
+data that the weighted loss still imitates, and the share of the chunks that lead into damage; `--plot`
+draws the normalised signal over time for a few episodes of each dataset.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ import numpy as np
 from crab.training.config import RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
-from crab.training.rewards import RewardSpec, task_shares, weight_shares
+from crab.training.rewards import (
+    SIGNALS,
+    RewardSpec,
+    damage_free_chunks,
+    frame_weights,
+    normaliser,
+    task_shares,
+    weight_shares,
+)
+from crab.training.value_fit import load_values
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -59,16 +72,28 @@ def _summary(tables: list[RewardTable]) -> dict:
 
 
 def compute_stats(
-    manifest: str | Path, rows: list[ManifestRow], tables: list[RewardTable], spec: RewardSpec, alpha: float
+    manifest: str | Path,
+    rows: list[ManifestRow],
+    tables: list[RewardTable],
+    spec: RewardSpec,
+    alpha: float,
+    signal: str = "outcome",
+    value_meta: dict | None = None,
 ) -> dict:
-    return {
+    """The statistics JSON; `value_meta` is the value file's metadata (`value_fit.load_values`) when the
+    signal is `chunk_advantage`."""
+    stats = {
         "manifest": Path(manifest).as_posix(),
-        "fingerprint": fingerprint(rows, tables, spec),
+        "fingerprint": fingerprint(rows, tables, spec, signal),
         "spec": asdict(spec),
+        "signal_type": signal,
         "alpha": alpha,
         "overall": _summary(tables),
         "per_dataset": {row.name: _summary([t]) for row, t in zip(rows, tables, strict=True)},
     }
+    if value_meta is not None:
+        stats["value_file"] = {k: value_meta[k] for k in ("path", "fingerprint", "settings", "heldout")}
+    return stats
 
 
 def write_json_atomic(obj, path: Path) -> None:
@@ -80,22 +105,40 @@ def write_json_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def recompute_command(manifest: str | Path, out: str | Path, data_root: str | Path, spec: RewardSpec) -> str:
+def recompute_command(
+    manifest: str | Path,
+    out: str | Path,
+    data_root: str | Path,
+    spec: RewardSpec,
+    signal: str = "outcome",
+    value_file: str | Path | None = None,
+) -> str:
     """The command line that (re)writes `out` for `manifest` with the data under `data_root`, quoted so it
     runs verbatim in a POSIX shell."""
     args = ["--manifest", manifest, "--out", out, "--data-root", data_root, "--chunk-size", spec.chunk_size]
+    if signal != "outcome":
+        args += ["--signal", signal] + (["--value-file", value_file] if value_file is not None else [])
     return "python -m crab.training.reward_stats " + " ".join(shlex.quote(str(a)) for a in args)
 
 
 def load_checked(
-    path: str | Path, manifest: str | Path, expected_fingerprint: str, spec: RewardSpec, data_root: str | Path
+    path: str | Path,
+    manifest: str | Path,
+    expected_fingerprint: str,
+    spec: RewardSpec,
+    data_root: str | Path,
+    signal: str = "outcome",
+    value_file: str | Path | None = None,
 ) -> dict:
     """Load a statistics JSON and refuse it, with the command to fix it, if it is stale."""
     path = Path(path)
-    fix = f"recompute with: {recompute_command(manifest, path, data_root, spec)}"
+    fix = f"recompute with: {recompute_command(manifest, path, data_root, spec, signal, value_file)}"
     if not path.is_file():
         raise ManifestError(f"reward statistics not found: {path}; {fix}")
     stats = json.loads(path.read_text(encoding="utf-8"))
+    written_for = stats.get("signal_type", "outcome")  # statistics from before signal kinds were outcome's
+    if written_for != signal:
+        raise ManifestError(f"{path}: computed for signal {written_for!r}, training uses {signal!r}; {fix}")
     if stats.get("spec") != asdict(spec):
         raise ManifestError(f"{path}: computed for reward spec {stats.get('spec')}, training uses {asdict(spec)}; {fix}")
     if stats.get("fingerprint") != expected_fingerprint:
@@ -106,43 +149,115 @@ def load_checked(
     return stats
 
 
+def damage_chunks(tables: list[RewardTable], spec: RewardSpec) -> list[np.ndarray]:
+    """Per table: which frames start a chunk whose H steps include a damage step (a negative reward)."""
+    return [damage_free_chunks(t.step_reward, t.episode_index, spec.chunk_size) == 0 for t in tables]
+
+
+def plot_signal(
+    rows: list[ManifestRow],
+    tables: list[RewardTable],
+    signal: str,
+    overall: dict,
+    std_floor: float,
+    path: Path,
+    spec: RewardSpec,
+    episodes_per_dataset: int = 3,
+) -> None:
+    """One panel per dataset: the normalised signal (the advantage A, or the oracle's 0/1 weight) over
+    each of its first episodes, damage steps marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if signal == "oracle":
+        centre, scale, label = 0.0, 1.0, "oracle weight"
+    else:
+        centre, scale = normaliser(signal, overall["mean"], overall["std"])
+        scale, label = max(scale, std_floor), "advantage A (normalised)"
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), sharex=True, squeeze=False)
+    for ax, row, t, damaged in zip(axes[:, 0], rows, tables, damage_chunks(tables, spec), strict=True):
+        for e in np.unique(t.episode_index)[:episodes_per_dataset]:
+            of = t.episode_index == e
+            y = (t.signal[of] - centre) / scale
+            (line,) = ax.plot(y, label=f"episode {e}")
+            crack = np.flatnonzero(t.step_reward[of] < 0)
+            ax.plot(crack, y[crack], "x", color=line.get_color(), markersize=9)
+            ax.fill_between(np.arange(len(y)), y.min(), y.max(), where=damaged[of], color=line.get_color(), alpha=0.08)
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_title(f"{row.name} ({row.quality}); x: damage step, shaded: chunks leading into it", fontsize=8)
+        ax.set_ylabel(label, fontsize=7)
+        ax.legend(fontsize=6)
+    axes[-1, 0].set_xlabel("frame of the episode")
+    fig.suptitle(f"return signal {signal!r} (H = {spec.chunk_size})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--data-root", default="data")
     p.add_argument("--chunk-size", type=int, default=RewardSpec.chunk_size)
+    p.add_argument("--signal", choices=SIGNALS, default="outcome", help="the return signal G (reward_weighting.signal)")
+    p.add_argument("--value-file", help="the manifest's value file (crab.training.value_fit), for chunk_advantage")
+    p.add_argument("--plot", type=Path, help="PNG to draw the signal over time of a few episodes of each dataset")
     p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
     p.add_argument("--clip-min", type=float, default=RewardWeightingConfig.clip_min, help="for the printed shares")
+    p.add_argument("--std-floor", type=float, default=RewardWeightingConfig.std_floor, help="for the printed shares")
     args = p.parse_args(argv)
     spec = RewardSpec(chunk_size=args.chunk_size)
     try:
         rows = load_manifest(args.manifest, args.data_root)
         check_roots(rows)
-        tables = [annotate(row, spec) for row in rows]
+        values, value_meta = None, None
+        if args.signal == "chunk_advantage":
+            values, value_meta = load_values(args.value_file, rows, spec, args.manifest, args.data_root)
+        tables = [annotate(row, spec, args.signal, None if values is None else values[row.name]) for row in rows]
     except ManifestError as e:  # bad input: the message names the file, row and column
         sys.exit(f"error: {e}")
-    stats = compute_stats(args.manifest, rows, tables, spec, args.alpha)
+    stats = compute_stats(args.manifest, rows, tables, spec, args.alpha, args.signal, value_meta)
     write_json_atomic(stats, Path(args.out))
     o = stats["overall"]
     print(
         f"{args.out}: {o['frames']} frames, {o['episodes']} episodes, success {o['success_rate']:.2f}, "
-        f"damage {o['damage_rate']:.2f}, signal mean {o['signal']['mean']:.3f} std {o['signal']['std']:.3f}, "
-        f"fingerprint {stats['fingerprint']}"
+        f"damage {o['damage_rate']:.2f}, signal {args.signal!r} mean {o['signal']['mean']:.3f} "
+        f"std {o['signal']['std']:.3f}, fingerprint {stats['fingerprint']}"
     )
-    rw = RewardWeightingConfig(clip_min=args.clip_min)
+    if value_meta is not None:
+        h = value_meta["heldout"]
+        print(f"value file {args.value_file}: held-out RMSE {h['rmse']:.4f} (a constant per task: "
+              f"{h['rmse_constant_per_task']:.4f}), fingerprint {value_meta['fingerprint']}")  # fmt: skip
+    rw = RewardWeightingConfig(clip_min=args.clip_min, std_floor=args.std_floor)
+    clip, mean, std = (rw.clip_min, rw.clip_max), o["signal"]["mean"], o["signal"]["std"]
     shares = weight_shares(
-        {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, o["signal"]["mean"], o["signal"]["std"],
-        args.alpha, (rw.clip_min, rw.clip_max), rw.std_floor,
+        {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, mean, std, args.alpha, clip, rw.std_floor,
+        args.signal,
     )  # fmt: skip
     of_task = task_shares(shares, {row.name: row.task for row in rows})
-    print(f"RWFM weight at alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor {rw.std_floor:g}):")
-    for row in rows:
+    weights = [frame_weights(t.signal, mean, std, args.alpha, clip, rw.std_floor, args.signal) for t in tables]
+    total = sum(float(w.sum()) for w in weights)
+    print(
+        f"RWFM weight, signal {args.signal!r}, alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], "
+        f"std floor {rw.std_floor:g}); chunks into damage: those whose {spec.chunk_size} steps include a negative reward:"
+    )
+    for row, w, damaged in zip(rows, weights, damage_chunks(tables, spec), strict=True):
         s = shares[row.name]
+        into_damage = (
+            f"; chunks into damage: {damaged.mean():.1%} of its frames, {w[damaged].sum() / total:.2%} of the weight"
+            if damaged.any() else ""
+        )  # fmt: skip
         print(
             f"  {row.name} ({row.quality}): {s['frame_share']:.1%} of frames, mean weight {s['mean_weight']:.3f}, "
-            f"{s['weight_share']:.2%} of the weight, {of_task[row.name]:.2%} of its task's"
+            f"{s['weight_share']:.2%} of the weight, {of_task[row.name]:.2%} of its task's{into_damage}"
         )
+    if args.plot is not None:
+        plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, spec)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# The fields every training item carries (the guide's names).
-REWARD_FIELDS = ("step_reward", "chunk_return", "episode_reward", "episode_success", "episode_damage")
+# The fields every training item carries: the guide's five, then `signal`, the return signal G that
+# this run's weights are computed from (`reward_weighting.signal`; equal to `episode_reward` for `outcome`).
+REWARD_FIELDS = ("step_reward", "chunk_return", "episode_reward", "episode_success", "episode_damage", "signal")
+
+# Kinds of return signal G (`reward_weighting.signal`, docs/reward_weighting.md):
+# - outcome: G = R_e, the episode's reward on each of its frames;
+# - chunk_advantage: G = A_t, the chunk's reward plus the bootstrapped value after it, minus the value
+#   before it, with an out-of-episode value model (crab.training.value_fit);
+# - oracle: G = 0 for the chunks whose steps include a damage step (a negative step reward), 1 elsewhere;
+#   G is then the weight itself (for benchmarks that know where the damage happens).
+SIGNALS = ("outcome", "chunk_advantage", "oracle")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,62 @@ def chunk_returns(step_reward: np.ndarray, episode_index: np.ndarray, chunk_size
     return out
 
 
+def returns_to_go(step_reward: np.ndarray, episode_index: np.ndarray, gamma: float) -> np.ndarray:
+    """R_t = sum_{j >= t} gamma^(j-t) r_j up to the end of t's episode: the value model's target.
+
+    One backward pass over the frames (frames of one episode contiguous and in order).
+    """
+    out = np.zeros(len(step_reward), dtype=np.float64)
+    running = 0.0
+    for t in range(len(step_reward) - 1, -1, -1):
+        if t + 1 == len(step_reward) or episode_index[t + 1] != episode_index[t]:
+            running = 0.0  # t is its episode's last frame
+        running = step_reward[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def chunk_advantages(
+    step_reward: np.ndarray, value: np.ndarray, episode_index: np.ndarray, chunk_size: int, gamma: float
+) -> np.ndarray:
+    """A_t = sum_{k<H} gamma^k r_{t+k} + gamma^H V(s_{t+H}) - V(s_t), with V = 0 past t's episode end.
+
+    The H-step advantage of the action chunk that starts at t: what the chunk earned plus what is still
+    expected after it, against what was expected before it. Vectorised like `chunk_returns`.
+    """
+    n, h = len(step_reward), chunk_size
+    bootstrap = np.zeros(n, dtype=np.float64)
+    if h < n:
+        same_episode = episode_index[h:] == episode_index[: n - h]
+        bootstrap[: n - h] = np.where(same_episode, (gamma**h) * value[h:], 0.0)
+    return chunk_returns(step_reward, episode_index, chunk_size, gamma) + bootstrap - value
+
+
+def damage_free_chunks(step_reward: np.ndarray, episode_index: np.ndarray, chunk_size: int) -> np.ndarray:
+    """1.0 where none of the chunk's steps t..t+H-1 (inside t's episode) has a negative reward, else 0.0."""
+    n = len(step_reward)
+    free = np.ones(n, dtype=np.float64)
+    for k in range(min(chunk_size, n)):
+        damaged = (episode_index[k:] == episode_index[: n - k]) & (step_reward[k:] < 0)
+        free[: n - k][damaged] = 0.0
+    return free
+
+
+def normaliser(kind: str, mean: float, std: float) -> tuple[float, float]:
+    """(centre, scale) of the advantage (G - centre) / max(scale, std_floor), from the frame-level mean
+    and (population) std of G over the manifest.
+
+    `outcome` centres on the mean outcome. `chunk_advantage` is already centred per state by its value
+    baseline, so it is not centred again (on data that is mostly bad the mean would make damage look
+    average); its scale is the root mean square of A, sqrt(mean^2 + std^2).
+    """
+    if kind == "outcome":
+        return mean, std
+    if kind == "chunk_advantage":
+        return 0.0, float(np.hypot(mean, std))
+    raise ValueError(f"unknown return signal {kind!r}; known: {list(SIGNALS)}")
+
+
 def advantage(signal: Tensor, mean: float, std: float, std_floor: float) -> Tensor:
     """A = (G - mean_G) / max(std_G, std_floor), with the manifest's frame-level statistics of G.
 
@@ -92,16 +157,47 @@ def rwfm_weights(
     return raw.clamp(clip_min, clip_max) / mean_weight, clipped
 
 
+def signal_weights(
+    signal: Tensor,
+    kind: str,
+    mean: float,
+    std: float,
+    alpha: float,
+    clip: tuple[float, float],
+    std_floor: float,
+    mean_weight: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """RWFM weights (and clipped flags) from the return signal G of kind `kind` (`SIGNALS`), with the
+    manifest's frame-level `mean` and `std` of G: `rwfm_weights` of the normalised advantage, except for
+    `oracle`, whose G is the raw weight itself (0 or 1, never clipped)."""
+    if kind == "oracle":
+        return signal / mean_weight, torch.zeros_like(signal, dtype=torch.bool)
+    centre, scale = normaliser(kind, mean, std)
+    return rwfm_weights(advantage(signal, centre, scale, std_floor), alpha, *clip, mean_weight)
+
+
 def frame_weights(
-    signal: np.ndarray, mean: float, std: float, alpha: float, clip: tuple[float, float], std_floor: float
+    signal: np.ndarray,
+    mean: float,
+    std: float,
+    alpha: float,
+    clip: tuple[float, float],
+    std_floor: float,
+    kind: str = "outcome",
 ) -> np.ndarray:
-    """The clipped raw weight clip(exp(alpha * A), *clip) of each frame, from its return signal G."""
-    adv = advantage(torch.as_tensor(signal, dtype=torch.float64), mean, std, std_floor)
-    return rwfm_weights(adv, alpha, *clip)[0].numpy()
+    """The clipped raw weight of each frame (clip(exp(alpha * A), *clip) for an advantage), from its G."""
+    g = torch.as_tensor(signal, dtype=torch.float64)
+    return signal_weights(g, kind, mean, std, alpha, clip, std_floor)[0].numpy()
 
 
 def weight_shares(
-    signals: Mapping[str, np.ndarray], mean: float, std: float, alpha: float, clip: tuple[float, float], std_floor: float
+    signals: Mapping[str, np.ndarray],
+    mean: float,
+    std: float,
+    alpha: float,
+    clip: tuple[float, float],
+    std_floor: float,
+    kind: str = "outcome",
 ) -> dict[str, dict[str, float]]:
     """Per group of frames (e.g. per dataset or quality): its share of the frames, its mean clipped raw
     weight and its share of the total weight, i.e. how much of the data the weighted loss imitates.
@@ -109,7 +205,7 @@ def weight_shares(
     Weights are divided by one constant (`rwfm_weights`), so these shares are each group's share of the
     gradient in expectation, whatever the batch size.
     """
-    raw = {k: frame_weights(g, mean, std, alpha, clip, std_floor) for k, g in signals.items()}
+    raw = {k: frame_weights(g, mean, std, alpha, clip, std_floor, kind) for k, g in signals.items()}
     frames = sum(len(w) for w in raw.values())
     total = sum(float(w.sum()) for w in raw.values())
     return {

@@ -33,11 +33,12 @@ from crab.training.monitoring import (
     read_epoch_summaries,
     write_epoch_summaries,
 )
-from crab.training.plots import plot_run
-from crab.training.reward_stats import load_checked
+from crab.training.plots import plot_run, read_step_log
+from crab.training.reward_stats import load_checked, plot_signal
 from crab.training.rewards import RewardSpec, frame_weights, mean_raw_weight, task_shares, weight_shares
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
+from crab.training.value_fit import load_values
 
 # Keys that must match between a checkpoint's config and the resuming one. Others may change: log_every,
 # save_every, ..., and train.steps, which extends (or shortens) the run but never its learning-rate
@@ -74,9 +75,13 @@ def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
 
 def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import gather_object, set_seed
 
     cuda = torch.cuda.is_available()
+    # accelerate keeps the first run's mixed-precision mode for the whole process; `train` may run several
+    # times in one (tests, notebooks), each with its own config. The process group (PartialState) stays.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision(cfg, cuda))
     main_process = accelerator.is_main_process
     run_dir = cfg.run_dir
@@ -100,36 +105,26 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
     rows = load_manifest(cfg.data.manifest, cfg.data.data_root)
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
-    data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items}
+    kind = cfg.reward_weighting.signal if cfg.reward_weighting.enabled else "outcome"  # unused when off
+    values = None  # out-of-episode values V(s), for chunk advantages only
+    if kind == "chunk_advantage":
+        values, _ = load_values(cfg.data.value_file, rows, spec, cfg.data.manifest, cfg.data.data_root)
+    data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items, "signal": kind, "state_values": values}
     train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
     retention_ds = retention_dataset(cfg, rows, spec, data_kw)
     reward_stats = {}  # required when weighting is on (checked with the config), else optional
     if cfg.data.reward_stats:
         reward_stats = load_checked(
-            cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec, cfg.data.data_root
-        )
+            cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec, cfg.data.data_root,
+            kind, cfg.data.value_file,
+        )  # fmt: skip
     signal = reward_stats.get("overall", {}).get("signal", {})
 
-    weight_mean, frame_weight = 1.0, None
-    if cfg.reward_weighting.enabled:
-        rw = cfg.reward_weighting
-        frame_weight = functools.partial(
-            frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha,
-            clip=(rw.clip_min, rw.clip_max), std_floor=rw.std_floor,
-        )  # fmt: skip
-        shares = weight_shares(
-            train_ds.signals(), signal["mean"], signal["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor
-        )
-        # One constant for the whole run: every weight is divided by the training frames' mean weight.
-        weight_mean = mean_raw_weight(shares)
-        if weight_mean <= 0:
-            raise TrainingError(
-                f"every training frame of {cfg.data.manifest} has RWFM weight 0 (alpha {rw.alpha}, clip_min "
-                f"{rw.clip_min}): lower reward_weighting.alpha or raise reward_weighting.clip_min"
-            )
-        of_task = task_shares(shares, {row.name: row.task for row in rows})
-        log("RWFM weight, share of its task's: " + ", ".join(f"{row.name} {of_task[row.name]:.2%}" for row in rows))
+    weight_mean, frame_weight = rwfm_normaliser(cfg, train_ds, signal, log) if cfg.reward_weighting.enabled else (1.0, None)
+    if main_process and cfg.reward_weighting.enabled:  # the signal over a few episodes of each dataset
+        plot_path = run_dir / "plots" / "signal.png"
+        plot_signal(train_ds.rows, train_ds.tables, kind, signal, cfg.reward_weighting.std_floor, plot_path, spec)
     # Actions and states are normalised with the training episodes' statistics; with weighting on, each
     # episode counts by its weight mass, so suppressed data does not set the scale the flow is learned in.
     dataset_stats = train_ds.normalization_stats(frame_weight)
@@ -281,6 +276,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 run_dir, step, write_model, state, to_dict(cfg), reward_stats, cfg.train.keep_last
             )
             progress.write(f"checkpoint {path}")
+        publish()
         accelerator.wait_for_everyone()
 
     model.train()
@@ -324,7 +320,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                     f"epoch {epoch}: loss {summary['metrics']['loss']['mean']:.4f}, val {val} -> "
                     f"{run_dir / 'epoch_summary.jsonl'}"
                 )
-            if finished or step % cfg.train.save_every == 0 or time.perf_counter() - last_publish >= PUBLISH_EVERY_S:
+            if finished or time.perf_counter() - last_publish >= PUBLISH_EVERY_S:
                 publish()
             epoch_end_s += time.perf_counter() - end_start
         if epoch_done:
@@ -336,7 +332,35 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     log(f"epoch-end work (validation, summaries, plots): {epoch_end_s:.1f} s of {wall:.1f} s ({epoch_end_s / wall:.1%})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if main_process:
+        logged = read_step_log(run_dir)
+        first, last = logged[0], logged[-1]
+        log(f"loss: first logged {first['loss']:.4f} (steps 1-{first['step']}), last {last['loss']:.4f} "
+            f"(steps {last['step'] - last['steps'] + 1}-{last['step']}), {last['loss'] / first['loss']:.0%} of the first")
+    log(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
+        f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
     return run_dir
+
+
+def rwfm_normaliser(cfg: CrabConfig, train_ds: CrabDataset, signal: dict, log) -> tuple[float, functools.partial]:
+    """The run's one weight normaliser, the mean clipped raw weight of the training frames, and the
+    function G -> clipped raw weight per frame; prints each dataset's share of its task's weight."""
+    rw = cfg.reward_weighting
+    clip = (rw.clip_min, rw.clip_max)
+    frame_weight = functools.partial(
+        frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha, clip=clip, std_floor=rw.std_floor,
+        kind=rw.signal,
+    )  # fmt: skip
+    shares = weight_shares(train_ds.signals(), signal["mean"], signal["std"], rw.alpha, clip, rw.std_floor, rw.signal)
+    weight_mean = mean_raw_weight(shares)
+    if weight_mean <= 0:
+        raise TrainingError(
+            f"every training frame of {cfg.data.manifest} has RWFM weight 0 (alpha {rw.alpha}, clip_min "
+            f"{rw.clip_min}): lower reward_weighting.alpha or raise reward_weighting.clip_min"
+        )
+    of_task = task_shares(shares, {row.name: row.task for row in train_ds.rows})
+    log("RWFM weight, share of its task's: " + ", ".join(f"{n} {share:.2%}" for n, share in of_task.items()))
+    return weight_mean, frame_weight
 
 
 def mixed_precision(cfg: CrabConfig, cuda: bool) -> str:
@@ -407,7 +431,8 @@ def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) ->
     for row in retention_rows:
         n = LeRobotDatasetMetadata(row.repo_id, root=row.root).total_episodes
         held_out[row.name] = list(range(max(n - cfg.data.val_episodes_per_dataset, 0), n))
-    return CrabDataset(retention_rows, spec, episodes=held_out, **data_kw)
+    # Only the flow loss is read there: the outcome signal needs no value model for these datasets.
+    return CrabDataset(retention_rows, spec, episodes=held_out, **{**data_kw, "signal": "outcome", "state_values": None})
 
 
 def retention_loss(model: CrabSmolVLA, retention_ds: CrabDataset | None, preprocessor, cfg: CrabConfig) -> dict[str, float]:
@@ -469,11 +494,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        run_dir = train(cfg, args.resume)
+        train(cfg, args.resume)
     except (ConfigError, ManifestError, ckpt.CheckpointError, TrainingError) as e:  # bad input: no traceback
         sys.exit(f"error: {e}")
-    print(f"done: summaries {run_dir}/epoch_summary.{{json,jsonl,csv}}, plots {run_dir / 'plots'}, "
-          f"checkpoints {[p.name for p in ckpt.list_checkpoints(run_dir)]}")
 
 
 if __name__ == "__main__":

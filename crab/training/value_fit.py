@@ -1,0 +1,374 @@
+"""Fit the out-of-episode value model V(s) that `reward_weighting.signal: chunk_advantage` needs.
+
+    python -m crab.training.value_fit --manifest crab/training/docs/dataset_manifest_cycle1_with_cracked.csv \
+        --data-root data --out data/values_cycle1_with_cracked.parquet [--folds 5] [--epochs 40] [--expectile 0.9]
+
+V(s_t) estimates the discounted return-to-go `sum_{j>=t} gamma^(j-t) r_j` of the dataset's step rewards
+(`next.reward`, or the sparse `r = R_e` on the last frame; docs/reward_weighting.md) from what the
+policy sees at t: every camera image (downsampled to `--image-size`, through a small CNN), the state,
+the task and the time since the episode began. It is fitted **out of episode**: the episodes are split into
+K folds, and the value of each frame comes from the model trained on the other folds, so it never saw
+that episode's outcome (a model that had would predict each episode's own return, and every advantage
+would collapse to zero).
+
+Why a small network on the policy's inputs rather than SmolVLA's frozen VLM features: it needs no
+policy and no GPU, fits in minutes on a CPU, and whether a crack is coming is visible in the low-level
+state and the image (the egg's height and speed, the gripper), which the VLM prefix was not trained to
+expose. The printed held-out error, next to that of a constant per task, says whether it learned
+anything.
+
+The file (parquet: `dataset_name, index, episode_index, frame_index, fold, return_to_go, value`) carries
+a fingerprint of its data and settings; `reward_stats` and training refuse a missing or stale one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crab.training.crab_dataset import RewardTable, annotate
+from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
+from crab.training.rewards import RewardSpec, returns_to_go
+
+METADATA_KEY = b"crab_value_fit"
+
+
+@dataclass(frozen=True)
+class ValueFitSettings:
+    """Everything besides the data that decides the fitted values (part of the file's fingerprint)."""
+
+    gamma: float = RewardSpec.gamma  # discount of the return-to-go; must equal the training spec's
+    folds: int = 5
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 1e-3
+    hidden: int = 128
+    image_size: int = 32  # each camera image is resized to image_size x image_size
+    seed: int = 0
+    # 0.5: V is the mean return-to-go. Above 0.5, V leans towards the better returns seen from similar
+    # states (expectile regression, as in IQL), so where good behaviour is rare the chunks that lead into
+    # damage stay clearly negative instead of close to a mostly-bad mean (docs/reward_weighting.md).
+    expectile: float = 0.5
+
+
+@dataclass
+class Frames:
+    """The value model's inputs and targets, one row per frame of the manifest (datasets in order)."""
+
+    dataset: np.ndarray  # (N,) position of the frame's dataset in the manifest
+    index: np.ndarray  # (N,) the dataset's absolute frame index
+    episode_index: np.ndarray
+    frame_index: np.ndarray
+    task: np.ndarray  # (N,) position of the dataset's task among the manifest's sorted tasks
+    time_s: np.ndarray  # (N,) seconds since the episode began
+    state: np.ndarray  # (N, S) float32
+    images: np.ndarray  # (N, 3 * cameras, size, size) uint8; (N, 0, size, size) without cameras
+    target: np.ndarray  # (N,) discounted return-to-go
+
+
+def fix_command(manifest: str | Path, data_root: str | Path, out: str | Path) -> str:
+    args = ["--manifest", manifest, "--data-root", data_root, "--out", out]
+    return "python -m crab.training.value_fit " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+def _states(row: ManifestRow, index: np.ndarray) -> np.ndarray:
+    table = pads.dataset(row.root / "data", format="parquet").to_table(columns=["index", "observation.state"])
+    table = table.sort_by("index")
+    if not np.array_equal(table.column("index").to_numpy(), index):
+        raise ManifestError(f"{row.root / 'data'}: frame indices differ from the reward annotation of {row.name!r}")
+    return np.asarray(table.column("observation.state").to_pylist(), dtype=np.float32)
+
+
+def values_fingerprint(rows: list[ManifestRow], tables: list[RewardTable], settings: ValueFitSettings) -> str:
+    """Identifies the manifest, every frame's episode and step reward (the targets), every state, and the
+    settings. Videos are not hashed: regenerated data changes its states too."""
+    h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    for row, t in zip(rows, tables, strict=True):
+        h.update(json.dumps([row.name, row.repo_id, row.task, row.quality]).encode())
+        for a in (t.index, t.episode_index):
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        h.update(np.round(t.step_reward, 9).astype(np.float64).tobytes())
+        h.update(np.round(_states(row, t.index), 6).astype(np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_frames(
+    rows: list[ManifestRow],
+    tables: list[RewardTable],
+    settings: ValueFitSettings,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Frames:
+    """Decode every frame once through lerobot's LeRobotDataset (its video decoding), downsample images."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from tqdm import tqdm
+
+    tasks = sorted({row.task for row in rows})
+    parts: dict[str, list] = {k: [] for k in Frames.__dataclass_fields__}
+    for d, (row, table) in enumerate(zip(rows, tables, strict=True)):
+        ds = LeRobotDataset(row.repo_id, root=row.root)
+        cameras = list(ds.meta.camera_keys)
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=num_workers)
+        index, frame_index, state, images = [], [], [], []
+        for batch in tqdm(loader, desc=f"reading {row.name}", leave=False, dynamic_ncols=True, disable=not progress):
+            index.append(batch["index"].numpy())
+            frame_index.append(batch["frame_index"].numpy())
+            state.append(batch["observation.state"].float().numpy())
+            size = (settings.image_size, settings.image_size)
+            per_camera = [F.interpolate(batch[k].float(), size=size, mode="area") for k in cameras]
+            pixels = torch.cat(per_camera, dim=1) if cameras else torch.zeros(len(batch["index"]), 0, *size)
+            images.append((pixels * 255).round().clamp(0, 255).to(torch.uint8).numpy())
+        index = np.concatenate(index)
+        order = np.argsort(index, kind="stable")
+        if not np.array_equal(index[order], table.index):
+            raise ManifestError(f"{row.root}: the frames lerobot reads differ from the parquet of {row.name!r}")
+        n = len(index)
+        parts["dataset"].append(np.full(n, d))
+        parts["index"].append(table.index)
+        parts["episode_index"].append(table.episode_index)
+        parts["frame_index"].append(np.concatenate(frame_index)[order])
+        parts["task"].append(np.full(n, tasks.index(row.task)))
+        parts["time_s"].append(np.concatenate(frame_index)[order] / ds.meta.fps)
+        parts["state"].append(np.concatenate(state)[order])
+        parts["images"].append(np.concatenate(images)[order])
+        parts["target"].append(returns_to_go(table.step_reward, table.episode_index, settings.gamma))
+    widths = {p.shape[1] for p in parts["images"]}
+    if len(widths) > 1:
+        raise ManifestError(f"the datasets of the manifest have different numbers of cameras ({sorted(widths)})")
+    return Frames(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def assign_folds(frames: Frames, folds: int, seed: int) -> np.ndarray:
+    """Fold of each frame: the (dataset, episode) pairs are shuffled with `seed` and dealt round-robin,
+    so each fold holds whole episodes and the assignment never depends on an outcome."""
+    pairs, inverse = np.unique(np.stack([frames.dataset, frames.episode_index], axis=1), axis=0, return_inverse=True)
+    if len(pairs) < folds:
+        raise ManifestError(f"{len(pairs)} episodes cannot be split into {folds} folds; lower --folds")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    fold_of_pair = np.empty(len(pairs), dtype=np.int64)
+    fold_of_pair[order] = np.arange(len(pairs)) % folds
+    return fold_of_pair[inverse.reshape(-1)]
+
+
+class ValueNet(nn.Module):
+    """V(image, state, task, time): a two-layer CNN on the images, an MLP on everything."""
+
+    def __init__(self, channels: int, low_dim: int, hidden: int):
+        super().__init__()
+        self.cnn = None
+        image_features = 0
+        if channels:
+            self.cnn = nn.Sequential(
+                nn.Conv2d(channels, 16, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            )  # fmt: skip
+            image_features = 32 * 16
+        self.mlp = nn.Sequential(
+            nn.Linear(image_features + low_dim, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )  # fmt: skip
+
+    def forward(self, images: torch.Tensor, low_dim: torch.Tensor) -> torch.Tensor:
+        x = low_dim if self.cnn is None else torch.cat([self.cnn(images), low_dim], dim=1)
+        return self.mlp(x).squeeze(1)
+
+
+def _low_dim(frames: Frames, n_tasks: int) -> np.ndarray:
+    """State, seconds since the episode began and the task (one-hot), one row per frame."""
+    return np.concatenate([frames.state, frames.time_s[:, None], np.eye(n_tasks)[frames.task]], axis=1)
+
+
+def expectile_loss(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    """mean(2 |tau - 1[target < pred]| (target - pred)^2): the mean squared error at tau = 0.5; its
+    minimiser over a constant is the tau-expectile of the targets."""
+    weight = torch.where(target >= pred, 2 * tau, 2 * (1 - tau))
+    return (weight * (target - pred) ** 2).mean()
+
+
+def fit_fold(frames: Frames, train: np.ndarray, predict: np.ndarray, settings: ValueFitSettings, seed: int, bar=None):
+    """Train V on the frames `train` (bool mask), return its predictions on the frames `predict`."""
+    torch.manual_seed(seed)
+    n_tasks = int(frames.task.max()) + 1
+    low = _low_dim(frames, n_tasks)
+    mean, std = low[train].mean(0), low[train].std(0)
+    std[std < 1e-6] = 1.0  # constant features (one task, a fixed joint) stay as they are
+    low = torch.from_numpy(((low - mean) / std).astype(np.float32))
+    images = torch.from_numpy(frames.images)
+    target = torch.from_numpy(frames.target.astype(np.float32))
+    model = ValueNet(frames.images.shape[1], low.shape[1], settings.hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    rows = torch.from_numpy(np.flatnonzero(train))
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(settings.epochs):
+        for batch in rows[torch.randperm(len(rows), generator=g)].split(settings.batch_size):
+            loss = expectile_loss(model(images[batch].float() / 255, low[batch]), target[batch], settings.expectile)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in torch.from_numpy(np.flatnonzero(predict)).split(1024):
+            out.append(model(images[batch].float() / 255, low[batch]).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def fit_values(frames: Frames, settings: ValueFitSettings, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold values of every frame, and each frame's fold."""
+    from tqdm import tqdm
+
+    fold = assign_folds(frames, settings.folds, settings.seed)
+    values = np.zeros(len(fold))
+    with tqdm(total=settings.folds * settings.epochs, desc="value folds x epochs", disable=not progress) as bar:
+        for k in range(settings.folds):
+            held_out = fold == k
+            values[held_out] = fit_fold(frames, ~held_out, held_out, settings, settings.seed + k, bar)
+    return values, fold
+
+
+def expectile(x: np.ndarray, tau: float) -> float:
+    """The tau-expectile of `x` (the mean at 0.5): the fixed point of its asymmetrically weighted mean."""
+    m = float(x.mean())
+    for _ in range(200):
+        w = np.where(x >= m, tau, 1 - tau)
+        m = float((w * x).sum() / w.sum())
+    return m
+
+
+def heldout_errors(frames: Frames, values: np.ndarray, fold: np.ndarray, tau: float = 0.5) -> dict[str, float]:
+    """RMSE of the out-of-fold values, and of the best constant per task fitted on the other folds (its
+    tau-expectile; what V must beat to have learned anything from the states)."""
+    constant = np.zeros(len(values))
+    for k in np.unique(fold):
+        for task in np.unique(frames.task):
+            train, test = (fold != k) & (frames.task == task), (fold == k) & (frames.task == task)
+            constant[test] = expectile(frames.target[train], tau) if train.any() else 0.0
+    rmse = lambda pred: float(np.sqrt(np.mean((pred - frames.target) ** 2)))  # noqa: E731
+    return {"rmse": rmse(values), "rmse_constant_per_task": rmse(constant), "target_std": float(frames.target.std())}
+
+
+def write_values(
+    path: Path, rows: list[ManifestRow], frames: Frames, values: np.ndarray, fold: np.ndarray, meta: dict
+) -> None:
+    """Write the value file atomically (a temporary file renamed over `path`)."""
+    table = pa.table({
+        "dataset_name": [rows[d].name for d in frames.dataset],
+        "index": frames.index.astype(np.int64),
+        "episode_index": frames.episode_index.astype(np.int64),
+        "frame_index": frames.frame_index.astype(np.int64),
+        "fold": fold.astype(np.int64),
+        "return_to_go": frames.target,
+        "value": values,
+    }).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_meta(path: Path) -> dict:
+    raw = pq.read_schema(path).metadata or {}
+    if METADATA_KEY not in raw:
+        raise ManifestError(
+            f"{path}: not a value file of crab.training.value_fit (no {METADATA_KEY.decode()} metadata)"
+        )
+    return json.loads(raw[METADATA_KEY])
+
+
+def load_values(
+    path: str | Path | None, rows: list[ManifestRow], spec: RewardSpec, manifest: str | Path, data_root: str | Path
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """The checked values of a manifest: {dataset name: (frame index, V)} and the file's metadata.
+
+    Refuses, with the command that fixes it, a missing file, one fitted with another discount, and a
+    stale one (its data fingerprint differs from that of the data now under `data_root`).
+    """
+    fix = f"fit it with: {fix_command(manifest, data_root, path)}"
+    if path is None or not Path(path).is_file():
+        raise ManifestError(f"value file not found: {path} (needed by signal chunk_advantage); {fix}")
+    path = Path(path)
+    meta = read_meta(path)
+    settings = ValueFitSettings(**meta["settings"])
+    if settings.gamma != spec.gamma:
+        raise ManifestError(f"{path}: fitted with gamma {settings.gamma}, training uses {spec.gamma}; {fix}")
+    tables = [annotate(row, spec) for row in rows]
+    now = values_fingerprint(rows, tables, settings)
+    if meta["fingerprint"] != now:
+        raise ManifestError(
+            f"{path}: stale value file (fingerprint {meta['fingerprint']} != {now} of manifest {manifest} "
+            f"and its data); {fix}"
+        )
+    table = pq.read_table(path, columns=["dataset_name", "index", "value"]).sort_by(
+        [("dataset_name", "ascending"), ("index", "ascending")]
+    )
+    names = np.asarray(table.column("dataset_name").to_pylist())
+    index, value = table.column("index").to_numpy(), table.column("value").to_numpy()
+    values = {row.name: (index[names == row.name], value[names == row.name]) for row in rows}
+    return values, {**meta, "path": path.as_posix()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--out", required=True, help="value file to write (parquet)")
+    defaults = ValueFitSettings()
+    for name, value in asdict(defaults).items():
+        if name != "gamma":  # the reward spec's: training refuses values fitted with another
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--num-workers", type=int, default=0, help="video decoding workers (speed only)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    settings = ValueFitSettings(**{k: getattr(args, k) for k in asdict(defaults) if k != "gamma"})
+    if settings.folds < 2:
+        sys.exit("error: --folds must be >= 2 (the value of an episode must come from a model that never saw it)")
+    if not 0 < settings.expectile < 1:
+        sys.exit("error: --expectile must be in (0, 1)")
+    spec = RewardSpec()
+    try:
+        rows = load_manifest(args.manifest, args.data_root)
+        check_roots(rows)
+        tables = [annotate(row, spec) for row in rows]
+        fingerprint = values_fingerprint(rows, tables, settings)
+        frames = read_frames(rows, tables, settings, args.num_workers, progress=not args.no_progress)
+        values, fold = fit_values(frames, settings, progress=not args.no_progress)
+    except ManifestError as e:
+        sys.exit(f"error: {e}")
+    errors = heldout_errors(frames, values, fold, settings.expectile)
+    meta = {
+        "manifest": Path(args.manifest).as_posix(),
+        "settings": asdict(settings),
+        "fingerprint": fingerprint,
+        "heldout": errors,
+    }
+    write_values(Path(args.out), rows, frames, values, fold, meta)
+    print(
+        f"{args.out}: {len(values)} frames, {settings.folds} folds by episode; held-out RMSE of V "
+        f"{errors['rmse']:.4f} (a constant per task: {errors['rmse_constant_per_task']:.4f}; return-to-go std "
+        f"{errors['target_std']:.4f}), fingerprint {fingerprint}"
+    )
+
+
+if __name__ == "__main__":
+    main()
