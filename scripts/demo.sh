@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (idempotent), generate the simulated demo datasets, recompute their reward statistics, train an
-# RWFM + anchor run with the tiny offline SmolVLA on the CPU (about two minutes), then evaluate its final
+# RWFM + anchor run with the tiny offline SmolVLA on the CPU (a minute or two), then evaluate its final
 # checkpoint in closed loop in the simulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,8 @@ $py crab/training/train.py \
 checkpoint=$(ls -d outputs/$run/step_* | tail -n 1)
 echo
 echo "closed-loop evaluation of $checkpoint (20 seeded episodes per task, new scenes):"
-$py -m crab.sim.policy_eval --checkpoint "$checkpoint" --episodes 20 --n-action-steps 5 --out "outputs/$run/eval.json"
+$py -m crab.sim.policy_eval --checkpoint "$checkpoint" --episodes 20 --n-action-steps 5 --out "outputs/$run/eval.json" \
+    --task "Put the egg into the tray." --task "Open the carton."  # the tasks of the run's manifest
 echo
 echo "demo done in $((SECONDS - start)) s"
 echo "plots:            outputs/$run/plots/overview.png (losses, validation loss per quality group), more beside it"

@@ -208,10 +208,21 @@ def test_last_summary_of_a_run_ending_mid_epoch_carries_validation(setup, tmp_pa
     reward_stats.main(["--manifest", str(manifest), "--out", str(stats), "--data-root", str(setup["data_root"]),
                        "--chunk-size", "10"])  # fmt: skip
     cfg = config(setup, "mid_epoch", **{"data.manifest": manifest.as_posix(), "data.reward_stats": stats.as_posix(),
-                 "data.val_episodes_per_dataset": 1, "train.steps": 7, "train.save_every": 7})  # fmt: skip
+                 "data.val_episodes_per_dataset": 1, "train.steps": 7, "train.save_every": 7,
+                 "train.val_every_epochs": 1})  # fmt: skip
     summaries = json.loads((train.train(cfg) / "epoch_summary.json").read_text())
     assert [(s["epoch"], s["complete"]) for s in summaries] == [(0, True), (1, False)]
     assert all(set(s["val_loss"]) == {"clean", "cracked"} for s in summaries)
+
+
+def test_validation_interval_keeps_validation_proportionate(setup):
+    """Hand-checked: 80 held-out frames at batch 32 are 3 validation batches, worth 30 training steps."""
+    auto = config(setup, "interval", **{"data.batch_size": 32, "train.val_max_batches": 20})
+    assert train.validation_interval(auto, 80, batches_per_epoch=10) == 3  # 30 steps / 10 per epoch
+    assert train.validation_interval(auto, 80, batches_per_epoch=1000) == 1  # a long epoch: every epoch
+    assert train.validation_interval(auto, 10_000, batches_per_epoch=7) == 29  # capped at 20 batches: 200 / 7
+    fixed = config(setup, "interval", **{"train.val_every_epochs": 1})
+    assert train.validation_interval(fixed, 80, batches_per_epoch=10) == 1  # set explicitly: as set
 
 
 def test_loader_workers_under_spawn(setup):
@@ -323,7 +334,7 @@ def test_two_processes_train_resume_bit_identically_and_weigh_like_one(setup, tm
                        "--chunk-size", "10"])  # fmt: skip
     settings = {"data.manifest": manifest.as_posix(), "data.reward_stats": stats.as_posix(),
                 "data.val_episodes_per_dataset": 1, "data.batch_size": 2,
-                "train.steps": 8, "train.save_every": 6, "train.val_max_batches": 2}  # fmt: skip
+                "train.steps": 8, "train.save_every": 6, "train.val_max_batches": 2, "train.val_every_epochs": 1}  # fmt: skip
     straight = torchrun(setup, "crab/training/train.py", "ddp_straight", **settings)
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert "2 process(es), batch 2 each" in straight.stdout

@@ -88,7 +88,9 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 3
-    val_every_epochs: int = 1
+    # Epochs between validations; null: every epoch, stretched on small datasets so that validating stays a
+    # small part of the time (train.validation_interval). The last epoch always validates.
+    val_every_epochs: int | None = None
     val_max_batches: int = 20  # bound on the validation pass at each epoch end
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # applied only where a GPU is present
     progress_bar: bool = True
@@ -226,7 +228,7 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (cfg.data.retention_manifest is not None and cfg.data.val_episodes_per_dataset < 1,
          "`data.retention_manifest` needs `data.val_episodes_per_dataset` >= 1 (its held-out episodes)"),
         (cfg.train.steps < 1, "`train.steps` must be >= 1"),
-        (min(cfg.train.log_every, cfg.train.save_every, cfg.train.val_every_epochs) < 1,
+        (min(cfg.train.log_every, cfg.train.save_every, cfg.train.val_every_epochs or 1) < 1,
          "`train.log_every`, `save_every` and `val_every_epochs` must be >= 1"),
     ]
     for failed, message in checks:
