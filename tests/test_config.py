@@ -66,6 +66,8 @@ def test_unknown_key_names_key_and_file(tmp_path):
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, clip_min: 2, clip_max: 1}\n",
          "clip_min"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, clip_min: -0.1}\n", "clip_min"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\ntrain: {val_every_epochs: 0}\n",
+         "`train.val_every_epochs` must be >= 1"),
     ],
 )
 def test_bad_values(tmp_path, text, message):

@@ -92,7 +92,7 @@ class TrainConfig:
     # small part of the time (train.validation_interval). The last epoch always validates.
     val_every_epochs: int | None = None
     val_max_batches: int = 20  # bound on the validation pass at each epoch end
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # applied only where a GPU is present
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocasts on a CPU too; fp16 needs a GPU
     progress_bar: bool = True
     tensorboard: bool = False
     wandb: bool = False
@@ -228,8 +228,9 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (cfg.data.retention_manifest is not None and cfg.data.val_episodes_per_dataset < 1,
          "`data.retention_manifest` needs `data.val_episodes_per_dataset` >= 1 (its held-out episodes)"),
         (cfg.train.steps < 1, "`train.steps` must be >= 1"),
-        (min(cfg.train.log_every, cfg.train.save_every, cfg.train.val_every_epochs or 1) < 1,
-         "`train.log_every`, `save_every` and `val_every_epochs` must be >= 1"),
+        (min(cfg.train.log_every, cfg.train.save_every) < 1, "`train.log_every` and `save_every` must be >= 1"),
+        (cfg.train.val_every_epochs is not None and cfg.train.val_every_epochs < 1,
+         "`train.val_every_epochs` must be >= 1 (or null: every epoch, stretched on small datasets)"),
     ]
     for failed, message in checks:
         if failed:
