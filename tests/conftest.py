@@ -62,3 +62,16 @@ def write_manifest(path: Path, rows: list[tuple[str, str, str]], root_prefix: st
 
 
 ALL_ROWS = [("clean", PLACE, "clean"), ("labelled", PLACE, "cracked"), ("stepwise", OPEN, "clean")]
+
+
+def train_until_first_checkpoint(monkeypatch, cfg) -> None:
+    """Run the trainer on `cfg` as if killed right after it wrote its first checkpoint."""
+    from train_until_first_checkpoint import interrupted_after_first_checkpoint
+
+    from crab.training import train
+
+    save = train.ckpt.save_checkpoint
+    monkeypatch.setattr(train.ckpt, "save_checkpoint", interrupted_after_first_checkpoint(save))
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg)
+    monkeypatch.setattr(train.ckpt, "save_checkpoint", save)

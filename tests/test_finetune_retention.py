@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import ALL_ROWS, write_manifest
+from conftest import ALL_ROWS, train_until_first_checkpoint, write_manifest
 from safetensors.torch import load_file
 from test_train import config, setup, step_log  # noqa: F401 (setup is a fixture)
 
@@ -72,16 +72,7 @@ def test_finetuning_logs_retention_keeps_normalisation_and_pulls_to_the_checkpoi
 def test_resume_with_a_checkpoint_reference_is_bit_identical(setup, base, monkeypatch):  # noqa: F811
     straight = train.train(finetune_config(setup, base, "ft_straight"))
     cfg = finetune_config(setup, base, "ft_interrupted")
-    save = train.ckpt.save_checkpoint
-
-    def killed_after_first_checkpoint(*args, **kwargs):
-        path = save(*args, **kwargs)
-        raise KeyboardInterrupt(f"killed after {path}")
-
-    monkeypatch.setattr(train.ckpt, "save_checkpoint", killed_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train.train(cfg)
-    monkeypatch.setattr(train.ckpt, "save_checkpoint", save)
+    train_until_first_checkpoint(monkeypatch, cfg)
     other = finetune_config(setup, base, "ft_interrupted", **{"anchor.reference": "null"})
     with pytest.raises(ConfigError, match=r"cannot resume .* differs in \['anchor'\]"):
         train.train(other, resume=str(cfg.run_dir / "step_000003"))

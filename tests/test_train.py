@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_ROWS, write_manifest
+from conftest import ALL_ROWS, train_until_first_checkpoint, write_manifest
 
 from crab.training import reward_stats, train
 from crab.training.checkpoint import CheckpointError, list_checkpoints
@@ -137,16 +137,7 @@ def test_each_quality_gets_the_printed_share_of_the_weight_at_any_batch_size(set
 def test_resume_is_bit_identical(setup, monkeypatch):
     straight = train.train(config(setup, "straight", **{"train.steps": 8, "train.save_every": 4}))
     cfg = config(setup, "interrupted", **{"train.steps": 8, "train.save_every": 4})
-    save = train.ckpt.save_checkpoint
-
-    def killed_after_first_checkpoint(*args, **kwargs):
-        path = save(*args, **kwargs)
-        raise KeyboardInterrupt(f"killed after {path}")
-
-    monkeypatch.setattr(train.ckpt, "save_checkpoint", killed_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train.train(cfg)
-    monkeypatch.setattr(train.ckpt, "save_checkpoint", save)
+    train_until_first_checkpoint(monkeypatch, cfg)
     # Speed-only settings may change on resume, and the item cache changes nothing.
     faster = config(setup, "interrupted", **{"train.steps": 8, "train.save_every": 4, "data.cache_items": "true"})
     resumed = train.train(faster, resume=str(cfg.run_dir / "step_000004"))
