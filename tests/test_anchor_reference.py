@@ -7,7 +7,16 @@ import logging
 
 import pytest
 import torch
-from test_crab_smolvla_wrapper import OFF, OPEN, PICK, build, noise_time, raw_batch, take_steps
+from test_crab_smolvla_wrapper import (
+    OFF,
+    OPEN,
+    PICK,
+    build,
+    metrics_and_grads_per_anchor_mode,
+    noise_time,
+    raw_batch,
+    take_steps,
+)
 
 from crab.training.config import AnchorConfig, ConfigError, PolicyConfig, RewardWeightingConfig
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, load_reference, policy_config, pretrained_stats
@@ -40,15 +49,8 @@ def test_reference_from_a_checkpoint_is_frozen_shares_the_vlm_and_equals_the_nai
     assert any(not torch.equal(p, q) for p, q in zip(policy.parameters(), ref.parameters(), strict=True))
 
     batch = pre(raw_batch(batch_size=6, tasks=[PICK, OPEN, "Carry it over there, slowly."] * 2))
+    (shared, shared_grads), (naive, naive_grads) = metrics_and_grads_per_anchor_mode(crab, batch)
     noise, time = noise_time(6, seed=5)
-    results = {}
-    for mode in ("shared_prefix", "naive"):
-        crab.anchor_mode = mode
-        policy.zero_grad()
-        loss, metrics = crab(batch, 0.3, noise, time)
-        loss.backward()
-        results[mode] = metrics, [p.grad.clone() for p in policy.parameters() if p.requires_grad]
-    (shared, shared_grads), (naive, naive_grads) = results["shared_prefix"], results["naive"]
     assert naive["loss_anchor"].item() > 1e-3  # the reference is not the starting policy
     for key in ("loss_anchor", "loss"):
         torch.testing.assert_close(shared[key], naive[key], rtol=1e-5, atol=1e-7)
