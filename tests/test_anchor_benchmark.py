@@ -30,9 +30,9 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 50, "lambda0": 20, "lambda0.1": 46, "lambda1": 50},
     )
     assert wilson_interval(40, 100)[0] == pytest.approx(0.309, abs=1e-3)
-    bar, recommended = ab.check_bar(p, [0.0, 0.1, 1.0])
+    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])
     assert [ok for _, ok, _ in bar] == [True, True, False]
-    assert recommended == 0.1
+    assert recommended == (0.1, False)
     assert "-30 points" in bar[0][2] and "92%" in bar[1][2]
 
     # One carton task forgets only 10 points: no forgetting bar; 89% retention misses the 90% bar.
@@ -41,8 +41,8 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 60, "lambda0": 30, "lambda0.1": 60, "lambda1": 60},
         {"base": 100, "lambda0": 90, "lambda0.1": 89, "lambda1": 95},
     )
-    bar, recommended = ab.check_bar(p, [0.0, 0.1, 1.0])
-    assert [ok for _, ok, _ in bar] == [False, False, True] and recommended == 1.0
+    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])
+    assert [ok for _, ok, _ in bar] == [False, False, True] and recommended == (1.0, False)
     assert math.isnan(ab.retention(rate(10), rate(0)))
 
     # A task the base succeeds at less than 15% of the time cannot lose 15 points: left out, and named.
@@ -51,11 +51,18 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 60, "lambda0": 30, "lambda0.1": 58, "lambda1": 60},
         {"base": 10, "lambda0": 0, "lambda0.1": 0, "lambda1": 0},
     )
-    bar, recommended = ab.check_bar(p, [0.0, 0.1, 1.0])
-    assert [ok for _, ok, _ in bar] == [True, True, True] and recommended == 0.1
+    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])
+    assert [ok for _, ok, _ in bar] == [True, True, True] and recommended == (0.1, False)
     assert "Close the carton. not learned by the base (10%)" in bar[0][2] and "Close" not in bar[1][2].split(";")[0]
+    # With replay at the same lambda and egg success tied, no replay is preferred; higher egg success wins.
+    for task, k in ((PUT_EGG, 40), (OPEN_CARTON, 60), (CLOSE_CARTON, 0)):
+        p[task]["replay_lambda0.1"] = rate(k)
+    assert ab.check_bar(p, [(0.0, False), (0.1, False), (0.1, True)])[1] == (0.1, False)
+    p[PUT_EGG]["replay_lambda0.1"] = rate(45)
+    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (0.1, True)])
+    assert recommended == (0.1, True) and bar[2][0].startswith("lambda 0.1 + replayed carton frames")
     p[OPEN_CARTON] = {k: rate(10) for k in p[OPEN_CARTON]}
-    assert [ok for _, ok, _ in ab.check_bar(p, [0.0, 0.1, 1.0])[0]] == [False, False, False]
+    assert [ok for _, ok, _ in ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])[0]] == [False, False, False]
 
 
 def test_runs_configs(tmp_path):
@@ -74,5 +81,11 @@ def test_runs_configs(tmp_path):
     assert not free.anchor.enabled
     assert anchored.anchor.enabled and anchored.anchor.lambda_anchor == 1.0 and anchored.anchor.reference == checkpoint
     assert (anchored.anchor.warmup_steps, anchored.anchor.ramp_steps) == (1, 2)
+    assert anchored.anchor.replay_manifest is None
+    replayed = ab.run_config(ab.Run(ab.run_name(1.0, True), 1, 1.0, True), args)
+    assert replayed.run_name == "replay_lambda1_seed1" and replayed.anchor.replay_manifest.endswith("retention.csv")
+    assert ab.settings(args) == [(0.0, False), (1.0, False), (0.1, True), (1.0, True), (10.0, True)]
     with pytest.raises(SystemExit):
         ab.parse_args(["--lambdas", "0.1", "1"])  # lambda 0 is the bar's reference
+    with pytest.raises(SystemExit):
+        ab.parse_args(["--replay-lambdas", "0"])

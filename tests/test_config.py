@@ -68,6 +68,10 @@ def test_unknown_key_names_key_and_file(tmp_path):
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, clip_min: -0.1}\n", "clip_min"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\ntrain: {val_every_epochs: 0}\n",
          "`train.val_every_epochs` must be >= 1"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\nanchor: {replay_manifest: r.csv}\n",
+         "`anchor.replay_manifest` is set but the anchor is off"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\n"
+         "anchor: {enabled: true, replay_batch_size: 0}\n", "`anchor.replay_batch_size` must be >= 1"),
     ],
 )
 def test_bad_values(tmp_path, text, message):

@@ -322,6 +322,29 @@ def test_shared_prefix_anchor_equals_naive_anchor():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_replayed_batch_joins_the_anchor_only():
+    """With a replay batch, L_anchor is the masked mean over both batches' elements (the replay at noise
+    drawn after the fine-tuning batch's), and the weighted flow loss is the fine-tuning batch's alone."""
+    policy, pre, _ = build()
+    crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), AnchorConfig(enabled=True))
+    batch, replay = pre(raw_batch(seed=1)), pre(raw_batch(batch_size=2, seed=3, tasks=[OPEN, OPEN]))
+    take_steps(crab, batch, steps=3)
+    noise, time = noise_time(seed=5)
+    _, alone = crab(batch, 0.3, noise, time)
+    torch.manual_seed(7)
+    loss, both = crab(batch, 0.3, noise, time, replay=replay)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        v, _, v_ref = crab._velocities(batch, noise, time, with_reference=True)
+        v_r, _, v_ref_r = crab._velocities(replay, *crab.sample_noise_time(replay), with_reference=True)
+    squares = [(torch.where(m, a - b, 0.0) ** 2).sum() for a, b, m in ((v, v_ref, crab.loss_mask(batch)), (v_r, v_ref_r, crab.loss_mask(replay)))]
+    counts = crab.loss_mask(batch).sum() + crab.loss_mask(replay).sum()
+    torch.testing.assert_close(both["loss_anchor"], sum(squares) / counts)
+    assert both["loss_anchor"].item() != alone["loss_anchor"].item()
+    assert torch.equal(both["loss_weighted"], alone["loss_weighted"]) and torch.equal(both["weights"], alone["weights"])
+    torch.testing.assert_close(loss, both["loss_weighted"] + 0.3 * both["loss_anchor"])
+
+
 def test_resume_loads_trained_weights_into_the_policy_only(tmp_path):
     """The trainer rebuilds the starting policy (same seed/path), then loads the checkpoint: the
     reference stays the starting policy, so the anchor continues exactly."""

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import ALL_ROWS, train_until_first_checkpoint, write_manifest
+from conftest import ALL_ROWS, PLACE, train_until_first_checkpoint, write_manifest
 from safetensors.torch import load_file
 from test_train import config, setup, step_log  # noqa: F401 (setup is a fixture)
 
@@ -69,11 +69,15 @@ def test_finetuning_logs_retention_keeps_normalisation_and_pulls_to_the_checkpoi
     assert logged[0]["lambda_anchor"] > 0 and logged[0]["loss_anchor"] == 0.0 and logged[-1]["loss_anchor"] > 0
 
 
-def test_resume_with_a_checkpoint_reference_is_bit_identical(setup, base, monkeypatch):  # noqa: F811
-    straight = train.train(finetune_config(setup, base, "ft_straight"))
-    cfg = finetune_config(setup, base, "ft_interrupted")
+def test_resume_with_a_checkpoint_reference_and_replay_is_bit_identical(setup, base, monkeypatch):  # noqa: F811
+    """Anchored to the base on the egg batches and on replayed frames of another dataset (image-encoded;
+    its training split holds 2 replay batches, so their epochs turn over), interrupted and resumed."""
+    images = write_manifest(setup["out"].parent / "replay.csv", [("images", PLACE, "clean")])
+    replay = {"anchor.replay_manifest": images.as_posix(), "anchor.replay_batch_size": 3}
+    straight = train.train(finetune_config(setup, base, "ft_straight", **replay))
+    cfg = finetune_config(setup, base, "ft_interrupted", **replay)
     train_until_first_checkpoint(monkeypatch, cfg)
-    other = finetune_config(setup, base, "ft_interrupted", **{"anchor.reference": "null"})
+    other = finetune_config(setup, base, "ft_interrupted", **{**replay, "anchor.reference": "null"})
     with pytest.raises(ConfigError, match=r"cannot resume .* differs in \['anchor'\]"):
         train.train(other, resume=str(cfg.run_dir / "step_000003"))
     resumed = train.train(cfg, resume=str(cfg.run_dir / "step_000003"))

@@ -1,15 +1,17 @@
 """The anchor's job, measured: fine-tune a multi-task policy on egg transfer and see what it keeps of the others.
 
     python -m crab.sim.anchor_benchmark --out docs/anchor.md [--seeds 3] [--episodes 50] [--base-steps 10000] \
-        [--steps 2000] [--lambdas 0 0.1 1 10 100] [--batch-size 32] [--work-dir outputs/anchor_benchmark] [--jobs 2] \
-        [--threads 1] [--bases-only]
+        [--steps 2000] [--lambdas 0 0.1] [--replay-lambdas 0.1 1 10] [--batch-size 32] \
+        [--work-dir outputs/anchor_benchmark] [--jobs 2] [--threads 1] [--bases-only]
 
 Per training seed: a **base** policy, imitation learning on clean data of every simulated task
 (`dataset_manifest_anchor_base.csv`: egg transfer, carton opening, carton closing); then **fine-tuned from
 it** (`policy.pretrained_path` = the base checkpoint, its normalisation kept: `policy.normalization:
 pretrained`) on the egg data of the mixed-quality cycle (`dataset_manifest_anchor_egg_mixed.csv`: clean and
 cracked transfers) with the cracked-factor cycle config (RWFM as it sets it) and the base as the anchor's
-frozen reference (`anchor.reference`), once per `--lambdas` value (0 = anchor off). The carton tasks'
+frozen reference (`anchor.reference`), once per `--lambdas` value with the anchor on the fine-tuning
+batches only (0 = anchor off), and once per `--replay-lambdas` value with the anchor also on replayed
+frames of the carton tasks (`anchor.replay_manifest`: their training episodes). The carton tasks'
 held-out episodes give the retention validation loss while fine-tuning (`data.retention_manifest`). Every
 checkpoint is evaluated closed loop on every task (`--episodes` seeded episodes per task, the same scenes
 for every run of a seed). Writes the markdown report (`--out`) and `results.json` under the work dir; the
@@ -62,9 +64,13 @@ RETENTION_BAR = 0.9  # with the anchor, each other task keeps at least this shar
 
 @dataclass(frozen=True)
 class Run:
-    name: str  # "base" or "lambda<value>"
+    name: str  # run_name(lambda_anchor, replay)
     seed: int
     lambda_anchor: float | None = None  # None: the base
+    replay: bool = False  # the anchor also on replayed carton frames (`anchor.replay_manifest`)
+
+
+Setting = tuple[float, bool]  # a fine-tuning's (lambda_anchor, replay)
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
@@ -79,17 +85,20 @@ def fmt_retention(kept: float) -> str:
     return "n/a (base 0%)" if math.isnan(kept) else f"{kept:.0%}"
 
 
-def check_bar(pooled: dict[str, dict[str, dict]], lambdas: list[float]) -> tuple[list[tuple[str, bool, str]], float | None]:
+def check_bar(
+    pooled: dict[str, dict[str, dict]], settings: list[Setting]
+) -> tuple[list[tuple[str, bool, str]], Setting | None]:
     """The issue's bar on pooled results `pooled[task][run name]`: (criterion, passed, numbers) per
-    criterion, and the recommended lambda_anchor (None when no tested value meets the anchor criterion).
+    criterion, and the recommended (lambda_anchor, replay) (None when no tested setting meets the anchor
+    criterion).
 
     Both count the non-target tasks the base can lose 15 points on (base success >= 15%); the others are
     named in the first criterion's numbers ("not learned by the base"), and with none left both fail.
 
     1. Without the anchor (lambda 0) every such task loses >= 15 points of the base's success.
-    2. At some lambda > 0 every such task keeps >= 90% of the base's success while egg-transfer success
-       stays inside lambda 0's Wilson interval (or above it). The recommendation is the passing lambda
-       with the highest egg success (the smallest on ties).
+    2. At some setting with lambda > 0 every such task keeps >= 90% of the base's success while
+       egg-transfer success stays inside lambda 0's Wilson interval (or above it). The recommendation is
+       the passing setting with the highest egg success (on ties the smallest lambda, then no replay).
     """
     base, free = pooled[TARGET]["base"], pooled[TARGET][run_name(0.0)]
     measurable = [t for t in OTHERS if pooled[t]["base"]["success_rate"] >= FORGETTING_POINTS - 1e-9]
@@ -103,26 +112,33 @@ def check_bar(pooled: dict[str, dict[str, dict]], lambdas: list[float]) -> tuple
         )
     ]
     passing = []
-    for lam in (x for x in lambdas if x > 0):
-        kept = {t: retention(pooled[t][run_name(lam)], pooled[t]["base"]) for t in measurable}
-        egg = pooled[TARGET][run_name(lam)]
+    for lam, replay in (x for x in settings if x[0] > 0):
+        name = run_name(lam, replay)
+        kept = {t: retention(pooled[t][name], pooled[t]["base"]) for t in measurable}
+        egg = pooled[TARGET][name]
         egg_ok = egg["success_rate"] >= free["success_ci95"][0] - 1e-9
         ok = bool(measurable) and egg_ok and all(k >= RETENTION_BAR - 1e-9 for k in kept.values())
         if ok:
-            passing.append((egg["success_rate"], -lam, lam))
+            passing.append((egg["success_rate"], -lam, not replay, (lam, replay)))
         results.append((
-            f"lambda {lam:g}: every non-target task keeps >= {RETENTION_BAR:.0%} of the base's success, egg "
+            f"{describe(lam, replay)}: every non-target task keeps >= {RETENTION_BAR:.0%} of the base's success, egg "
             "success inside lambda 0's interval or above",
             ok,
             ", ".join(f"{t} {k:.0%}" for t, k in kept.items())
             + f"; egg {egg['success_rate']:.0%} vs {fmt_rate(free['success_rate'], free['success_ci95'])}"
             + f" (base {base['success_rate']:.0%})",
         ))  # fmt: skip
-    return results, (max(passing)[2] if passing else None)
+    return results, (max(passing)[3] if passing else None)
 
 
-def run_name(lambda_anchor: float | None) -> str:
-    return "base" if lambda_anchor is None else f"lambda{lambda_anchor:g}"
+def run_name(lambda_anchor: float | None, replay: bool = False) -> str:
+    if lambda_anchor is None:
+        return "base"
+    return f"{'replay_' if replay else ''}lambda{lambda_anchor:g}"
+
+
+def describe(lambda_anchor: float, replay: bool) -> str:
+    return f"lambda {lambda_anchor:g}" + (" + replayed carton frames" if replay else "")
 
 
 # --- pipeline ---------------------------------------------------------------------------------------
@@ -187,6 +203,8 @@ def run_config(run: Run, args: argparse.Namespace):
         "policy.normalization=pretrained",
         f"anchor.enabled={str(run.lambda_anchor > 0).lower()}",
         *([f"anchor.lambda_anchor={run.lambda_anchor}"] if run.lambda_anchor > 0 else []),
+        # The carton tasks' training episodes (the retention manifest's held-out ones stay unseen).
+        *([f"anchor.replay_manifest={MANIFESTS['retention']}"] if run.replay else []),
         f"anchor.reference={base}",
         # The cycle configs' anchor schedule (warmup 1000, ramp 2000 of 20000 steps), scaled to the run.
         f"anchor.warmup_steps={steps // 20}",
@@ -235,7 +253,7 @@ def execute(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     """Train and evaluate every run, `--jobs` at a time: a seed's fine-tunings start when its base is
     trained. Returns (evaluations, training seconds), each keyed by (name, seed)."""
     runs = [Run("base", s) for s in range(args.seeds)]
-    finetunes = [] if args.bases_only else [Run(run_name(lam), s, lam) for s in range(args.seeds) for lam in args.lambdas]
+    finetunes = [] if args.bases_only else [Run(run_name(*x), s, *x) for s in range(args.seeds) for x in settings(args)]
     results, train_s = {}, {}
     ctx = multiprocessing.get_context("spawn")  # the same on Linux and Windows; no forked torch thread pools
     with ProcessPoolExecutor(args.jobs, mp_context=ctx) as executor:
@@ -274,8 +292,8 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
     ft_cfg = run_config(Run(run_name(args.lambdas[-1]), 0, args.lambdas[-1]), args)
     rw = ft_cfg.reward_weighting
     labels = {"base": "base: IL on clean data of all three tasks"}
-    labels.update({run_name(lam): f"fine-tuned, lambda_anchor {lam:g}" + (" (anchor off)" if lam == 0 else "")
-                   for lam in args.lambdas})  # fmt: skip
+    labels.update({run_name(lam, replay): f"fine-tuned, {describe(lam, replay)}" + (" (anchor off)" if lam == 0 else "")
+                   for lam, replay in settings(args)})  # fmt: skip
     lines = [
         "# The anchor's job: fine-tune on egg transfer, keep the other tasks",
         "",
@@ -296,8 +314,13 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         f"pretrained`), the cracked-factor cycle config (RWFM alpha {rw.alpha:g}, clip [{rw.clip_min:g}, "
         f"{rw.clip_max:g}]), the base as the frozen reference (`anchor.reference`), {args.steps} steps at batch "
         f"{args.batch_size}, anchor warmup/ramp {args.steps // 20}/{args.steps // 10} steps (the cycle configs' "
-        f"1000/2000 of 20000, scaled), lambda_anchor in {{{', '.join(f'{x:g}' for x in args.lambdas)}}}; "
-        "lambda 0 = anchor off. The learning rate and its schedule are the base's (lerobot's presets).",
+        f"1000/2000 of 20000, scaled), lambda_anchor in {{{', '.join(f'{x:g}' for x in args.lambdas)}}} with the "
+        "anchor on the fine-tuning batches only (lambda 0 = anchor off), and in "
+        f"{{{', '.join(f'{x:g}' for x in args.replay_lambdas)}}} with it also on replayed carton frames "
+        f"(`anchor.replay_manifest: {MANIFESTS['retention'].name}`: each step a batch of {args.batch_size} frames "
+        "from the carton datasets' training episodes beside the egg batch; only their observations and noisy "
+        "actions enter, through the anchor; nothing of them is imitated). The learning rate and its schedule are "
+        "the base's (lerobot's presets).",
         f"- Training seeds: {args.seeds} (1000, 1001, ...); evaluation: {args.episodes} closed-loop episodes per "
         "task per seed, the same scenes for every run of a seed. Rates pool the seeds' episodes (Wilson 95% "
         "interval); 'per seed' lists each seed's rate. Retention = fine-tuned success / base success (pooled).",
@@ -333,17 +356,22 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
             markdown_table(["run", *OTHERS], [[labels[n], *(f"{val[n][t]:.3f}" for t in OTHERS)] for n in val]),
             "",
         ]
-    bar, recommended = check_bar(pooled, args.lambdas)
+    bar, recommended = check_bar(pooled, settings(args))
     lines += ["## The bar (pooled)", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in bar]
     lines += [
         "",
-        "Recommended lambda_anchor: "
-        + (f"**{recommended:g}**" if recommended is not None else "none of the tested values meets the bar")
+        "Recommended setting: "
+        + (f"**{describe(*recommended)}**" if recommended is not None else "none of the tested settings meets the bar")
         + ".",
         "",
     ]
     return "\n".join(lines), {"pooled": pooled, "bar": bar, "recommended": recommended}
+
+
+def settings(args: argparse.Namespace) -> list[Setting]:
+    """Every fine-tuning's (lambda_anchor, replay), in the report's order."""
+    return [(lam, False) for lam in args.lambdas] + [(lam, True) for lam in args.replay_lambdas]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -353,7 +381,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task per seed")
     p.add_argument("--base-steps", type=int, default=10000, help="training steps of each base")
     p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps of each run")
-    p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 1.0, 10.0, 100.0], help="lambda_anchor values; 0 = off")
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1],
+                   help="lambda_anchor values with the anchor on the fine-tuning batches only; 0 = off")  # fmt: skip
+    p.add_argument("--replay-lambdas", type=float, nargs="*", default=[0.1, 1.0, 10.0],
+                   help="lambda_anchor values with the anchor also on replayed carton frames (all > 0)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
     p.add_argument("--episodes-per-dataset", type=int, default=50)
@@ -368,7 +399,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if 0.0 not in args.lambdas or len(set(args.lambdas)) < 2:
         p.error("--lambdas needs 0 (the anchor off, the bar's reference) and at least one value > 0")
-    args.lambdas = sorted(set(args.lambdas))
+    if any(x <= 0 for x in args.replay_lambdas):
+        p.error("--replay-lambdas must be > 0 (replay feeds the anchor only)")
+    args.lambdas, args.replay_lambdas = sorted(set(args.lambdas)), sorted(set(args.replay_lambdas))
     return args
 
 
@@ -391,13 +424,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"wall time {timings['wall_s'] / 60:.1f} min", flush=True)
     if args.bases_only:
         return None
-    names = ["base", *(run_name(lam) for lam in args.lambdas)]
+    names = ["base", *(run_name(*x) for x in settings(args))]
     val = {}
-    for lam in args.lambdas:
-        runs = [Run(run_name(lam), s, lam) for s in range(args.seeds)]
+    for x in settings(args):
+        runs = [Run(run_name(*x), s, *x) for s in range(args.seeds)]
         per_seed = [final_retention_val(run_config(r, args).run_dir) for r in runs]
         if all(per_seed):
-            val[run_name(lam)] = {t: sum(v[t] for v in per_seed) / len(per_seed) for t in OTHERS}
+            val[run_name(*x)] = {t: sum(v[t] for v in per_seed) / len(per_seed) for t in OTHERS}
     text, summary = report(args, names, results, train_s, timings, command, val)
     notes = ""
     if args.out.is_file() and NOTES_MARKER in args.out.read_text():
@@ -412,13 +445,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"\nwrote {args.out}, {args.work_dir / 'results.json'}")
     pooled = summary["pooled"]
     kept = {
-        lam: ", ".join(fmt_retention(retention(pooled[t][run_name(lam)], pooled[t]["base"])) for t in OTHERS)
-        for lam in args.lambdas
+        describe(*x): ", ".join(fmt_retention(retention(pooled[t][run_name(*x)], pooled[t]["base"])) for t in OTHERS)
+        for x in settings(args)
     }
+    recommended = summary["recommended"]
     print(
         f"headline: share of the base's success kept on {' / '.join(OTHERS)}: "
-        + "; ".join(f"lambda {lam:g}: {k}" for lam, k in kept.items())
-        + f"; recommended lambda_anchor: {summary['recommended']}"
+        + "; ".join(f"{name}: {k}" for name, k in kept.items())
+        + f"; recommended: {describe(*recommended) if recommended else 'none'}"
     )
     return out
 

@@ -78,6 +78,13 @@ class AnchorConfig:
     # The frozen reference: null = the starting policy; or a checkpoint folder (outputs/<run>/step_XXXXXX
     # or its pretrained_model folder) of the same architecture, e.g. a multi-task base to retain.
     reference: str | None = None
+    # Replayed observations: a manifest of data (its training split; the actions only place the noisy
+    # action the two models are compared at, nothing is imitated) on which the anchor also holds the policy
+    # to the reference, each step a batch of `replay_batch_size` frames beside the fine-tuning batch. For
+    # skills the fine-tuning data lacks (e.g. the other tasks of a multi-task base): on the fine-tuning
+    # batches alone the anchor never sees their inputs (docs/anchor.md). null: fine-tuning batches only.
+    replay_manifest: str | None = None
+    replay_batch_size: int | None = None  # null: data.batch_size
 
 
 @dataclass
@@ -221,6 +228,9 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (not 0 <= rw.clip_min < rw.clip_max, "need 0 <= `reward_weighting.clip_min` < `reward_weighting.clip_max`"),
         (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
         (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
+        (anchor.replay_manifest is not None and not anchor.enabled,
+         "`anchor.replay_manifest` is set but the anchor is off (`anchor.enabled: false`): nothing would use it"),
+        (anchor.replay_batch_size is not None and anchor.replay_batch_size < 1, "`anchor.replay_batch_size` must be >= 1"),
         (cfg.policy.normalization == "pretrained" and cfg.policy.pretrained_path == "tiny",
          "`policy.normalization: pretrained` needs `policy.pretrained_path` to be a saved policy, not tiny"),
         (cfg.data.batch_size < 1, "`data.batch_size` must be >= 1"),

@@ -767,11 +767,15 @@ class CrabSmolVLA(nn.Module):
         lambda_anchor: float,
         noise: Tensor | None = None,
         time: Tensor | None = None,
+        replay: Mapping[str, Any] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """L_total = mean_i(w_i * l_i) + lambda_anchor * L_anchor, and detached 0-d metrics.
 
         `noise` (B, H, D) / `time` (B,) are drawn when omitted. `lambda_anchor` is this step's value
         (see `schedules.lambda_anchor_at`); at 0, or with the anchor disabled, the reference is not run.
+        `replay` (`anchor.replay_manifest`'s batch, preprocessed) joins the anchor only: L_anchor is then
+        the masked mean over both batches' elements, the replay batch at its own noise and time (drawn
+        after the fine-tuning batch's, so those do not change).
         `metrics["weights"]` holds the per-sample weights (B,), every other metric is 0-d.
         """
         if noise is None or time is None:
@@ -793,6 +797,9 @@ class CrabSmolVLA(nn.Module):
             alpha = 0.0
 
         if use_anchor:
+            if replay is not None:
+                v_r, _, v_ref_r = self._velocities(replay, *self.sample_noise_time(replay), with_reference=True)
+                v, v_ref, mask = torch.cat([v, v_r]), torch.cat([v_ref, v_ref_r]), torch.cat([mask, self.loss_mask(replay)])
             loss_anchor = masked_mean_sq_diff(v, v_ref, mask)
             loss = loss_weighted + lambda_anchor * loss_anchor
         else:

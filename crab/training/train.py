@@ -116,6 +116,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
     retention_ds = retention_dataset(cfg, rows, spec, data_kw)
+    replay_ds = replay_dataset(cfg, spec, data_kw)
     reward_stats = {}  # required when weighting is on (checked with the config), else optional
     if cfg.data.reward_stats:
         reward_stats = load_checked(
@@ -141,7 +142,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         weight_mean=weight_mean,
         task_masks=cfg.task_masks,
     )
-    model.check_tasks(sorted({row.task for row in [*rows, *(retention_ds.rows if retention_ds else [])]}))
+    extra_rows = [*(retention_ds.rows if retention_ds else []), *(replay_ds.rows if replay_ds else [])]
+    model.check_tasks(sorted({row.task for row in [*rows, *extra_rows]}))
     if resume_state is not None:  # the reference stays the starting policy; the trained one resumes
         model.load_policy_weights(pretrained_dir)
     params, optimizer, scheduler = build_optimizer(model, smolvla_cfg, schedule_steps)
@@ -181,6 +183,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         # that samples the flow noise, or a resumed run would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    replay = replay_batches(cfg, replay_ds, accelerator, step)
     global_batch = cfg.data.batch_size * accelerator.num_processes
     val_every = validation_interval(cfg, len(val_ds) if val_ds else 0, len(sampler))
     qualities = sorted({row.quality for row in rows})  # weights travel between processes as indices
@@ -292,8 +295,11 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             lambda_anchor = lambda_anchor_at(
                 step, cfg.anchor.lambda_anchor if cfg.anchor.enabled else 0.0, cfg.anchor.warmup_steps, cfg.anchor.ramp_steps
             )
+            # Drawn at every step, used or not, so that the replay batch of a step does not depend on the
+            # anchor schedule or on where the run was resumed.
+            replay_batch = preprocessor(next(replay)) if replay is not None else None
             row, weights = training_step(
-                model, batch, lambda_anchor, accelerator, optimizer, scheduler, params, smolvla_cfg
+                model, batch, replay_batch, lambda_anchor, accelerator, optimizer, scheduler, params, smolvla_cfg
             )
             step, position = step + 1, position + 1
             pending.append(row)
@@ -411,11 +417,12 @@ def build_optimizer(model: CrabSmolVLA, smolvla_cfg, total_steps: int):
     return params, optimizer, smolvla_cfg.get_scheduler_preset().build(optimizer, total_steps)
 
 
-def training_step(model, batch, lambda_anchor, accelerator, optimizer, scheduler, params, smolvla_cfg):
-    """One optimisation step. Returns the STEP_METRICS row and the per-sample weights, both still on
-    the device: nothing here waits for the device (the trainer reads them at its logging interval)."""
+def training_step(model, batch, replay, lambda_anchor, accelerator, optimizer, scheduler, params, smolvla_cfg):
+    """One optimisation step (`replay`: the anchor's replayed batch or None). Returns the STEP_METRICS row
+    and the per-sample weights, both still on the device: nothing here waits for the device (the trainer
+    reads them at its logging interval)."""
     with accelerator.autocast():
-        loss, metrics = model(batch, lambda_anchor)
+        loss, metrics = model(batch, lambda_anchor, replay=replay)
     accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(params, smolvla_cfg.optimizer_grad_clip_norm)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (a Python float: no sync)
@@ -448,6 +455,46 @@ def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) ->
         held_out[row.name] = list(range(max(n - cfg.data.val_episodes_per_dataset, 0), n))
     # Only the flow loss is read there: the outcome signal needs no value model for these datasets.
     return CrabDataset(retention_rows, spec, episodes=held_out, **{**data_kw, "signal": "outcome", "state_values": None})
+
+
+def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabDataset | None:
+    """The training split of `anchor.replay_manifest` (None without one): its held-out episodes stay
+    unseen, so the same manifest can also be the retention manifest whose validation loss they give."""
+    if cfg.anchor.replay_manifest is None:
+        return None
+    replay_rows = load_manifest(cfg.anchor.replay_manifest, cfg.data.data_root)
+    episodes, _ = split_episodes(replay_rows, cfg.data.val_episodes_per_dataset)
+    # Only observations and actions are read: the outcome signal needs no value model for these datasets.
+    return CrabDataset(replay_rows, spec, episodes=episodes, **{**data_kw, "signal": "outcome", "state_values": None})
+
+
+def replay_batches(cfg: CrabConfig, replay_ds: CrabDataset | None, accelerator, step: int):
+    """Endless iterator of the anchor's replay batches from training step `step` on (None without a
+    replay dataset). Batch k is a pure function of (seed, k) and the process, as the training batches
+    are, so a resumed run draws what the uninterrupted one did."""
+    if replay_ds is None:
+        return None
+    size = cfg.anchor.replay_batch_size or cfg.data.batch_size
+    sampler = EpochBatchSampler(len(replay_ds), size, cfg.seed + 1, accelerator.process_index, accelerator.num_processes)
+    if len(sampler) == 0:
+        raise TrainingError(f"{cfg.anchor.replay_manifest}: {len(replay_ds)} replay frames, fewer than one batch of {size}")
+    loader = torch.utils.data.DataLoader(
+        replay_ds,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(cfg.seed + 1),  # as the training loader's: not the global RNG
+    )
+
+    def batches():
+        epoch, position = divmod(step, len(sampler))
+        while True:
+            sampler.set_epoch(epoch, start=position)
+            yield from loader
+            epoch, position = epoch + 1, 0
+
+    return batches()
 
 
 def retention_loss(model: CrabSmolVLA, retention_ds: CrabDataset | None, preprocessor, cfg: CrabConfig) -> dict[str, float]:
