@@ -9,6 +9,9 @@ actions are smooth enough to imitate. The three styles act differently in the sa
   egg from a height (often fast enough to crack it on impact). Still usually delivers the egg.
 - `failing`: a missed grasp (off to the side), a grip too weak to lift, or a release right after lifting;
   the egg never reaches the tray.
+- `sloppy`: the careful style everywhere except at one moment, the release: it lets go from a height
+  over the tray (`DROP_HEIGHT`), so the egg usually cracks on impact. The approach, grasp and carry are
+  the careful ones (the same phases and parameter draws), so only the release is worth avoiding.
 
 The demonstrators read the true scene state from the env (egg, tray, lid positions), as a human
 teleoperator would see them.
@@ -35,12 +38,15 @@ from crab.sim.egg_env import (
     EggEnv,
 )
 
-STYLES = ("careful", "rough", "failing")
+STYLES = ("careful", "rough", "failing", "sloppy")  # new styles go last: the index seeds their rng
 GRIP_OPEN = -1.0
 PALM_ABOVE_EGG_CENTRE = 0.028  # palm height over the egg centre at which the fingertips straddle its equator
 TRAY_FLOOR = 0.004
 GAIN = 0.6  # fraction of the remaining distance commanded per step (before the speed cap)
 APPROACH = 0.07  # hover height over the grasp pose: fingertips clear the egg and the carton walls
+# The sloppy style's release height (egg bottom over the tray floor): a free fall from 2.5 cm reaches
+# CRACK_SPEED, so most drops from this range crack the egg.
+DROP_HEIGHT = (0.02, 0.06)
 
 
 @dataclass
@@ -118,9 +124,10 @@ def _egg_pick_phases(rng: np.random.Generator, style: str) -> tuple[list[Phase],
     def hold(env: EggEnv) -> np.ndarray:
         return env.ee_pos
 
-    if style == "careful":
+    if style in ("careful", "sloppy"):
+        # The same draws in the same order: given the same rng, the two styles differ only in `gap`.
         grip = rng.uniform(0.3, 0.45)
-        gap = rng.uniform(0.0, 0.004)
+        gap = rng.uniform(0.0, 0.004) if style == "careful" else rng.uniform(*DROP_HEIGHT)
         carry = rng.uniform(0.14, 0.16)
         phases = [
             Phase(_above(egg_grasp, APPROACH), speed=0.7, grip=GRIP_OPEN, tol=0.01),
