@@ -391,13 +391,14 @@ def ensure_values(regime: Regime, args: argparse.Namespace, chunk_size: int) -> 
     data_root = args.work_dir / regime.data_dir
     manifest, path = manifest_path(regime.mixed), value_path(data_root, regime.mixed)
     settings = asdict(value_fit.ValueFitSettings(expectile=args.value_expectile))
-    if path.is_file() and value_fit.read_meta(path)["settings"] == settings:
+    if path.is_file():
         try:
-            rows = load_manifest(manifest, data_root)
-            value_fit.load_values(path, rows, RewardSpec(chunk_size=chunk_size), manifest, data_root)
-            print(f"reusing {path}")
-            return path, 0.0
-        except ManifestError as e:  # stale: refit
+            if value_fit.read_meta(path)["settings"] == settings:
+                rows = load_manifest(manifest, data_root)
+                value_fit.load_values(path, rows, RewardSpec(chunk_size=chunk_size), manifest, data_root)
+                print(f"reusing {path}")
+                return path, 0.0
+        except ManifestError as e:  # not a value file, or a stale one: refit
             print(e)
     start = time.perf_counter()
     value_fit.main(["--manifest", str(manifest), "--data-root", str(data_root), "--out", str(path),
@@ -567,6 +568,7 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
         out[rw.signal] = {
             "alpha": rw.alpha, "clip": list(clip), "std_floor": rw.std_floor, "method": m.name,
             "datasets": {k: {**s, "task_share": of_task[k]} for k, s in shares.items()},
+            "egg": [rows[i].name for i in egg],
             "into_damage": sum(float(x[d].sum()) for x, d in zip(w, damaged, strict=True)) / total if total else 0.0,
             "into_damage_frames": float(np.concatenate(damaged).mean()),
         }  # fmt: skip
