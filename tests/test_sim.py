@@ -147,7 +147,7 @@ def test_close_the_carton_scene_and_demonstrator():
 
 
 def test_demonstrator_actions_are_smooth():
-    for style in ("careful", "rough", "failing", "sloppy"):
+    for style in ("careful", "rough", "failing", "sloppy", "squeezing"):
         actions = rollout(PUT_EGG, style, 1, render=False).frames["action"]
         assert np.abs(actions).max() <= 1.0
         assert np.abs(np.diff(actions, axis=0)).max() < 1.8  # filtered: no full-range jumps
@@ -187,6 +187,24 @@ def test_sloppy_is_careful_until_the_release_then_drops_the_egg():
         assert r.episode_return == -1.0 and rewards[crack] == -1.0
         opened = int(np.flatnonzero((grip[1:] < 0) & (grip[:-1] >= 0))[0]) + 1  # first opening after the grasp
         assert opened <= crack  # not before (at the grasp or in the carry): the egg hits the tray on falling
+
+
+def test_squeezing_is_careful_but_for_the_closing_grip_and_cracks_at_the_grasp():
+    from crab.sim.demonstrators import GRIP_OPEN, _egg_pick_phases
+
+    for seed in SEEDS:
+        # Given the same parameter draws, the phases differ only in the grip while the fingers close.
+        careful, squeezing = (_egg_pick_phases(np.random.default_rng(seed), s)[0] for s in ("careful", "squeezing"))
+        differ = [i for i, (a, b) in enumerate(zip(careful, squeezing, strict=True)) if a.grip != b.grip]
+        assert differ == [2] and squeezing[2].grip > 0.6 > careful[2].grip > GRIP_OPEN  # over CRACK_FORCE / 10 N
+    squeezed = [rollout(PUT_EGG, "squeezing", s, render=False) for s in SEEDS]
+    assert sum(r.cracked for r in squeezed) >= len(SEEDS) // 2 and not any(r.cracked and r.success for r in squeezed)
+    for r in (r for r in squeezed if r.cracked):
+        rewards, grip = r.frames["next.reward"], r.frames["action"][:, 3]
+        crack = int(np.flatnonzero(rewards < 0)[0])
+        closed = int(np.flatnonzero(grip > 0)[0])  # the first step the fingers close
+        # The crack is the -1 of the squeeze, before the carry; the episode goes on to the release.
+        assert closed <= crack < closed + 6 and r.length > crack + 10 and r.episode_return == -1.0
 
 
 def test_wilson_interval_hand_checked():
@@ -302,7 +320,8 @@ def test_generate_writes_readable_lerobot_datasets_and_manifests(tmp_path):
     ]
     with_cracked = load_manifest(manifests / "dataset_manifest_cycle1_with_cracked.csv", tmp_path)
     assert {r.name: r.quality for r in with_cracked}["egg_carton_to_tray_cracked"] == "cracked"
-    for stem in ("anchor_base", "anchor_egg_mixed", "anchor_retention", "scarce_clean", "scarce_mixed"):
+    for stem in ("anchor_base", "anchor_egg_mixed", "anchor_retention", "scarce_clean", "scarce_mixed",
+                 "scarce_grasp_mixed"):
         check_roots(load_manifest(manifests / f"dataset_manifest_{stem}.csv", tmp_path))
 
     expected_labels = {"clean": ("1.0", "0.0"), "cracked": ("0.0", "1.0"), "failed": ("0.0", "0.0")}

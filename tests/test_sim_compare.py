@@ -89,7 +89,7 @@ def args_of(*argv: str):
 
 def test_regime_and_method_selection():
     plan = compare.select(args_of())
-    assert [r.name for r, _ in plan] == ["cycle1", "scarce"]
+    assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_grasp"]
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed"
     ]  # fmt: skip
@@ -98,7 +98,7 @@ def test_regime_and_method_selection():
     assert [(r.name, [m.name for m in ms]) for r, ms in plan] == [("scarce", ["il_clean", "rwfm_chunk_adv_mixed"])]
     # A row of one regime only runs where it is; extra alphas join today's regime.
     plan = compare.select(args_of("--methods", "il_clean", "rwfm_clean", "--extra-alpha", "1"))
-    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], ["il_clean"]]
+    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], ["il_clean"], ["il_clean"]]
     assert [m.name for m in compare.select(args_of("--regimes", "cycle1", "--extra-alpha", "1"))[0][1]][-1] == (
         "rwfm_anchor_mixed_alpha1"
     )
@@ -143,9 +143,11 @@ def test_regime_configs_and_counts():
     counts = compare.regime_counts(scarce, args_of("--scarce-clean", "5"), held_out=1)
     assert counts == {
         "egg_carton_to_tray": 6, "egg_carton_to_tray_sloppy": 41, "egg_carton_to_tray_failed": 11,
-        "egg_carton_to_tray_cracked": 0, "close_the_carton": 0,
+        "egg_carton_to_tray_cracked": 0, "close_the_carton": 0, "egg_carton_to_tray_squeezed": 0,
     }  # fmt: skip
-    assert compare.regime_counts(cycle1, args, held_out=1) == {"egg_carton_to_tray_sloppy": 0}
+    grasp = compare.regime_counts(compare.REGIMES["scarce_grasp"], args_of("--scarce-clean", "5"), held_out=1)
+    assert grasp == {**counts, "egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 41}
+    assert compare.regime_counts(cycle1, args, held_out=1) == {"egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 0}
 
 
 def test_scarce_manifests_name_generated_datasets():
@@ -153,17 +155,16 @@ def test_scarce_manifests_name_generated_datasets():
     from crab.training.manifest import load_manifest
 
     spec = {d.name: d for d in DATASETS}
-    regime = compare.REGIMES["scarce"]
-    clean = load_manifest(compare.manifest_path(regime.clean), "data")
-    mixed = load_manifest(compare.manifest_path(regime.mixed), "data")
-    assert [r.name for r in clean] == ["egg_carton_to_tray", "open_the_carton"]
-    assert [r.name for r in mixed] == [
-        "egg_carton_to_tray", "egg_carton_to_tray_sloppy", "egg_carton_to_tray_failed", "open_the_carton"
-    ]  # fmt: skip
-    for row in mixed:  # names, tasks and qualities as generate writes them
-        assert (row.task, row.quality) == (spec[row.name].task, spec[row.name].quality)
-        assert row.root == Path("data") / row.name
-    assert regime.bad in {r.name for r in mixed} and compare.CLEAN in {r.name for r in clean}
+    for name in ("scarce", "scarce_grasp"):
+        regime = compare.REGIMES[name]
+        clean = load_manifest(compare.manifest_path(regime.clean), "data")
+        mixed = load_manifest(compare.manifest_path(regime.mixed), "data")
+        assert [r.name for r in clean] == ["egg_carton_to_tray", "open_the_carton"]
+        assert [r.name for r in mixed] == ["egg_carton_to_tray", regime.bad, "egg_carton_to_tray_failed", "open_the_carton"]
+        for row in mixed:  # names, tasks and qualities as generate writes them
+            assert (row.task, row.quality) == (spec[row.name].task, spec[row.name].quality)
+            assert row.root == Path("data") / row.name
+        assert regime.bad in compare.DAMAGE and compare.CLEAN in {r.name for r in clean}
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -184,7 +185,7 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "report.md"
     argv = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--seeds", "1", "--episodes", "1",
             "--steps", "2", "--batch-size", "4", "--episodes-per-dataset", "2", "--scarce-clean", "1",
-            "--scarce-sloppy", "2", "--scarce-failed", "1",
+            "--scarce-sloppy", "2", "--scarce-failed", "1", "--regimes", "cycle1", "scarce",
             "--methods", "il_clean", "rwfm_clean", "rwfm_chunk_adv_mixed", "--jobs", "2"]  # fmt: skip
     result = compare.main(argv)
     cycle1, scarce = result["regimes"]["cycle1"], result["regimes"]["scarce"]

@@ -131,10 +131,23 @@ REGIMES = {
         (PUT_EGG, OPEN_CARTON), "data", "runs",
     ),
     "scarce": Regime(
-        "scarce", "scarce clean data", "scarce_clean", "scarce_mixed", "egg_carton_to_tray_sloppy",
-        SCARCE_METHODS, (PUT_EGG,), "data_scarce", "runs_scarce",
+        "scarce", "scarce clean data, damage at the release", "scarce_clean", "scarce_mixed",
+        "egg_carton_to_tray_sloppy", SCARCE_METHODS, (PUT_EGG,), "data_scarce", "runs_scarce",
+    ),
+    # The same clean data (the same generation seeds), damaged at the grasp instead: the carry and the
+    # release after the damage are the careful ones.
+    "scarce_grasp": Regime(
+        "scarce_grasp", "scarce clean data, damage at the grasp", "scarce_clean", "scarce_grasp_mixed",
+        "egg_carton_to_tray_squeezed", SCARCE_METHODS, (PUT_EGG,), "data_scarce_grasp", "runs_scarce_grasp",
     ),
 }  # fmt: skip
+# How each scarce regime's damaging transfers depart from the careful style (`crab.sim.demonstrators`).
+DAMAGE = {
+    "egg_carton_to_tray_sloppy": "sloppy transfers that cracked the egg at the release (the careful style until "
+    "then, then dropped from 2-6 cm)",
+    "egg_carton_to_tray_squeezed": "squeezing transfers that cracked the egg at the grasp (the careful style "
+    "but for a squeeze over the crack force while the fingers close; the carry and release after it careful)",
+}
 CLEAN = "egg_carton_to_tray"  # every regime's clean egg transfers
 
 
@@ -265,7 +278,7 @@ def check_chunk_bar(regime: str, pooled: dict[str, dict]) -> list[tuple[str, boo
     interval or above.
     """
     ca, il = (pooled[k] for k in CHUNK_BAR_METHODS)
-    if regime == "scarce":
+    if regime != "cycle1":
         gain = ca["success_rate"] - il["success_rate"]
         return [
             (f"scarce: success >= filtering + {SCARCE_GAIN * 100:.0f} points", gain >= SCARCE_GAIN - 1e-9,
@@ -308,11 +321,13 @@ def ensure_data(
 def regime_counts(regime: Regime, args: argparse.Namespace, held_out: int) -> dict[str, int]:
     """The episodes per dataset a regime generates (see `generate.DATASETS`); `held_out`: the validation
     episodes per dataset (`data.val_episodes_per_dataset`) added to the scarce regime's training counts."""
+    scarce_bad = {r.bad for r in REGIMES.values() if r.name != "cycle1"}
     if regime.name == "cycle1":
-        return {"egg_carton_to_tray_sloppy": 0}  # every other dataset at --episodes-per-dataset
+        return dict.fromkeys(scarce_bad, 0)  # every other dataset at --episodes-per-dataset
     return {
         CLEAN: args.scarce_clean + held_out,
-        "egg_carton_to_tray_sloppy": args.scarce_sloppy + held_out,
+        **dict.fromkeys(scarce_bad - {regime.bad}, 0),
+        regime.bad: args.scarce_sloppy + held_out,
         "egg_carton_to_tray_failed": args.scarce_failed + held_out,
         "egg_carton_to_tray_cracked": 0,
         "close_the_carton": 0,
@@ -635,11 +650,11 @@ def data_line(regime: Regime, args: argparse.Namespace) -> str:
             "neither manifest uses it. One episode per dataset is held out for validation."
         )
     return (
-        f"- Data ({where}): for training, {args.scarce_clean} clean transfers, {args.scarce_sloppy} sloppy transfers "
-        f"that cracked the egg at the release (the careful style until then, then dropped from 2-6 cm: "
-        f"`crab.sim.demonstrators`), {args.scarce_failed} failed attempts and {args.episodes_per_dataset - 1} clean "
-        f"carton openings; each dataset holds one more episode, held out for validation. `clean` = manifest "
-        f"{clean} (clean transfers + carton), `mixed` = {mixed} (those + the sloppy and failed transfers). "
+        f"- Data ({where}): for training, {args.scarce_clean} clean transfers, {args.scarce_sloppy} "
+        f"{DAMAGE[regime.bad]} (`crab.sim.demonstrators`), {args.scarce_failed} failed attempts and "
+        f"{args.episodes_per_dataset - 1} clean carton openings; each dataset holds one more episode, held out for "
+        f"validation. `clean` = manifest {clean} (clean transfers + carton), `mixed` = {mixed} (those + the "
+        "damaging and failed transfers). "
         "Evaluated on the egg task only."
     )
 

@@ -15,6 +15,8 @@ written:
   succeeded. No cycle-1 manifest uses it; the anchor benchmark (`crab.sim.anchor_benchmark`) does.
 - `egg_carton_to_tray_sloppy` (cracked): sloppy transfers (careful until the release, then dropped from a
   height) that cracked the egg. The scarce-clean manifests (`dataset_manifest_scarce_*.csv`) use it.
+- `egg_carton_to_tray_squeezed` (cracked): squeezing transfers (careful but for a squeeze over the crack
+  force at the grasp) that cracked the egg. `dataset_manifest_scarce_grasp_mixed.csv` uses it.
 
 Every dataset gets `--episodes-per-dataset` episodes unless `--count NAME=N` says otherwise (0: not
 written), e.g. few clean transfers and many sloppy ones for the scarce-clean regime of `crab.sim.compare`.
@@ -63,6 +65,7 @@ DATASETS = (
     # Appended last: each dataset's episode seeds come from its index here, so the others are unchanged.
     DatasetSpec("close_the_carton", CLOSE_CARTON, "careful", "clean", "", lambda r: r.success),
     DatasetSpec("egg_carton_to_tray_sloppy", PUT_EGG, "sloppy", "cracked", "", lambda r: r.cracked),
+    DatasetSpec("egg_carton_to_tray_squeezed", PUT_EGG, "squeezing", "cracked", "", lambda r: r.cracked),
 )
 
 
