@@ -147,10 +147,64 @@ def test_close_the_carton_scene_and_demonstrator():
 
 
 def test_demonstrator_actions_are_smooth():
-    for style in ("careful", "rough", "failing"):
+    for style in ("careful", "rough", "failing", "sloppy", "squeezing"):
         actions = rollout(PUT_EGG, style, 1, render=False).frames["action"]
         assert np.abs(actions).max() <= 1.0
         assert np.abs(np.diff(actions, axis=0)).max() < 1.8  # filtered: no full-range jumps
+
+
+SLOPPY_RELEASE_PHASE = 5  # the careful script's lowering into the tray, the sloppy style's one departure
+
+
+def test_sloppy_is_careful_until_the_release_then_drops_the_egg():
+    from crab.sim.demonstrators import Demonstrator, _egg_pick_phases
+
+    for seed in SEEDS:
+        # Given the same parameter draws, the two styles act alike until the release.
+        demos = {s: Demonstrator(s, *_egg_pick_phases(np.random.default_rng(seed), s)) for s in ("careful", "sloppy")}
+        envs = {s: EggEnv(PUT_EGG, render_images=False) for s in demos}
+        for env in envs.values():
+            env.reset(seed=seed)
+        same_until, done = None, False
+        while not done:
+            actions = {s: demos[s](envs[s]) for s in demos}
+            if same_until is None and not np.array_equal(actions["careful"], actions["sloppy"]):
+                same_until = demos["sloppy"]._phase
+            for s, env in envs.items():
+                *_, terminated, truncated, _ = env.step(actions[s])
+                done = done or terminated or truncated
+        assert same_until == SLOPPY_RELEASE_PHASE, seed
+    # Its own episodes (rng stream of the style's index): most crack, and at the release, once the
+    # gripper opens over the tray; the crack is the -1 of `next.reward` on that step.
+    sloppy = [rollout(PUT_EGG, "sloppy", s, render=False) for s in SEEDS]
+    assert sum(r.cracked for r in sloppy) >= len(SEEDS) // 2 and not any(r.cracked and r.success for r in sloppy)
+    for r in sloppy:
+        rewards, grip = r.frames["next.reward"], r.frames["action"][:, 3]
+        if not r.cracked:
+            assert r.success and r.episode_return == 1.0
+            continue
+        crack = int(np.flatnonzero(rewards < 0)[0])
+        assert r.episode_return == -1.0 and rewards[crack] == -1.0
+        opened = int(np.flatnonzero((grip[1:] < 0) & (grip[:-1] >= 0))[0]) + 1  # first opening after the grasp
+        assert opened <= crack  # not before (at the grasp or in the carry): the egg hits the tray on falling
+
+
+def test_squeezing_is_careful_but_for_the_closing_grip_and_cracks_at_the_grasp():
+    from crab.sim.demonstrators import GRIP_OPEN, _egg_pick_phases
+
+    for seed in SEEDS:
+        # Given the same parameter draws, the phases differ only in the grip while the fingers close.
+        careful, squeezing = (_egg_pick_phases(np.random.default_rng(seed), s)[0] for s in ("careful", "squeezing"))
+        differ = [i for i, (a, b) in enumerate(zip(careful, squeezing, strict=True)) if a.grip != b.grip]
+        assert differ == [2] and squeezing[2].grip > 0.6 > careful[2].grip > GRIP_OPEN  # over CRACK_FORCE / 10 N
+    squeezed = [rollout(PUT_EGG, "squeezing", s, render=False) for s in SEEDS]
+    assert sum(r.cracked for r in squeezed) >= len(SEEDS) // 2 and not any(r.cracked and r.success for r in squeezed)
+    for r in (r for r in squeezed if r.cracked):
+        rewards, grip = r.frames["next.reward"], r.frames["action"][:, 3]
+        crack = int(np.flatnonzero(rewards < 0)[0])
+        closed = int(np.flatnonzero(grip > 0)[0])  # the first step the fingers close
+        # The crack is the -1 of the squeeze, before the carry; the episode goes on to the release.
+        assert closed <= crack < closed + 6 and r.length > crack + 10 and r.episode_return == -1.0
 
 
 def test_wilson_interval_hand_checked():
@@ -210,6 +264,42 @@ def test_rendering_then_importing_torch_compiler_does_not_crash():
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
 
 
+def test_episode_counts_per_dataset():
+    from crab.sim.generate import DATASETS, episode_counts
+
+    counts = episode_counts(50, {"egg_carton_to_tray": 11, "egg_carton_to_tray_cracked": 0})
+    assert list(counts) == [d.name for d in DATASETS]
+    assert counts["egg_carton_to_tray"] == 11 and counts["egg_carton_to_tray_cracked"] == 0
+    assert counts["egg_carton_to_tray_sloppy"] == counts["open_the_carton"] == 50
+    with pytest.raises(ValueError, match="unknown dataset.*egg_typo"):
+        episode_counts(5, {"egg_typo": 3})
+    with pytest.raises(ValueError, match=">= 0"):
+        episode_counts(5, {"open_the_carton": -1})
+
+
+def test_generate_cli_refuses_a_bad_count(capsys):
+    from crab.sim.generate import main
+
+    for bad in ("egg_carton_to_tray", "egg_carton_to_tray=x", "nope=3"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", "unused", "--count", bad])
+        assert exit_info.value.code == 2
+        assert bad.split("=")[0] in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generate_writes_only_the_counted_episodes(tmp_path):
+    import json
+
+    from crab.sim.generate import DATASETS, generate
+
+    counts = {d.name: 0 for d in DATASETS} | {"egg_carton_to_tray": 2, "egg_carton_to_tray_sloppy": 1}
+    generate(tmp_path, episodes_per_dataset=5, seed=0, image_size=32, counts=counts)
+    summary = json.loads((tmp_path / "generation_summary.json").read_text())["datasets"]
+    assert {k: v["episodes"] for k, v in summary.items()} == {"egg_carton_to_tray": 2, "egg_carton_to_tray_sloppy": 1}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(summary)
+
+
 @pytest.mark.slow
 def test_generate_writes_readable_lerobot_datasets_and_manifests(tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -230,6 +320,9 @@ def test_generate_writes_readable_lerobot_datasets_and_manifests(tmp_path):
     ]
     with_cracked = load_manifest(manifests / "dataset_manifest_cycle1_with_cracked.csv", tmp_path)
     assert {r.name: r.quality for r in with_cracked}["egg_carton_to_tray_cracked"] == "cracked"
+    for stem in ("anchor_base", "anchor_egg_mixed", "anchor_retention", "scarce_clean", "scarce_mixed",
+                 "scarce_grasp_mixed"):
+        check_roots(load_manifest(manifests / f"dataset_manifest_{stem}.csv", tmp_path))
 
     expected_labels = {"clean": ("1.0", "0.0"), "cracked": ("0.0", "1.0"), "failed": ("0.0", "0.0")}
     for row in rows:

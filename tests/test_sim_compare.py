@@ -54,7 +54,9 @@ def test_formatting():
 
 def pooled(il_m, rw_m, il_c, rw_c) -> dict:
     """(successes, cracks) out of 50 per bar method -> pooled results."""
-    return {k: compare.pool([summary(50, *v)]) for k, v in zip(compare.BAR_METHODS, (il_m, rw_m, il_c, rw_c), strict=True)}
+    return {
+        k: compare.pool([summary(50, *v)]) for k, v in zip(compare.BAR_METHODS, (il_m, rw_m, il_c, rw_c), strict=True)
+    }
 
 
 def test_check_bar_passes_and_fails():
@@ -63,6 +65,106 @@ def test_check_bar_passes_and_fails():
     bad = compare.check_bar(pooled(il_m=(20, 20), rw_m=(25, 12), il_c=(30, 0), rw_c=(10, 0)))
     assert [passed for _, passed, _ in bad] == [False, False, False, False]
     assert bad[0][2] == "+10 points"
+
+
+def test_check_chunk_bar_per_regime():
+    def pooled_chunk(ca, il):  # (successes, cracks) out of 50
+        return {k: compare.pool([summary(50, *v)]) for k, v in zip(compare.CHUNK_BAR_METHODS, (ca, il), strict=True)}
+
+    # Scarce: +10 points of success over filtering, and no more cracks.
+    ok = compare.check_chunk_bar("scarce", pooled_chunk(ca=(20, 5), il=(15, 5)))
+    assert [passed for _, passed, _ in ok] == [True, True] and ok[0][2] == "+10 points (40% vs 30%)"
+    bad = compare.check_chunk_bar("scarce", pooled_chunk(ca=(19, 6), il=(15, 5)))
+    assert [passed for _, passed, _ in bad] == [False, False]
+    # Today's data: level with filtering = inside its Wilson interval (15/50: [19%, 44%]) or above.
+    level = compare.check_chunk_bar("cycle1", pooled_chunk(ca=(10, 0), il=(15, 5)))
+    assert [passed for _, passed, _ in level] == [True]
+    below = compare.check_chunk_bar("cycle1", pooled_chunk(ca=(9, 0), il=(15, 5)))
+    assert [passed for _, passed, _ in below] == [False]
+
+
+def args_of(*argv: str):
+    return compare.parse_args(["--work-dir", "work", *argv])
+
+
+def test_regime_and_method_selection():
+    plan = compare.select(args_of())
+    assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_grasp"]
+    assert [m.name for m in plan[1][1]] == [
+        "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed"
+    ]  # fmt: skip
+    assert {"rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_clean"} <= {m.name for m in plan[0][1]}
+    plan = compare.select(args_of("--regimes", "scarce", "--methods", "il_clean", "rwfm_chunk_adv_mixed"))
+    assert [(r.name, [m.name for m in ms]) for r, ms in plan] == [("scarce", ["il_clean", "rwfm_chunk_adv_mixed"])]
+    # A row of one regime only runs where it is; extra alphas join today's regime.
+    plan = compare.select(args_of("--methods", "il_clean", "rwfm_clean", "--extra-alpha", "1"))
+    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], ["il_clean"], ["il_clean"]]
+    assert [m.name for m in compare.select(args_of("--regimes", "cycle1", "--extra-alpha", "1"))[0][1]][-1] == (
+        "rwfm_anchor_mixed_alpha1"
+    )
+    for argv, message in [
+        (("--regimes", "sparse"), "unknown regime.*sparse"),
+        (("--methods", "il_typo"), "unknown method.*il_typo"),
+        (("--regimes", "scarce", "--methods", "rwfm_clean"), "unknown method.*rwfm_clean"),
+        (("--methods", "rwfm_clean"), "regime.*scarce.*leave them out"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            compare.select(args_of(*argv))
+
+
+def test_regime_configs_and_counts():
+    args = args_of("--steps", "100")
+    cycle1, scarce = compare.REGIMES["cycle1"], compare.REGIMES["scarce"]
+    work = Path("work")
+    # Today's regime keeps its paths (finished runs of earlier invocations are reused).
+    cfg = compare.run_config(compare.RWFM_ANCHOR_MIXED, 2, args, cycle1)
+    assert (cfg.run_name, cfg.output_dir, cfg.seed) == ("rwfm_anchor_mixed_seed2", str(work / "runs"), 1002)
+    assert cfg.data.manifest == "crab/training/docs/dataset_manifest_cycle1_with_cracked.csv"
+    assert cfg.data.reward_stats == str(work / "data" / "reward_weighting_stats_cycle1_with_cracked.json")
+    assert cfg.anchor.enabled and cfg.reward_weighting.signal == "outcome" and cfg.data.value_file is None
+    # The scarce regime: its own data root, runs folder and manifests; one statistics file per signal.
+    il = compare.run_config(compare.IL_CLEAN, 0, args, scarce)
+    assert il.data.manifest == "crab/training/docs/dataset_manifest_scarce_clean.csv"
+    assert (il.data.data_root, il.output_dir) == (str(work / "data_scarce"), str(work / "runs_scarce"))
+    assert not il.reward_weighting.enabled and not il.anchor.enabled
+    ca = compare.run_config(compare.CHUNK_ADVANTAGE_MIXED, 0, args, scarce)
+    assert ca.data.manifest == "crab/training/docs/dataset_manifest_scarce_mixed.csv"
+    assert ca.reward_weighting.signal == "chunk_advantage" and ca.reward_weighting.std_floor == 0.1
+    assert (ca.reward_weighting.alpha, ca.reward_weighting.clip_min, ca.anchor.enabled) == (4.0, 0.0, False)
+    assert ca.data.value_file == str(work / "data_scarce" / "values_scarce_mixed.parquet")
+    assert ca.data.reward_stats == str(
+        work / "data_scarce" / "reward_weighting_stats_scarce_mixed_chunk_advantage.json"
+    )
+    oracle = compare.run_config(compare.ORACLE_MIXED, 0, args, scarce)
+    assert oracle.reward_weighting.signal == "oracle" and oracle.data.value_file is None
+    assert oracle.data.reward_stats.endswith("reward_weighting_stats_scarce_mixed_oracle.json")
+    assert oracle.reward_weighting.std_floor == 1.0 and not oracle.anchor.enabled
+    # Dataset counts: the training episodes plus the held-out one; today's regime skips the sloppy data.
+    counts = compare.regime_counts(scarce, args_of("--scarce-clean", "5"), held_out=1)
+    assert counts == {
+        "egg_carton_to_tray": 6, "egg_carton_to_tray_sloppy": 41, "egg_carton_to_tray_failed": 11,
+        "egg_carton_to_tray_cracked": 0, "close_the_carton": 0, "egg_carton_to_tray_squeezed": 0,
+    }  # fmt: skip
+    grasp = compare.regime_counts(compare.REGIMES["scarce_grasp"], args_of("--scarce-clean", "5"), held_out=1)
+    assert grasp == {**counts, "egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 41}
+    assert compare.regime_counts(cycle1, args, held_out=1) == {"egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 0}
+
+
+def test_scarce_manifests_name_generated_datasets():
+    from crab.sim.generate import DATASETS
+    from crab.training.manifest import load_manifest
+
+    spec = {d.name: d for d in DATASETS}
+    for name in ("scarce", "scarce_grasp"):
+        regime = compare.REGIMES[name]
+        clean = load_manifest(compare.manifest_path(regime.clean), "data")
+        mixed = load_manifest(compare.manifest_path(regime.mixed), "data")
+        assert [r.name for r in clean] == ["egg_carton_to_tray", "open_the_carton"]
+        assert [r.name for r in mixed] == ["egg_carton_to_tray", regime.bad, "egg_carton_to_tray_failed", "open_the_carton"]
+        for row in mixed:  # names, tasks and qualities as generate writes them
+            assert (row.task, row.quality) == (spec[row.name].task, spec[row.name].quality)
+            assert row.root == Path("data") / row.name
+        assert regime.bad in compare.DAMAGE and compare.CLEAN in {r.name for r in clean}
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -76,23 +178,40 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
-    """Generate, compute statistics, train two methods a few steps, evaluate, report; then reuse."""
+    """Generate both regimes' data, fit the value models, compute statistics, train a few steps per method,
+    evaluate, report; then reuse."""
     monkeypatch.chdir(REPO)  # the cycle configs and manifests are repository paths
     monkeypatch.setenv("MUJOCO_GL", "egl")
     out = tmp_path / "report.md"
     argv = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--seeds", "1", "--episodes", "1",
-            "--steps", "2", "--batch-size", "4", "--episodes-per-dataset", "2",
-            "--methods", "il_clean", "rwfm_anchor_mixed", "rwfm_clean", "--jobs", "2"]  # fmt: skip
+            "--steps", "2", "--batch-size", "4", "--episodes-per-dataset", "2", "--scarce-clean", "1",
+            "--scarce-sloppy", "2", "--scarce-failed", "1", "--regimes", "cycle1", "scarce",
+            "--methods", "il_clean", "rwfm_clean", "rwfm_chunk_adv_mixed", "--jobs", "2"]  # fmt: skip
     result = compare.main(argv)
-    assert set(result["pooled"]["Put the egg into the tray."]) == {"il_clean", "rwfm_anchor_mixed", "rwfm_clean"}
+    cycle1, scarce = result["regimes"]["cycle1"], result["regimes"]["scarce"]
+    assert set(cycle1["pooled"][PUT_EGG]) == {"il_clean", "rwfm_clean", "rwfm_chunk_adv_mixed"}
+    assert set(scarce["pooled"]) == {PUT_EGG} and set(scarce["pooled"][PUT_EGG]) == {"il_clean", "rwfm_chunk_adv_mixed"}
     # RWFM without anchor on the clean manifest is IL's run, reported and not retrained.
-    assert result["per_seed"]["rwfm_clean"] == result["per_seed"]["il_clean"]
+    assert cycle1["per_seed"]["rwfm_clean"] == cycle1["per_seed"]["il_clean"]
     assert not (tmp_path / "work" / "runs" / "rwfm_clean_seed0").exists()
+    assert (tmp_path / "work" / "runs_scarce" / "rwfm_chunk_adv_mixed_seed0" / "step_000002").is_dir()
+    summary = json.loads((tmp_path / "work" / "data_scarce" / "generation_summary.json").read_text())["datasets"]
+    assert {k: v["episodes"] for k, v in summary.items()} == {
+        "egg_carton_to_tray": 2, "egg_carton_to_tray_failed": 2, "open_the_carton": 2, "egg_carton_to_tray_sloppy": 3
+    }  # fmt: skip
     text = out.read_text()
-    assert "`rwfm_clean` = `il_clean`" in text
-    assert "| `rwfm_anchor_mixed` |" in text and "Not checked" in text and compare.NOTES_MARKER in text
-    assert out.with_suffix(".png").stat().st_size > 0
-    weights = json.loads((tmp_path / "work" / "results.json").read_text())["weights"]["1"]
+    assert "`rwfm_clean` = `il_clean`" in text and "## Regime `scarce`" in text
+    assert "| `rwfm_chunk_adv_mixed` |" in text and "Not checked" in text and compare.NOTES_MARKER in text
+    assert "Value model" in text and "Where the weight goes" in text
+    assert out.with_suffix(".png").stat().st_size > 0 and (tmp_path / "report_scarce.png").stat().st_size > 0
+    # Under chunk_advantage the sloppy transfers keep weight (their careful approach and carry) but the
+    # chunks into the crack lose theirs; the value model's held-out error is reported.
+    shares = scarce["shares"]["chunk_advantage"]
+    assert set(shares["datasets"]) == {"egg_carton_to_tray", "egg_carton_to_tray_sloppy", "egg_carton_to_tray_failed",
+                                       "open_the_carton"}  # fmt: skip
+    assert 0 <= shares["into_damage"] < shares["into_damage_frames"]
+    assert scarce["value_model"]["heldout"]["rmse"] > 0
+    weights = json.loads((tmp_path / "work" / "results.json").read_text())["regimes"]["cycle1"]["weights"]["1"]
     assert weights["egg_carton_to_tray_cracked"]["mean_weight"] < weights["egg_carton_to_tray"]["mean_weight"]
     egg = weights["egg_carton_to_tray"]["task_share"] + weights["egg_carton_to_tray_cracked"]["task_share"]
     assert egg == pytest.approx(1.0) and weights["open_the_carton"]["task_share"] == pytest.approx(1.0)
@@ -113,5 +232,5 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     # cache, a speed-only setting, does not count).
     out.write_text(text + "my notes\n")
     again = compare.main([*argv, "--no-cache-items"])
-    assert again["train_s"] == result["train_s"]
+    assert all(again["regimes"][r]["train_s"] == result["regimes"][r]["train_s"] for r in ("cycle1", "scarce"))
     assert out.read_text().endswith(compare.NOTES_MARKER + "\nmy notes\n")

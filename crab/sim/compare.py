@@ -2,15 +2,27 @@
 
     python -m crab.sim.compare --out docs/sim_benchmark.md [--seeds 3] [--episodes 50] [--steps 2000] \
         [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--jobs 2] \
-        [--extra-alpha 0.25]
+        [--extra-alpha 0.25] [--regimes cycle1 scarce] [--methods ...] [--scarce-clean 10] \
+        [--scarce-sloppy 40] [--scarce-failed 10] [--value-expectile 0.5]
 
-One dataset generation (`crab.sim.generate`), reward statistics for the two manifests, then per seed the
-same tiny SmolVLA trained with each method of `METHODS` and evaluated closed loop (`crab.sim.policy_eval`)
-for `--episodes` episodes per task (`--jobs` trainings at a time, each in its own process). Writes the
-markdown report, a PNG next to it and `results.json` under the work dir. Finished trainings with the same
-training settings (`config.training_settings`: speed-only keys such as `data.cache_items` aside) and their
-evaluations are reused, so an interrupted benchmark continues where it stopped; hand-written notes below
-`NOTES_MARKER` in the report are kept.
+Two regimes (`REGIMES`), each with its own data root under the work dir, manifests and rows:
+
+- `cycle1`: today's data (`--episodes-per-dataset` per dataset): clean transfers, rough transfers that
+  cracked, carton openings (`dataset_manifest_cycle1_*.csv`); evaluated on both tasks.
+- `scarce`: few clean transfers (`--scarce-clean`) against many sloppy ones that cracked the egg at the
+  release (`--scarce-sloppy`) and failed attempts (`--scarce-failed`), plus the carton openings
+  (`dataset_manifest_scarce_*.csv`); evaluated on the egg task. Counts are training episodes: each
+  dataset holds one more, its held-out validation episode.
+
+Per regime: one dataset generation (`crab.sim.generate`), the out-of-episode value model of its mixed
+manifest (`crab.training.value_fit`, for the `chunk_advantage` rows), reward statistics of each manifest
+and signal, then per seed the same tiny SmolVLA trained with each method and evaluated closed loop
+(`crab.sim.policy_eval`) for `--episodes` episodes per task (`--jobs` trainings at a time, each in its own
+process). Writes the markdown report (the sections of the regimes run: give a subset its own `--out`), a
+PNG per regime next to it and `results.json` under the work dir. Finished trainings with the same training
+settings (`config.training_settings`: speed-only keys such as `data.cache_items` aside), their evaluations
+and a value model fitted with the same data and settings are reused, so an interrupted benchmark continues
+where it stopped; hand-written notes below `NOTES_MARKER` in the report are kept.
 """
 
 from __future__ import annotations
@@ -38,52 +50,141 @@ from crab.sim.evaluate import mean_interval, wilson_interval
 
 CONFIG_DIR = Path("crab/training/configs")
 MANIFEST_DIR = Path("crab/training/docs")
-MANIFESTS = {"clean": "cycle1_clean", "mixed": "cycle1_with_cracked"}
 TASKS = (PUT_EGG, OPEN_CARTON)  # the cycle-1 manifests' tasks (the simulator has more)
 NOTES_MARKER = "<!-- notes: everything below this line is hand-written and kept when the report is regenerated -->"
+IL_CONFIG = "train_cycle1_baseline_il.yaml"
+CRACKED_FACTOR_CONFIG = "train_cycle1_rwfm_anchor_cracked_factor.yaml"
+# README section 2b: with chunk advantages, a floor below their RMS (docs/reward_weighting.md).
+CHUNK_ADVANTAGE_STD_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     config: str  # cycle config under crab/training/configs
-    data: str  # key of MANIFESTS
+    data: str  # "clean" or "mixed": which of its regime's manifests
     label: str
     alpha: float | None = None  # reward_weighting.alpha override
     anchor: bool | None = None  # anchor.enabled override
+    signal: str | None = None  # reward_weighting.signal override (the configs' is `outcome`)
 
 
+IL_CLEAN = Method("il_clean", IL_CONFIG, "clean", "IL, clean only (baseline IL config = filtering)")
+IL_MIXED = Method("il_mixed", IL_CONFIG, "mixed", "IL, mixed (naive mixing)")
+RWFM_ANCHOR_MIXED = Method(
+    "rwfm_anchor_mixed", CRACKED_FACTOR_CONFIG, "mixed", "RWFM + anchor, mixed (cracked-factor config)"
+)
+RWFM_MIXED = Method(
+    "rwfm_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    "RWFM `outcome`, mixed (cracked-factor config, anchor off: the anchor's ablation)",
+    anchor=False,
+)
+CHUNK_ADVANTAGE_MIXED = Method(
+    "rwfm_chunk_adv_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    f"RWFM `chunk_advantage`, mixed (cracked-factor config, anchor off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g}, "
+    "out-of-episode value model)",
+    anchor=False,
+    signal="chunk_advantage",
+)
+ORACLE_MIXED = Method(
+    "oracle_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    "Oracle, mixed (`signal: oracle`: the chunks into the damage step weigh 0, all others 1; anchor off)",
+    anchor=False,
+    signal="oracle",
+)
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
-    Method("il_clean", "train_cycle1_baseline_il.yaml", "clean", "IL, clean only (baseline IL config = filtering)"),
-    Method("il_mixed", "train_cycle1_baseline_il.yaml", "mixed", "IL, mixed (naive mixing)"),
-    Method(
-        "rwfm_anchor_mixed",
-        "train_cycle1_rwfm_anchor_cracked_factor.yaml",
-        "mixed",
-        "RWFM + anchor, mixed (cracked-factor config)",
-    ),
+    IL_CLEAN,
+    IL_MIXED,
+    RWFM_ANCHOR_MIXED,
     Method("rwfm_anchor_clean", "train_cycle1_rwfm_anchor.yaml", "clean", "RWFM + anchor, clean"),
     Method("rwfm_clean", "train_cycle1_rwfm.yaml", "clean", "RWFM, clean"),
-    Method(
-        "rwfm_mixed",
-        "train_cycle1_rwfm_anchor_cracked_factor.yaml",
-        "mixed",
-        "RWFM, mixed (cracked-factor config, anchor off: the anchor's ablation)",
-        anchor=False,
-    ),
+    RWFM_MIXED,
+    CHUNK_ADVANTAGE_MIXED,
+    ORACLE_MIXED,
 )
+SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED)
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    title: str
+    clean: str  # manifest crab/training/docs/dataset_manifest_<clean>.csv: the filtering data
+    mixed: str  # manifest of the same plus the bad data
+    bad: str  # the mixed manifest's damaging egg dataset
+    methods: tuple[Method, ...]
+    tasks: tuple[str, ...]  # evaluated closed loop
+    data_dir: str  # data root under the work dir
+    runs_dir: str  # training runs under the work dir
+
+
+REGIMES = {
+    "cycle1": Regime(
+        "cycle1", "today's data", "cycle1_clean", "cycle1_with_cracked", "egg_carton_to_tray_cracked", METHODS,
+        (PUT_EGG, OPEN_CARTON), "data", "runs",
+    ),
+    "scarce": Regime(
+        "scarce", "scarce clean data, damage at the release", "scarce_clean", "scarce_mixed",
+        "egg_carton_to_tray_sloppy", SCARCE_METHODS, (PUT_EGG,), "data_scarce", "runs_scarce",
+    ),
+    # The same clean data (the same generation seeds), damaged at the grasp instead: the carry and the
+    # release after the damage are the careful ones.
+    "scarce_grasp": Regime(
+        "scarce_grasp", "scarce clean data, damage at the grasp", "scarce_clean", "scarce_grasp_mixed",
+        "egg_carton_to_tray_squeezed", SCARCE_METHODS, (PUT_EGG,), "data_scarce_grasp", "runs_scarce_grasp",
+    ),
+}  # fmt: skip
+# How each scarce regime's damaging transfers depart from the careful style (`crab.sim.demonstrators`).
+DAMAGE = {
+    "egg_carton_to_tray_sloppy": "sloppy transfers that cracked the egg at the release (the careful style until "
+    "then, then dropped from 2-6 cm)",
+    "egg_carton_to_tray_squeezed": "squeezing transfers that cracked the egg at the grasp (the careful style "
+    "but for a squeeze over the crack force while the fingers close; the carry and release after it careful)",
+}
+CLEAN = "egg_carton_to_tray"  # every regime's clean egg transfers
 
 
 def alpha_method(alpha: float) -> Method:
-    """The cracked-factor config with another temperature: an extra, labelled row."""
+    """The cracked-factor config with another temperature: an extra, labelled row (regime `cycle1`)."""
     return Method(
         f"rwfm_anchor_mixed_alpha{alpha:g}",
-        "train_cycle1_rwfm_anchor_cracked_factor.yaml",
+        CRACKED_FACTOR_CONFIG,
         "mixed",
         f"RWFM + anchor, mixed, alpha={alpha:g} (extra)",
         alpha,
     )
+
+
+def select(args: argparse.Namespace) -> list[tuple[Regime, list[Method]]]:
+    """The regimes of `--regimes` (in `REGIMES` order) with the methods of `--methods` each has (all by
+    default; `--extra-alpha` rows join `cycle1`); an unknown name is an error listing the choices."""
+    unknown = sorted(set(args.regimes) - set(REGIMES))
+    if unknown:
+        raise SystemExit(f"unknown regime(s) {unknown}; choose from {list(REGIMES)}")
+    plan = [
+        (regime, [*regime.methods, *(alpha_method(a) for a in args.extra_alpha if name == "cycle1")])
+        for name, regime in REGIMES.items()
+        if name in args.regimes
+    ]
+    if args.methods:
+        every = {m.name for _, methods in plan for m in methods}
+        unknown = sorted(set(args.methods) - every)
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown} in regime(s) {args.regimes}; choose from {sorted(every)}")
+        plan = [(regime, [m for m in methods if m.name in args.methods]) for regime, methods in plan]
+        empty = [regime.name for regime, methods in plan if not methods]
+        if empty:
+            raise SystemExit(
+                f"none of --methods {args.methods} is a row of regime(s) {empty}; leave them out of --regimes"
+            )
+    return plan
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
@@ -133,7 +234,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-CLEAN, CRACKED = "egg_carton_to_tray", "egg_carton_to_tray_cracked"  # the mixed manifest's egg-task datasets
 BAR_METHODS = ("il_mixed", "rwfm_anchor_mixed", "il_clean", "rwfm_anchor_clean")
 
 
@@ -166,57 +266,100 @@ def check_bar(pooled: dict[str, dict]) -> list[tuple[str, bool, str]]:
     ]
 
 
+CHUNK_BAR_METHODS = ("rwfm_chunk_adv_mixed", "il_clean")
+SCARCE_GAIN = 0.10  # the scarce regime's bar: chunk_advantage beats filtering by this much egg success
+
+
+def check_chunk_bar(regime: str, pooled: dict[str, dict]) -> list[tuple[str, bool, str]]:
+    """The issue's bar for per-chunk credit against filtering (IL on the clean manifest), pooled egg results.
+
+    `scarce`: `chunk_advantage` success >= filtering's + 10 points, and its crack rate at most
+    filtering's (point estimates). `cycle1`: at least level, i.e. its success inside filtering's Wilson
+    interval or above.
+    """
+    ca, il = (pooled[k] for k in CHUNK_BAR_METHODS)
+    if regime != "cycle1":
+        gain = ca["success_rate"] - il["success_rate"]
+        return [
+            (f"scarce: success >= filtering + {SCARCE_GAIN * 100:.0f} points", gain >= SCARCE_GAIN - 1e-9,
+             f"{gain * 100:+.0f} points ({ca['success_rate']:.0%} vs {il['success_rate']:.0%})"),
+            ("scarce: crack rate <= filtering's", ca["crack_rate"] <= il["crack_rate"] + 1e-9,
+             f"{ca['crack_rate']:.0%} vs {il['crack_rate']:.0%}"),
+        ]  # fmt: skip
+    return [
+        (
+            f"{regime}: success within filtering's interval or above",
+            ca["success_rate"] >= il["success_ci95"][0] - 1e-9,
+            f"{ca['success_rate']:.0%} vs {fmt_rate(il['success_rate'], il['success_ci95'])}",
+        )
+    ]
+
+
 # --- pipeline ---------------------------------------------------------------------------------------
 
 
-def ensure_data(data_root: Path, episodes: int, seed: int, image_size: int) -> float:
-    """Generate the datasets unless a complete generation with these settings is there; seconds spent."""
-    from crab.sim.generate import DATASETS, generate
+def ensure_data(
+    data_root: Path, episodes: int, seed: int, image_size: int, counts: dict[str, int] | None = None
+) -> float:
+    """Generate the datasets (`episodes` each, or as `counts` says: `generate.episode_counts`) unless a
+    complete generation with these settings is there; seconds spent."""
+    from crab.sim.generate import episode_counts, generate
 
+    want = episode_counts(episodes, counts)
     summary = data_root / "generation_summary.json"  # written last: its presence means complete
     if summary.is_file():
         s = json.loads(summary.read_text())
         same = s["seed"] == seed and s["image_size"] == image_size
-        if same and all(s["datasets"].get(d.name, {}).get("episodes") == episodes for d in DATASETS):
+        if same and all(s["datasets"].get(name, {}).get("episodes", 0) == n for name, n in want.items()):
             print(f"reusing datasets under {data_root}")
             return 0.0
     start = time.perf_counter()
-    generate(data_root, episodes, seed, image_size, overwrite=True)
+    generate(data_root, episodes, seed, image_size, overwrite=True, counts=counts)
     return time.perf_counter() - start
 
 
-def stats_path(data_root: Path, data: str) -> Path:
-    return data_root / f"reward_weighting_stats_{MANIFESTS[data]}.json"
+def regime_counts(regime: Regime, args: argparse.Namespace, held_out: int) -> dict[str, int]:
+    """The episodes per dataset a regime generates (see `generate.DATASETS`); `held_out`: the validation
+    episodes per dataset (`data.val_episodes_per_dataset`) added to the scarce regime's training counts."""
+    scarce_bad = {r.bad for r in REGIMES.values() if r.name != "cycle1"}
+    if regime.name == "cycle1":
+        return dict.fromkeys(scarce_bad, 0)  # every other dataset at --episodes-per-dataset
+    return {
+        CLEAN: args.scarce_clean + held_out,
+        **dict.fromkeys(scarce_bad - {regime.bad}, 0),
+        regime.bad: args.scarce_sloppy + held_out,
+        "egg_carton_to_tray_failed": args.scarce_failed + held_out,
+        "egg_carton_to_tray_cracked": 0,
+        "close_the_carton": 0,
+    }
 
 
-def manifest_path(data: str) -> Path:
-    return MANIFEST_DIR / f"dataset_manifest_{MANIFESTS[data]}.csv"
+def manifest_path(stem: str) -> Path:
+    return MANIFEST_DIR / f"dataset_manifest_{stem}.csv"
 
 
-def ensure_stats(data_root: Path, chunk_size: int, rw) -> None:
-    """Reward statistics of both manifests; the printed weight shares are at `rw`'s alpha and clip floor
-    (the RWFM runs' reward_weighting config)."""
-    from crab.training import reward_stats
-
-    for data in MANIFESTS:
-        reward_stats.main(
-            ["--manifest", str(manifest_path(data)), "--data-root", str(data_root), "--chunk-size", str(chunk_size),
-             "--out", str(stats_path(data_root, data)), "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min)]
-        )  # fmt: skip
+def stats_path(data_root: Path, stem: str, signal: str = "outcome") -> Path:
+    return data_root / f"reward_weighting_stats_{stem}{'' if signal == 'outcome' else '_' + signal}.json"
 
 
-def run_config(method: Method, seed_index: int, args: argparse.Namespace, data_root: Path):
+def value_path(data_root: Path, stem: str) -> Path:
+    return data_root / f"values_{stem}.parquet"
+
+
+def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime: Regime):
     """The training config of one method and seed: the cycle config plus the benchmark's sizes."""
     from crab.training.config import load_config
 
     steps = args.steps
+    data_root = args.work_dir / regime.data_dir
+    stem = getattr(regime, method.data)
     overrides = [
         f"run_name={method.name}_seed{seed_index}",
-        f"output_dir={args.work_dir / 'runs'}",
+        f"output_dir={args.work_dir / regime.runs_dir}",
         f"seed={1000 + seed_index}",
-        f"data.manifest={manifest_path(method.data)}",
+        f"data.manifest={manifest_path(stem)}",
         f"data.data_root={data_root}",
-        f"data.reward_stats={stats_path(data_root, method.data)}",
+        f"data.reward_stats={stats_path(data_root, stem, method.signal or 'outcome')}",
         f"data.batch_size={args.batch_size}",
         "data.num_workers=1",
         f"data.cache_items={str(args.cache_items).lower()}",
@@ -236,29 +379,90 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, data_r
         overrides.append(f"reward_weighting.alpha={method.alpha}")
     if method.anchor is not None:
         overrides.append(f"anchor.enabled={str(method.anchor).lower()}")
+    if method.signal is not None:
+        overrides.append(f"reward_weighting.signal={method.signal}")
+    if method.signal == "chunk_advantage":
+        overrides += [
+            f"reward_weighting.std_floor={CHUNK_ADVANTAGE_STD_FLOOR}",
+            f"data.value_file={value_path(data_root, stem)}",
+        ]
     return load_config([CONFIG_DIR / method.config], overrides)
 
 
 def cracked_factor_config(args: argparse.Namespace):
-    """The mixed RWFM + anchor run's config (seed 0): the settings the report quotes."""
-    method = next(m for m in METHODS if m.name == "rwfm_anchor_mixed")
-    return run_config(method, 0, args, args.work_dir / "data")
+    """The mixed RWFM + anchor run's config (seed 0, regime `cycle1`): the settings the report quotes."""
+    return run_config(RWFM_ANCHOR_MIXED, 0, args, REGIMES["cycle1"])
 
 
-def il_twins(methods: Sequence[Method], args: argparse.Namespace, data_root: Path) -> dict[str, str]:
+def ensure_values(regime: Regime, args: argparse.Namespace, chunk_size: int) -> tuple[Path, float]:
+    """The regime's mixed manifest's value model (`crab.training.value_fit`): fitted unless a fresh one
+    with the same settings is there; (its path, seconds spent)."""
+    from dataclasses import asdict
+
+    from crab.training import value_fit
+    from crab.training.manifest import ManifestError, load_manifest
+    from crab.training.rewards import RewardSpec
+
+    data_root = args.work_dir / regime.data_dir
+    manifest, path = manifest_path(regime.mixed), value_path(data_root, regime.mixed)
+    settings = asdict(value_fit.ValueFitSettings(expectile=args.value_expectile))
+    if path.is_file():
+        try:
+            if value_fit.read_meta(path)["settings"] == settings:
+                rows = load_manifest(manifest, data_root)
+                value_fit.load_values(path, rows, RewardSpec(chunk_size=chunk_size), manifest, data_root)
+                print(f"reusing {path}")
+                return path, 0.0
+        except ManifestError as e:  # not a value file, or a stale one: refit
+            print(e)
+    start = time.perf_counter()
+    value_fit.main(["--manifest", str(manifest), "--data-root", str(data_root), "--out", str(path),
+                    "--expectile", str(args.value_expectile), "--no-progress"])  # fmt: skip
+    return path, time.perf_counter() - start
+
+
+def ensure_stats(regime: Regime, methods: Sequence[Method], args: argparse.Namespace, chunk_size: int) -> float:
+    """Reward statistics of the regime's manifests: the outcome signal's for both, and each other signal
+    its methods use on theirs (after the value model, for `chunk_advantage`). The printed weight shares
+    are at each method's reward_weighting settings (the cracked-factor config's for the outcome ones).
+    Returns the seconds spent fitting the value model."""
+    from crab.training import reward_stats
+
+    data_root = args.work_dir / regime.data_dir
+    jobs = {(stem, "outcome"): cracked_factor_config(args).reward_weighting for stem in (regime.clean, regime.mixed)}
+    for m in methods:
+        if m.signal is not None:
+            jobs[(getattr(regime, m.data), m.signal)] = run_config(m, 0, args, regime).reward_weighting
+    fit_s = 0.0
+    for (stem, signal), rw in jobs.items():
+        argv = ["--manifest", str(manifest_path(stem)), "--data-root", str(data_root), "--chunk-size",
+                str(chunk_size), "--out", str(stats_path(data_root, stem, signal)), "--signal", signal,
+                "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min), "--std-floor", str(rw.std_floor)]  # fmt: skip
+        if signal == "chunk_advantage":
+            if stem != regime.mixed:
+                raise ValueError(f"{regime.name}: the value model is fitted on the mixed manifest only, not {stem}")
+            path, seconds = ensure_values(regime, args, chunk_size)
+            argv += ["--value-file", str(path)]
+            fit_s += seconds
+        reward_stats.main(argv)
+    return fit_s
+
+
+def il_twins(regime: Regime, methods: Sequence[Method], args: argparse.Namespace) -> dict[str, str]:
     """Methods that would repeat an IL run bit for bit, mapped to that run: RWFM without the anchor on
     data of one outcome (reward signal std 0) gives every sample advantage 0 and weight exactly 1
     (`tests/test_train.py` checks that such a run equals IL's). They are reported, not retrained."""
-    cfgs = {m.name: run_config(m, 0, args, data_root) for m in methods}
+    cfgs = {m.name: run_config(m, 0, args, regime) for m in methods}
+    data_root = args.work_dir / regime.data_dir
+    plain = [m for m in methods if not (cfgs[m.name].reward_weighting.enabled or cfgs[m.name].anchor.enabled)]
     twins = {}
     for m in methods:
-        cfg = cfgs[m.name]
-        if not cfg.reward_weighting.enabled or cfg.anchor.enabled:
+        rw = cfgs[m.name].reward_weighting
+        if not rw.enabled or rw.signal != "outcome" or cfgs[m.name].anchor.enabled:
             continue
-        if json.loads(stats_path(data_root, m.data).read_text())["overall"]["signal"]["std"] != 0:
-            continue
-        il = [o.name for o in methods if o.data == m.data and not (cfgs[o.name].reward_weighting.enabled or cfgs[o.name].anchor.enabled)]
-        if il:
+        stats = json.loads(stats_path(data_root, getattr(regime, m.data)).read_text())
+        il = [o.name for o in plain if o.data == m.data]
+        if stats["overall"]["signal"]["std"] == 0 and il:
             twins[m.name] = il[0]
     return twins
 
@@ -272,7 +476,11 @@ def train_or_reuse(cfg) -> tuple[Path, float]:
     final = step_dir(cfg.run_dir, cfg.train.steps)
     timing = cfg.run_dir / "benchmark_timing.json"
     saved = final / "crab_config.yaml"
-    if saved.is_file() and timing.is_file() and training_settings(yaml.safe_load(saved.read_text())) == training_settings(to_dict(cfg)):
+    if (
+        saved.is_file()
+        and timing.is_file()
+        and training_settings(yaml.safe_load(saved.read_text())) == training_settings(to_dict(cfg))
+    ):
         print(f"reusing {final}")
         return final, json.loads(timing.read_text())["train_s"]
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -301,38 +509,96 @@ def evaluate_or_reuse(
 
 
 def train_and_evaluate(
-    cfg, episodes: int, seed: int, n_action_steps: int, image_size: int, threads: int
+    cfg, episodes: int, seed: int, n_action_steps: int, image_size: int, threads: int, tasks: Sequence[str] = TASKS
 ) -> tuple[dict, float, float]:
-    """One run of the table: (evaluation summary, training seconds, evaluation seconds)."""
+    """One run of the table: (evaluation summary of `tasks`, training seconds, evaluation seconds)."""
     import torch
 
     torch.set_num_threads(threads)
     checkpoint, train_s = train_or_reuse(cfg)
     start = time.perf_counter()
-    result = evaluate_or_reuse(checkpoint, episodes, seed, n_action_steps, image_size)
+    result = evaluate_or_reuse(checkpoint, episodes, seed, n_action_steps, image_size, tasks)
     eval_s = time.perf_counter() - start
     print(f"{cfg.run_name}: trained {train_s / 60:.1f} min, evaluated {eval_s / 60:.1f} min", flush=True)
     return result, train_s, eval_s
 
 
-def weight_analysis(data_root: Path, chunk_size: int, alphas: Sequence[float], rw) -> dict:
-    """Per alpha, each dataset's share of the mixed manifest's RWFM weight (`rewards.weight_shares`) and of
-    its task's weight (`task_share`); `rw`: the runs' reward_weighting config, for the clip bounds and the
-    std floor."""
+def weight_analysis(regime: Regime, args: argparse.Namespace, chunk_size: int, alphas: Sequence[float], rw) -> dict:
+    """Per alpha, each dataset's share of the regime's mixed manifest's outcome-signal RWFM weight
+    (`rewards.weight_shares`) and of its task's weight (`task_share`); `rw`: the runs' reward_weighting
+    config, for the clip bounds and the std floor."""
     from crab.training.crab_dataset import annotate
     from crab.training.manifest import load_manifest
     from crab.training.rewards import RewardSpec, task_shares, weight_shares
 
+    data_root = args.work_dir / regime.data_dir
     spec = RewardSpec(chunk_size=chunk_size)
-    rows = load_manifest(manifest_path("mixed"), data_root)
+    rows = load_manifest(manifest_path(regime.mixed), data_root)
     signal = {row.name: annotate(row, spec).signal for row in rows}
-    g = json.loads(stats_path(data_root, "mixed").read_text())["overall"]["signal"]
+    g = json.loads(stats_path(data_root, regime.mixed).read_text())["overall"]["signal"]
     out = {}
     for a in sorted(set(alphas)):
         shares = weight_shares(signal, g["mean"], g["std"], a, (rw.clip_min, rw.clip_max), rw.std_floor)
         of_task = task_shares(shares, {row.name: row.task for row in rows})
-        out[f"{a:g}"] = {k: {**s, "task_share": of_task[k]} for k, s in shares.items()}
+        out[f"{a:g}"] = {
+            row.name: {**shares[row.name], "task": row.task, "task_share": of_task[row.name]} for row in rows
+        }
     return out
+
+
+def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Namespace, chunk_size: int) -> dict:
+    """Where the weight goes under each signal the regime's weighted methods use (at the first such
+    method's reward_weighting settings), on the mixed manifest: per dataset its frame share, mean raw
+    weight, share of the weight and of its task's (`task_share`), and `into_damage`, the share of the egg
+    task's weight on the chunks whose steps include the damage (a negative reward)."""
+    from crab.training.crab_dataset import annotate
+    from crab.training.manifest import load_manifest
+    from crab.training.reward_stats import damage_chunks
+    from crab.training.rewards import RewardSpec, frame_weights, task_shares, weight_shares
+    from crab.training.value_fit import load_values
+
+    data_root = args.work_dir / regime.data_dir
+    spec = RewardSpec(chunk_size=chunk_size)
+    manifest = manifest_path(regime.mixed)
+    rows = load_manifest(manifest, data_root)
+    out = {}
+    for m in methods:
+        cfg = run_config(m, 0, args, regime)
+        rw = cfg.reward_weighting
+        if not rw.enabled or m.data != "mixed" or rw.signal in out:
+            continue
+        values = None
+        if rw.signal == "chunk_advantage":
+            values, _ = load_values(cfg.data.value_file, rows, spec, manifest, data_root)
+        tables = [annotate(row, spec, rw.signal, None if values is None else values[row.name]) for row in rows]
+        g = json.loads(stats_path(data_root, regime.mixed, rw.signal).read_text())["overall"]["signal"]
+        clip = (rw.clip_min, rw.clip_max)
+        signals = {row.name: t.signal for row, t in zip(rows, tables, strict=True)}
+        shares = weight_shares(signals, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal)
+        of_task = task_shares(shares, {row.name: row.task for row in rows})
+        egg = [i for i, row in enumerate(rows) if row.task == PUT_EGG]
+        w = [frame_weights(tables[i].signal, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal) for i in egg]
+        damaged = damage_chunks([tables[i] for i in egg], spec)
+        total = sum(float(x.sum()) for x in w)
+        out[rw.signal] = {
+            "alpha": rw.alpha, "clip": list(clip), "std_floor": rw.std_floor, "method": m.name,
+            "datasets": {k: {**s, "task_share": of_task[k]} for k, s in shares.items()},
+            "egg": [rows[i].name for i in egg],
+            "into_damage": sum(float(x[d].sum()) for x, d in zip(w, damaged, strict=True)) / total if total else 0.0,
+            "into_damage_frames": float(np.concatenate(damaged).mean()),
+        }  # fmt: skip
+    return out
+
+
+def value_model_error(regime: Regime, methods: Sequence[Method], args: argparse.Namespace) -> dict | None:
+    """The held-out error of the regime's value model (`value_fit.heldout_errors`, saved in the value
+    file) and its settings; None when no method of the regime uses it."""
+    from crab.training.value_fit import read_meta
+
+    if not any(m.signal == "chunk_advantage" for m in methods):
+        return None
+    meta = read_meta(value_path(args.work_dir / regime.data_dir, regime.mixed))
+    return {"heldout": meta["heldout"], "settings": meta["settings"]}
 
 
 def plot(pooled: dict[str, dict], methods: Sequence[Method], path: Path, title: str) -> None:
@@ -373,59 +639,43 @@ def machine() -> str:
     )
 
 
-def report(
-    args: argparse.Namespace,
-    methods: Sequence[Method],
-    results: dict[str, list[dict]],
-    train_s: dict[str, list[float]],
-    weights: dict,
-    timings: dict,
-    plot_path: Path,
-    command: str,
-    twins: dict[str, str],
-) -> tuple[str, dict]:
-    first = weights[next(iter(weights))]
-    egg_frames = first[CLEAN]["frame_share"] + first[CRACKED]["frame_share"]
-    pooled = {task: {m.name: pool([r["tasks"][task] for r in results[m.name]]) for m in methods} for task in TASKS}
+def data_line(regime: Regime, args: argparse.Namespace) -> str:
+    where = f"`crab.sim.generate`, seed {args.data_seed}, {args.image_size}x{args.image_size} camera, under `{regime.data_dir}/` of the work dir"
+    clean, mixed = (f"`{manifest_path(s).name}`" for s in (regime.clean, regime.mixed))
+    if regime.name == "cycle1":
+        return (
+            f"- Data ({where}): {args.episodes_per_dataset} episodes per dataset (clean transfers, cracked rough "
+            f"transfers, failed attempts, clean carton openings). `clean` = manifest {clean} (clean transfers + "
+            f"carton), `mixed` = {mixed} (those + the cracked transfers); the failed dataset is generated but "
+            "neither manifest uses it. One episode per dataset is held out for validation."
+        )
+    return (
+        f"- Data ({where}): for training, {args.scarce_clean} clean transfers, {args.scarce_sloppy} "
+        f"{DAMAGE[regime.bad]} (`crab.sim.demonstrators`), {args.scarce_failed} failed attempts and "
+        f"{args.episodes_per_dataset - 1} clean carton openings; each dataset holds one more episode, held out for "
+        f"validation. `clean` = manifest {clean} (clean transfers + carton), `mixed` = {mixed} (those + the "
+        "damaging and failed transfers). "
+        "Evaluated on the egg task only."
+    )
+
+
+def regime_section(
+    args: argparse.Namespace, regime: Regime, methods: Sequence[Method], res: dict, plot_path: Path
+) -> tuple[list[str], dict]:
+    """The report's section of one regime (`res`: its results, `main`'s) and its pooled results."""
+    results, train_s, twins = res["per_seed"], res["train_s"], res["twins"]
+    pooled = {t: {m.name: pool([r["tasks"][t] for r in results[m.name]]) for m in methods} for t in regime.tasks}
     seeds = len(next(iter(results.values())))
-    cycle = cracked_factor_config(args)
-    rw, anchor = cycle.reward_weighting, cycle.anchor
-    lines = [
-        "# Simulated egg-transfer benchmark: RWFM + anchor against imitation learning",
-        "",
-        f"Generated by `crab/sim/compare.py` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
-        "",
-        f"    {command}",
-        "",
-        f"- Machine: {machine()}. A shared machine: other jobs ran at the same time, so training and "
-        "evaluation times are indicative only.",
-        f"- Data (`crab.sim.generate`, seed {args.data_seed}, {args.image_size}x{args.image_size} camera): "
-        f"{args.episodes_per_dataset} episodes per dataset (clean transfers, cracked rough transfers, failed "
-        "attempts, clean carton openings). `clean` = manifest `dataset_manifest_cycle1_clean.csv` (clean "
-        "transfers + carton), `mixed` = `dataset_manifest_cycle1_with_cracked.csv` (those + the cracked "
-        "transfers); the failed dataset is generated but neither manifest uses it. One episode per dataset is "
-        "held out for validation.",
-        f"- Policy: the tiny offline SmolVLA (`policy.pretrained_path: tiny`, `TINY_SMOLVLA_DEFAULTS`: "
-        f"chunk 10, expert width 1.0, lr 5e-4, warmup 200 scaled by lerobot's scheduler), {args.n_action_steps} "
-        f"actions executed per chunk; {args.steps} steps at batch {args.batch_size}; anchor warmup/ramp "
-        f"{args.steps // 20}/{args.steps // 10} steps (the cycle configs' 1000/2000 of 20000, scaled). Everything "
-        f"else is the cycle configs' (alpha {rw.alpha:g}, clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor "
-        f"{rw.std_floor:g}, lambda_anchor {anchor.lambda_anchor:g}, weights divided by the training frames' mean weight, `G = R_e`).",
-        f"- Training seeds: {seeds} (1000, 1001, ...); evaluation: {args.episodes} episodes per task per seed, "
-        "the same initial scenes for every method of a seed (evaluation seed = seed index). Rates pool all "
-        "seeds' episodes (Wilson 95% interval); 'per seed' lists each seed's rate.",
-        "- IL on clean data only (the filtering baseline) is the baseline IL config on the clean manifest, "
-        "so it is trained once: row `il_clean`. RWFM without the anchor on the clean manifest, where every "
-        "episode succeeds, gives every sample the weight 1 and trains bit for bit as IL "
-        "(`tests/test_train.py`), so it is reported with IL's run, not retrained: "
-        + (", ".join(f"`{k}` = `{v}`" for k, v in twins.items()) or "none here") + ".",
-        f"- Wall time of the command: {timings['wall_s'] / 60:.1f} min with {args.jobs} training(s) at a time "
-        f"({args.threads} torch thread(s) each): data {timings['data_s']:.0f} s; summed over the runs, training "
-        f"{sum(sum(v) for k, v in train_s.items() if k not in twins) / 60:.1f} min and evaluation {timings['eval_s'] / 60:.1f} min. "
-        "Runs reused from an earlier invocation count the time measured when they were trained.",
-        "",
-    ]
-    for task in TASKS:
+    rw = cracked_factor_config(args).reward_weighting
+    lines = [f"## Regime `{regime.name}`: {regime.title}", "", data_line(regime, args)]
+    if twins:
+        lines.append(
+            "- RWFM without the anchor on the clean manifest, where every episode succeeds, gives every sample "
+            "the weight 1 and trains bit for bit as IL (`tests/test_train.py`), so it is reported with IL's run, "
+            "not retrained: " + ", ".join(f"`{k}` = `{v}`" for k, v in twins.items()) + "."
+        )
+    lines.append("")
+    for task in regime.tasks:
         rows = []
         for m in methods:
             p = pooled[task][m.name]
@@ -436,59 +686,147 @@ def report(
                 f"{np.mean(train_s[m.name]) / 60:.1f}",
             ])  # fmt: skip
         lines += [
-            f"## {task} ({pooled[task][methods[0].name]['episodes']} episodes per row)",
+            f"### {task} ({pooled[task][methods[0].name]['episodes']} episodes per row)",
             "",
             markdown_table(
                 ["run", "method", "data", "success", "per seed", "crack", "per seed", "mean return",
                  "train min/seed"], rows,
             ),
             "",
-        ]
-    lines += [f"![success and crack rates]({plot_path.name})", "", "## The bar (egg transfer, pooled)", ""]
-    if set(BAR_METHODS) <= set(pooled[PUT_EGG]):
-        bar = check_bar(pooled[PUT_EGG])
-        lines += [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in bar]
-    else:
-        lines.append(f"Not checked: it needs the runs {list(BAR_METHODS)}.")
+        ]  # fmt: skip
+    egg = pooled[PUT_EGG]
+    lines += [f"![success and crack rates]({plot_path.name})", "", "### The bar (egg transfer, pooled)", ""]
+    bars = [(BAR_METHODS, check_bar)] if regime.name == "cycle1" else []
+    bars.append((CHUNK_BAR_METHODS, lambda p: check_chunk_bar(regime.name, p)))
+    for needed, check in bars:
+        if set(needed) <= set(egg):
+            lines += [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in check(egg)]
+        else:
+            lines.append(f"- Not checked: it needs the runs {list(needed)}.")
+    weights, bad = res["weights"], regime.bad
+    first = weights[next(iter(weights))]
+    egg_frames = sum(v["frame_share"] for v in first.values() if v["task"] == PUT_EGG)
     lines += [
         "",
-        "## RWFM weights on the mixed data",
+        "### RWFM `outcome` weights on the mixed data",
         "",
         f"Per alpha, the mean raw weight `clip(exp(alpha A), {rw.clip_min:g}, {rw.clip_max:g})` (the cycle "
-        "configs' bounds) of a clean and of a cracked egg transfer frame, "
-        "and the cracked transfers' share of the egg task's total weight (they are "
-        f"{first[CRACKED]['frame_share'] / egg_frames:.0%} of its "
-        "frames). Batch normalisation rescales all weights of a batch alike, so these shares are what the "
-        "weighted loss imitates; they are computed from the data before any training:",
+        f"configs' bounds) of a clean and of a damaging (`{bad}`) egg transfer frame, and the damaging transfers' "
+        f"share of the egg task's total weight (they are {first[bad]['frame_share'] / egg_frames:.0%} of its "
+        "frames). The weights are divided by one constant, so these shares are what the weighted loss imitates; "
+        "they are computed from the data before any training:",
         "",
         markdown_table(
-            ["alpha", "clean transfer", "cracked transfer", "cracked / clean", "cracked share of egg-task weight"],
-            [[a, f"{w[CLEAN]['mean_weight']:.3f}", f"{w[CRACKED]['mean_weight']:.3f}",
-              f"{w[CRACKED]['mean_weight'] / w[CLEAN]['mean_weight']:.2f}",
-              f"{w[CRACKED]['task_share']:.1%}"]
+            ["alpha", "clean transfer", "damaging transfer", "damaging / clean", "damaging share of egg-task weight"],
+            [[a, f"{w[CLEAN]['mean_weight']:.3f}", f"{w[bad]['mean_weight']:.3f}",
+              f"{w[bad]['mean_weight'] / w[CLEAN]['mean_weight']:.2f}" if w[CLEAN]["mean_weight"] else "n/a",
+              f"{w[bad]['task_share']:.1%}"]
              for a, w in weights.items()],
         ),
         "",
+    ]  # fmt: skip
+    if res["shares"]:
+        names = next(iter(res["shares"].values()))["egg"]
+        header = ["signal (row's settings)", *(f"`{n}`" for n in names), "chunks into damage"]
+        rows = [
+            [f"`{sig}` (`{v['method']}`: alpha {v['alpha']:g}, clip [{v['clip'][0]:g}, {v['clip'][1]:g}], std floor {v['std_floor']:g})",
+             *(f"{v['datasets'][n]['task_share']:.1%}" for n in names),
+             f"{v['into_damage']:.2%} ({v['into_damage_frames']:.1%} of the frames)"]
+            for sig, v in res["shares"].items()
+        ]  # fmt: skip
+        lines += [
+            "### Where the weight goes, per signal (mixed manifest, egg task)",
+            "",
+            "Each egg dataset's share of the egg task's total RWFM weight under each signal the rows use, and "
+            "the share on the chunks into damage (those whose steps include the crack's negative reward):",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
+    if res["value_model"] is not None:
+        h, st = res["value_model"]["heldout"], res["value_model"]["settings"]
+        lines += [
+            f"Value model (`crab.training.value_fit` on the mixed manifest, {st['folds']} folds by episode, "
+            f"{st['epochs']} epochs, expectile {st['expectile']:g}): held-out RMSE of V {h['rmse']:.3f}, against "
+            f"{h['rmse_constant_per_task']:.3f} for the best constant per task (return-to-go std {h['target_std']:.3f}).",
+            "",
+        ]
+    plot(egg, methods, plot_path, f"{regime.name}: {PUT_EGG} ({seeds} seed(s) x {args.episodes} episodes pooled)")
+    return lines, pooled
+
+
+def plot_path_of(out: Path, regime: Regime) -> Path:
+    return out.with_suffix(".png") if regime.name == "cycle1" else out.with_name(f"{out.stem}_{regime.name}.png")
+
+
+def report(args: argparse.Namespace, plan, outcome: dict[str, dict], timings: dict, command: str) -> tuple[str, dict]:
+    """The markdown report of the regimes of `plan` (`select`) and their pooled results."""
+    cycle = cracked_factor_config(args)
+    rw, anchor = cycle.reward_weighting, cycle.anchor
+    seeds = args.seeds
+    train_min = sum(sum(v) for res in outcome.values() for k, v in res["train_s"].items() if k not in res["twins"]) / 60
+    lines = [
+        "# Simulated egg-transfer benchmark: RWFM + anchor against imitation learning",
+        "",
+        f"Generated by `crab/sim/compare.py` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        f"    {command}",
+        "",
+        f"- Machine: {machine()}. A shared machine: other jobs ran at the same time, so training and "
+        "evaluation times are indicative only.",
+        f"- Policy: the tiny offline SmolVLA (`policy.pretrained_path: tiny`, `TINY_SMOLVLA_DEFAULTS`: "
+        f"chunk 10, expert width 1.0, lr 5e-4, warmup 200 scaled by lerobot's scheduler), {args.n_action_steps} "
+        f"actions executed per chunk; {args.steps} steps at batch {args.batch_size}; anchor warmup/ramp "
+        f"{args.steps // 20}/{args.steps // 10} steps (the cycle configs' 1000/2000 of 20000, scaled). Everything "
+        f"else is the cycle configs' (alpha {rw.alpha:g}, clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor "
+        f"{rw.std_floor:g}, lambda_anchor {anchor.lambda_anchor:g}, weights divided by the training frames' mean "
+        f"weight, `G = R_e`), except where a row says otherwise (`chunk_advantage`: std floor "
+        f"{CHUNK_ADVANTAGE_STD_FLOOR:g}, README section 2b).",
+        f"- Training seeds: {seeds} (1000, 1001, ...); evaluation: {args.episodes} episodes per task per seed, "
+        "the same initial scenes for every method of a seed (evaluation seed = seed index). Rates pool all "
+        "seeds' episodes (Wilson 95% interval); 'per seed' lists each seed's rate.",
+        "- IL on clean data only (the filtering baseline) is the baseline IL config on the clean manifest: "
+        "row `il_clean`.",
+        f"- Wall time of the command: {timings['wall_s'] / 60:.1f} min with {args.jobs} training(s) at a time "
+        f"({args.threads} torch thread(s) each): data {timings['data_s']:.0f} s, value models "
+        f"{timings['value_fit_s']:.0f} s; summed over the runs, training {train_min:.1f} min and evaluation "
+        f"{timings['eval_s'] / 60:.1f} min. Runs reused from an earlier invocation count the time measured when "
+        "they were trained.",
+        "",
     ]
-    plot(pooled[PUT_EGG], methods, plot_path, f"{PUT_EGG} ({seeds} seed(s) x {args.episodes} episodes pooled)")
+    pooled = {}
+    for regime, methods in plan:
+        section, pooled[regime.name] = regime_section(
+            args, regime, methods, outcome[regime.name], plot_path_of(args.out, regime)
+        )
+        lines += section
     return "\n".join(lines), pooled
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("docs/sim_benchmark.md"))
+    p.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"a subset of {list(REGIMES)} (default: all)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task per seed")
     p.add_argument("--steps", type=int, default=2000, help="training steps per run")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
     p.add_argument("--episodes-per-dataset", type=int, default=50)
+    p.add_argument("--scarce-clean", type=int, default=10, help="scarce regime: clean egg transfers for training")
+    p.add_argument(
+        "--scarce-sloppy", type=int, default=40, help="scarce regime: sloppy transfers (cracked) for training"
+    )
+    p.add_argument("--scarce-failed", type=int, default=10, help="scarce regime: failed attempts for training")
+    p.add_argument("--value-expectile", type=float, default=0.5,
+                   help="`value_fit --expectile` of the chunk_advantage rows' value models")  # fmt: skip
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--work-dir", type=Path, default=Path("outputs/sim_benchmark"))
-    p.add_argument("--methods", nargs="+", help=f"a subset of {[m.name for m in METHODS]} (default: all)")
+    p.add_argument("--methods", nargs="+", help="rows to run, in every regime of --regimes that has them "
+                   f"(default: all); cycle1: {[m.name for m in METHODS]}, scarce: {[m.name for m in SCARCE_METHODS]}")  # fmt: skip
     p.add_argument("--extra-alpha", type=float, action="append", default=[],
-                   help="also train the mixed RWFM + anchor run with this alpha (an extra row)")  # fmt: skip
+                   help="also train the mixed RWFM + anchor run of regime cycle1 with this alpha (an extra row)")  # fmt: skip
     p.add_argument("--cache-items", action=argparse.BooleanOptionalAction, default=True,
                    help="keep decoded training items in RAM (`data.cache_items`); the small generated data fit")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="trainings at a time, each in its own process")
@@ -501,55 +839,66 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     args = parse_args(argv)
+    plan = select(args)
     torch.set_num_threads(args.threads)
     command = "python -m crab.sim.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
-    methods = [*METHODS, *(alpha_method(a) for a in args.extra_alpha)]
-    if args.methods:
-        unknown = sorted(set(args.methods) - {m.name for m in methods})
-        if unknown:
-            raise SystemExit(f"unknown method(s) {unknown}; choose from {[m.name for m in methods]}")
-        methods = [m for m in methods if m.name in args.methods]
-    data_root = args.work_dir / "data"
-    timings = {"data_s": ensure_data(data_root, args.episodes_per_dataset, args.data_seed, args.image_size)}
     from crab.training.crab_smolvla_wrapper import policy_config
 
     # The reward statistics are computed for the policy's chunk (training refuses any other).
-    chunk_size = policy_config(run_config(methods[0], 0, args, data_root).policy).chunk_size
-    rw = cracked_factor_config(args).reward_weighting
-    ensure_stats(data_root, chunk_size, rw)
+    probe = run_config(plan[0][1][0], 0, args, plan[0][0])
+    chunk_size, held_out = policy_config(probe.policy).chunk_size, probe.data.val_episodes_per_dataset
+    timings = {"data_s": 0.0, "value_fit_s": 0.0}
+    for regime, methods in plan:
+        data_root = args.work_dir / regime.data_dir
+        counts = regime_counts(regime, args, held_out)
+        timings["data_s"] += ensure_data(data_root, args.episodes_per_dataset, args.data_seed, args.image_size, counts)
+        timings["value_fit_s"] += ensure_stats(regime, methods, args, chunk_size)
 
-    twins = il_twins(methods, args, data_root)
-    runs = [(m, seed) for seed in range(args.seeds) for m in methods if m.name not in twins]
-    jobs = [(run_config(m, seed, args, data_root), args.episodes, seed, args.n_action_steps, args.image_size,
-             args.threads) for m, seed in runs]  # fmt: skip
+    twins = {regime.name: il_twins(regime, methods, args) for regime, methods in plan}
+    runs = [(regime, m, seed) for regime, methods in plan for seed in range(args.seeds) for m in methods
+            if m.name not in twins[regime.name]]  # fmt: skip
+    jobs = [(run_config(m, seed, args, regime), args.episodes, seed, args.n_action_steps, args.image_size,
+             args.threads, regime.tasks) for regime, m, seed in runs]  # fmt: skip
     if args.jobs > 1:  # spawn: the same on Linux and Windows, and no forked torch thread pools
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool_:
             done = list(pool_.map(train_and_evaluate, *zip(*jobs, strict=True)))
     else:
         done = [train_and_evaluate(*job) for job in jobs]
-    results: dict[str, list[dict]] = {m.name: [] for m in methods}
-    train_s: dict[str, list[float]] = {m.name: [] for m in methods}
-    for (m, _), (result, seconds, _) in zip(runs, done, strict=True):
-        results[m.name].append(result)
-        train_s[m.name].append(seconds)
-    for name, il in twins.items():
-        results[name], train_s[name] = results[il], train_s[il]
+    outcome = {}
+    for regime, methods in plan:
+        res = {
+            "per_seed": {m.name: [] for m in methods},
+            "train_s": {m.name: [] for m in methods},
+            "twins": twins[regime.name],
+        }
+        for (r, m, _), (result, seconds, _) in zip(runs, done, strict=True):
+            if r.name == regime.name:
+                res["per_seed"][m.name].append(result)
+                res["train_s"][m.name].append(seconds)
+        for name, il in res["twins"].items():
+            res["per_seed"][name], res["train_s"][name] = res["per_seed"][il], res["train_s"][il]
+        rw = cracked_factor_config(args).reward_weighting
+        alphas = [0.25, 1.0, rw.alpha, *(args.extra_alpha if regime.name == "cycle1" else [])]
+        res["weights"] = weight_analysis(regime, args, chunk_size, alphas, rw)
+        res["shares"] = signal_shares(regime, methods, args, chunk_size)
+        res["value_model"] = value_model_error(regime, methods, args)
+        outcome[regime.name] = res
     timings["eval_s"] = sum(eval_s for _, _, eval_s in done)
     timings["wall_s"] = time.perf_counter() - start
 
-    weights = weight_analysis(data_root, chunk_size, [0.25, 1.0, rw.alpha, *args.extra_alpha], rw)
-    plot_path = args.out.with_suffix(".png")
-    text, pooled = report(args, methods, results, train_s, weights, timings, plot_path, command, twins)
+    text, pooled = report(args, plan, outcome, timings, command)
     notes = ""
     if args.out.is_file() and NOTES_MARKER in args.out.read_text():
         notes = args.out.read_text().split(NOTES_MARKER, 1)[1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n" + NOTES_MARKER + (notes or "\n"))
-    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "pooled": pooled, "train_s": train_s,
-               "timings": timings, "weights": weights, "per_seed": results}  # fmt: skip
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "timings": timings,
+               "regimes": {name: {**res, "pooled": pooled[name]} for name, res in outcome.items()}}  # fmt: skip
     (args.work_dir / "results.json").write_text(json.dumps(summary, indent=2))
     print(text)
-    print(f"\nwrote {args.out}, {plot_path}, {args.work_dir / 'results.json'}")
+    plots = ", ".join(str(plot_path_of(args.out, regime)) for regime, _ in plan)
+    print(f"\nwrote {args.out}, {plots}, {args.work_dir / 'results.json'}")
+    print(f"wall time {timings['wall_s'] / 60:.1f} min")
     return summary
 
 

@@ -9,6 +9,12 @@ actions are smooth enough to imitate. The three styles act differently in the sa
   egg from a height (often fast enough to crack it on impact). Still usually delivers the egg.
 - `failing`: a missed grasp (off to the side), a grip too weak to lift, or a release right after lifting;
   the egg never reaches the tray.
+- `sloppy`: the careful style everywhere except at one moment, the release: it lets go from a height
+  over the tray (`DROP_HEIGHT`), so the egg usually cracks on impact. The approach, grasp and carry are
+  the careful ones (the same phases and parameter draws), so only the release is worth avoiding.
+- `squeezing`: the careful style everywhere except at one moment, the grasp: the fingers close with a
+  squeeze over the crack force (`SQUEEZE_GRIP`) for the grasp's few steps, then hold with the careful grip
+  for the carry and the release, which are the careful ones (the cracked egg still goes into the tray).
 
 The demonstrators read the true scene state from the env (egg, tray, lid positions), as a human
 teleoperator would see them.
@@ -35,12 +41,17 @@ from crab.sim.egg_env import (
     EggEnv,
 )
 
-STYLES = ("careful", "rough", "failing")
+STYLES = ("careful", "rough", "failing", "sloppy", "squeezing")  # new styles go last: the index seeds their rng
 GRIP_OPEN = -1.0
 PALM_ABOVE_EGG_CENTRE = 0.028  # palm height over the egg centre at which the fingertips straddle its equator
 TRAY_FLOOR = 0.004
 GAIN = 0.6  # fraction of the remaining distance commanded per step (before the speed cap)
 APPROACH = 0.07  # hover height over the grasp pose: fingertips clear the egg and the carton walls
+# The sloppy style's release height (egg bottom over the tray floor): a free fall from 2.5 cm reaches
+# CRACK_SPEED, so most drops from this range crack the egg.
+DROP_HEIGHT = (0.02, 0.06)
+# The squeezing style's grip command while the fingers close (x GRIP_FORCE_MAX newtons): over CRACK_FORCE.
+SQUEEZE_GRIP = (0.7, 0.9)
 
 
 @dataclass
@@ -118,14 +129,17 @@ def _egg_pick_phases(rng: np.random.Generator, style: str) -> tuple[list[Phase],
     def hold(env: EggEnv) -> np.ndarray:
         return env.ee_pos
 
-    if style == "careful":
+    if style in ("careful", "sloppy", "squeezing"):
+        # The same draws in the same order: given the same rng, sloppy differs from careful only in `gap`,
+        # squeezing only in the grip while the fingers close (one more draw, after the careful ones).
         grip = rng.uniform(0.3, 0.45)
-        gap = rng.uniform(0.0, 0.004)
+        gap = rng.uniform(*DROP_HEIGHT) if style == "sloppy" else rng.uniform(0.0, 0.004)
         carry = rng.uniform(0.14, 0.16)
+        closing = rng.uniform(*SQUEEZE_GRIP) if style == "squeezing" else grip
         phases = [
             Phase(_above(egg_grasp, APPROACH), speed=0.7, grip=GRIP_OPEN, tol=0.01),
             Phase(egg_grasp, speed=0.3, grip=GRIP_OPEN, tol=0.003),
-            Phase(egg_grasp, speed=0.3, grip=grip, min_steps=4, max_steps=4),
+            Phase(egg_grasp, speed=0.3, grip=closing, min_steps=4, max_steps=4),
             Phase(lift(carry), speed=0.4, grip=grip, tol=0.01),
             Phase(over_tray(carry), speed=0.6, grip=grip, tol=0.01),
             Phase(tray_release(gap), speed=0.3, grip=grip, tol=0.003),

@@ -1,6 +1,7 @@
 """Roll out the scripted demonstrators and write them as LeRobot v3.0 datasets.
 
-    python -m crab.sim.generate --out data --episodes-per-dataset 8 --seed 0 [--image-size 32]
+    python -m crab.sim.generate --out data --episodes-per-dataset 8 --seed 0 [--image-size 32] \
+        [--count egg_carton_to_tray=11 --count egg_carton_to_tray_cracked=0 ...]
 
 Each dataset holds one quality, by rejection: rollouts are screened without rendering (physics does
 not depend on it) and only those whose outcome matches the dataset are replayed with the camera and
@@ -12,6 +13,13 @@ written:
 - `open_the_carton` (clean): careful carton openings that succeeded;
 - `close_the_carton` (clean): careful closings of the empty carton (the egg already in the tray) that
   succeeded. No cycle-1 manifest uses it; the anchor benchmark (`crab.sim.anchor_benchmark`) does.
+- `egg_carton_to_tray_sloppy` (cracked): sloppy transfers (careful until the release, then dropped from a
+  height) that cracked the egg. The scarce-clean manifests (`dataset_manifest_scarce_*.csv`) use it.
+- `egg_carton_to_tray_squeezed` (cracked): squeezing transfers (careful but for a squeeze over the crack
+  force at the grasp) that cracked the egg. `dataset_manifest_scarce_grasp_mixed.csv` uses it.
+
+Every dataset gets `--episodes-per-dataset` episodes unless `--count NAME=N` says otherwise (0: not
+written), e.g. few clean transfers and many sloppy ones for the scarce-clean regime of `crab.sim.compare`.
 
 Every episode's true `success`/`damage` also goes to the label file, and `next.reward`/`next.success`
 hold the per-step reward (+1 success, -1 crack) and success flag.
@@ -25,7 +33,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +64,25 @@ DATASETS = (
     DatasetSpec("open_the_carton", OPEN_CARTON, "careful", "clean", "cycle1", lambda r: r.success),
     # Appended last: each dataset's episode seeds come from its index here, so the others are unchanged.
     DatasetSpec("close_the_carton", CLOSE_CARTON, "careful", "clean", "", lambda r: r.success),
+    DatasetSpec("egg_carton_to_tray_sloppy", PUT_EGG, "sloppy", "cracked", "", lambda r: r.cracked),
+    DatasetSpec("egg_carton_to_tray_squeezed", PUT_EGG, "squeezing", "cracked", "", lambda r: r.cracked),
 )
+
+
+def episode_counts(episodes_per_dataset: int, counts: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Episodes per dataset of `DATASETS`: `episodes_per_dataset`, or what `counts` says for those it names."""
+    counts = dict(counts or {})
+    names = [d.name for d in DATASETS]
+    unknown = sorted(set(counts) - set(names))
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {unknown} in the episode counts; expected some of {names}")
+    out = {name: counts.get(name, episodes_per_dataset) for name in names}
+    negative = {k: v for k, v in out.items() if v < 0}
+    if negative:
+        raise ValueError(f"episode counts must be >= 0, got {negative}")
+    return out
+
+
 def collect(spec: DatasetSpec, episodes: int, seed: int, image_size: int) -> tuple[list[Rollout], int]:
     """`episodes` rendered rollouts that `spec.keep`s, and how many candidates were screened."""
     rng = np.random.default_rng([seed, [d.name for d in DATASETS].index(spec.name)])
@@ -77,10 +103,18 @@ def collect(spec: DatasetSpec, episodes: int, seed: int, image_size: int) -> tup
     return kept, tried
 
 
-def generate(out: Path, episodes_per_dataset: int, seed: int, image_size: int = 32, overwrite: bool = False) -> Path:
-    """Write the datasets of `DATASETS` under `out` (the data root of crab/training/docs/dataset_manifest*.csv).
+def generate(
+    out: Path,
+    episodes_per_dataset: int,
+    seed: int,
+    image_size: int = 32,
+    overwrite: bool = False,
+    counts: Mapping[str, int] | None = None,
+) -> Path:
+    """Write the datasets of `DATASETS` under `out` (the data root of crab/training/docs/dataset_manifest*.csv):
+    `episodes_per_dataset` episodes each, or `counts[name]` for the datasets `counts` names (0: not written).
 
-    With `overwrite`, existing folders of these datasets are replaced; otherwise they are an error.
+    With `overwrite`, existing folders of the datasets written are replaced; otherwise they are an error.
     """
     # Quiet per-episode encoder output: SVT-AV1 (lerobot's video encoder) prints its banner and settings
     # unless told to log errors only (read when each encoder starts), FFmpeg's muxer logs at info
@@ -96,15 +130,17 @@ def generate(out: Path, episodes_per_dataset: int, seed: int, image_size: int = 
     if image_size < MIN_VIDEO_SIDE:
         raise ValueError(f"image_size must be at least {MIN_VIDEO_SIDE} for video encoding, got {image_size}")
     out = Path(out)
-    for spec in DATASETS:
+    n_episodes = episode_counts(episodes_per_dataset, counts)
+    specs = [spec for spec in DATASETS if n_episodes[spec.name] > 0]
+    for spec in specs:
         if (out / spec.name).exists():
             if not overwrite:
                 raise FileExistsError(f"{out / spec.name} exists (pass overwrite=True / --overwrite)")
             shutil.rmtree(out / spec.name)
     summary = {}
-    for spec in DATASETS:
+    for spec in specs:
         start = time.perf_counter()
-        kept, tried = collect(spec, episodes_per_dataset, seed, image_size)
+        kept, tried = collect(spec, n_episodes[spec.name], seed, image_size)
         episodes = [
             Episode(r.task, r.frames, labels={"success": int(r.success), "damage": int(r.cracked)}) for r in kept
         ]
@@ -134,9 +170,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true", help="replace existing dataset folders")
+    parser.add_argument("--count", action="append", default=[], metavar="NAME=N",
+                        help="episodes of one dataset instead of --episodes-per-dataset (0: not written); repeatable")  # fmt: skip
     args = parser.parse_args(argv)
+    counts = {}
+    for item in args.count:
+        name, sep, n = item.partition("=")
+        if not sep or not n.strip().lstrip("-").isdigit():
+            parser.error(f"--count {item!r}: expected NAME=N, e.g. egg_carton_to_tray=11")
+        counts[name.strip()] = int(n)
+    try:
+        episode_counts(args.episodes_per_dataset, counts)
+    except ValueError as e:
+        parser.error(str(e))
     start = time.perf_counter()
-    out = generate(args.out, args.episodes_per_dataset, args.seed, args.image_size, args.overwrite)
+    out = generate(args.out, args.episodes_per_dataset, args.seed, args.image_size, args.overwrite, counts)
     print(f"datasets under {out} ({time.perf_counter() - start:.1f}s in all); manifests: crab/training/docs/")
 
 
