@@ -185,7 +185,7 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "report.md"
     argv = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--seeds", "1", "--episodes", "1",
             "--steps", "2", "--batch-size", "4", "--episodes-per-dataset", "2", "--scarce-clean", "1",
-            "--scarce-sloppy", "2", "--scarce-failed", "1", "--regimes", "cycle1", "scarce",
+            "--scarce-damaging", "2", "--scarce-failed", "1", "--regimes", "cycle1", "scarce",
             "--methods", "il_clean", "rwfm_clean", "rwfm_chunk_adv_mixed", "--jobs", "2"]  # fmt: skip
     result = compare.main(argv)
     cycle1, scarce = result["regimes"]["cycle1"], result["regimes"]["scarce"]

@@ -46,6 +46,7 @@ from crab.sim.compare import (
     markdown_table,
     pool,
     train_or_reuse,
+    without_scarce_datasets,
 )
 from crab.sim.egg_env import PUT_EGG, TASK_ACTION_DIMS, TASKS
 
@@ -413,7 +414,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     torch.set_num_threads(args.threads)
     command = "python -m crab.sim.anchor_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
     data_root = args.work_dir / "data"
-    timings = {"data_s": ensure_data(data_root, args.episodes_per_dataset, args.data_seed, args.image_size)}
+    timings = {
+        "data_s": ensure_data(
+            data_root, args.episodes_per_dataset, args.data_seed, args.image_size, without_scarce_datasets()
+        )
+    }
     from crab.training.crab_smolvla_wrapper import TINY_SMOLVLA_DEFAULTS
 
     rw = run_config(Run("lambda0", 0, 0.0), args).reward_weighting

@@ -2,17 +2,19 @@
 
     python -m crab.sim.compare --out docs/sim_benchmark.md [--seeds 3] [--episodes 50] [--steps 2000] \
         [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--jobs 2] \
-        [--extra-alpha 0.25] [--regimes cycle1 scarce] [--methods ...] [--scarce-clean 10] \
-        [--scarce-sloppy 40] [--scarce-failed 10] [--value-expectile 0.5]
+        [--extra-alpha 0.25] [--regimes cycle1 scarce scarce_grasp] [--methods ...] [--scarce-clean 10] \
+        [--scarce-damaging 40] [--scarce-failed 10] [--value-expectile 0.5]
 
-Two regimes (`REGIMES`), each with its own data root under the work dir, manifests and rows:
+Three regimes (`REGIMES`), each with its own data root under the work dir, manifests and rows:
 
 - `cycle1`: today's data (`--episodes-per-dataset` per dataset): clean transfers, rough transfers that
   cracked, carton openings (`dataset_manifest_cycle1_*.csv`); evaluated on both tasks.
 - `scarce`: few clean transfers (`--scarce-clean`) against many sloppy ones that cracked the egg at the
-  release (`--scarce-sloppy`) and failed attempts (`--scarce-failed`), plus the carton openings
+  release (`--scarce-damaging`) and failed attempts (`--scarce-failed`), plus the carton openings
   (`dataset_manifest_scarce_*.csv`); evaluated on the egg task. Counts are training episodes: each
   dataset holds one more, its held-out validation episode.
+- `scarce_grasp`: the same, with squeezing transfers that cracked the egg at the grasp (their carry and
+  release careful) as the damaging ones (`dataset_manifest_scarce_grasp_mixed.csv`).
 
 Per regime: one dataset generation (`crab.sim.generate`), the out-of-episode value model of its mixed
 manifest (`crab.training.value_fit`, for the `chunk_advantage` rows), reward statistics of each manifest
@@ -318,16 +320,21 @@ def ensure_data(
     return time.perf_counter() - start
 
 
+def without_scarce_datasets() -> dict[str, int]:
+    """Episode counts (`generate.episode_counts`) that leave out the damaging datasets only the scarce
+    regimes use: today's regime and the anchor benchmark generate every other dataset."""
+    return {r.bad: 0 for r in REGIMES.values() if r.name != "cycle1"}
+
+
 def regime_counts(regime: Regime, args: argparse.Namespace, held_out: int) -> dict[str, int]:
     """The episodes per dataset a regime generates (see `generate.DATASETS`); `held_out`: the validation
     episodes per dataset (`data.val_episodes_per_dataset`) added to the scarce regime's training counts."""
-    scarce_bad = {r.bad for r in REGIMES.values() if r.name != "cycle1"}
     if regime.name == "cycle1":
-        return dict.fromkeys(scarce_bad, 0)  # every other dataset at --episodes-per-dataset
+        return without_scarce_datasets()  # every other dataset at --episodes-per-dataset
     return {
         CLEAN: args.scarce_clean + held_out,
-        **dict.fromkeys(scarce_bad - {regime.bad}, 0),
-        regime.bad: args.scarce_sloppy + held_out,
+        **without_scarce_datasets(),
+        regime.bad: args.scarce_damaging + held_out,
         "egg_carton_to_tray_failed": args.scarce_failed + held_out,
         "egg_carton_to_tray_cracked": 0,
         "close_the_carton": 0,
@@ -650,7 +657,7 @@ def data_line(regime: Regime, args: argparse.Namespace) -> str:
             "neither manifest uses it. One episode per dataset is held out for validation."
         )
     return (
-        f"- Data ({where}): for training, {args.scarce_clean} clean transfers, {args.scarce_sloppy} "
+        f"- Data ({where}): for training, {args.scarce_clean} clean transfers, {args.scarce_damaging} "
         f"{DAMAGE[regime.bad]} (`crab.sim.demonstrators`), {args.scarce_failed} failed attempts and "
         f"{args.episodes_per_dataset - 1} clean carton openings; each dataset holds one more episode, held out for "
         f"validation. `clean` = manifest {clean} (clean transfers + carton), `mixed` = {mixed} (those + the "
@@ -815,7 +822,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--episodes-per-dataset", type=int, default=50)
     p.add_argument("--scarce-clean", type=int, default=10, help="scarce regime: clean egg transfers for training")
     p.add_argument(
-        "--scarce-sloppy", type=int, default=40, help="scarce regime: sloppy transfers (cracked) for training"
+        "--scarce-damaging", type=int, default=40,
+        help="scarce regimes: damaging transfers for training (sloppy: cracked at the release; squeezing: at the grasp)"
     )
     p.add_argument("--scarce-failed", type=int, default=10, help="scarce regime: failed attempts for training")
     p.add_argument("--value-expectile", type=float, default=0.5,
