@@ -14,9 +14,11 @@ import torch
 from conftest import ALL_ROWS, PLACE, write_manifest
 from lerobot.policies.smolvla.modeling_smolvla import resize_with_pad
 from test_crab_dataset import SPEC, assert_same_item, boundary_and_random_indices
+from test_train import config, setup, step_log  # noqa: F401 (setup: the training data fixture)
 
 from crab.data import frame_cache
 from crab.data.frame_cache import FrameCacheError, cached_size, policy_resize_is_identity, to_policy_input
+from crab.training import train
 from crab.training.crab_dataset import CrabDataset
 from crab.training.manifest import load_manifest
 
@@ -150,3 +152,21 @@ def test_too_small_a_disk_is_refused_before_anything_is_written(data_root, tmp_p
     monkeypatch.setattr(frame_cache.shutil, "disk_usage", lambda path: usage(10**6, 0, 26_000))
     frame_cache.build([str(manifest)], str(data_root), out, (24, 20))
     assert np.load(out / "clean" / "observation.images.top.npy").shape == (21, 3, 20, 20)
+
+
+@pytest.mark.slow
+def test_training_reads_its_frames_from_the_cache(setup, tmp_path):  # noqa: F811 (the imported fixture)
+    """`data.frame_cache` in train.py: at the tiny policy's 32x32 the test frames are stored as decoded, so
+    the run is the decoding run, step for step; a cache for another resolution stops it before any step."""
+    steps = {"train.steps": 4, "train.save_every": 4}
+    out = tmp_path / "frames"
+    frame_cache.build([str(setup["manifest"])], str(setup["data_root"]), out, (32, 32))
+    decoded = train.train(config(setup, "decoded", **steps))
+    cached = train.train(config(setup, "cached", **steps, **{"data.frame_cache": out.as_posix()}))
+    for key in ("loss", "loss_weighted", "loss_anchor", "grad_norm"):
+        assert [r[key] for r in step_log(decoded)] == [r[key] for r in step_log(cached)], key
+    other = tmp_path / "other"
+    frame_cache.build([str(setup["manifest"])], str(setup["data_root"]), other, (24, 20))
+    with pytest.raises(FrameCacheError, match=r"built for resolution 24x20, but the policy resizes to 32x32"):
+        train.train(config(setup, "wrong", **steps, **{"data.frame_cache": other.as_posix()}))
+    assert not (setup["out"] / "wrong").exists()

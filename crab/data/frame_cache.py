@@ -38,14 +38,16 @@ import numpy as np
 import torch
 
 from crab.data.lerobot_reader import LeRobotFrames, to_float
+from crab.training.manifest import ManifestError, check_roots, load_manifest
 
 INDEX_FILE = "frame_cache.json"
 FORMAT = 1
 DEFAULT_RESOLUTION = (512, 512)  # smolvla_base's resize_imgs_with_padding (width, height)
 
 
-class FrameCacheError(ValueError):
-    """A frame cache that cannot be built or used (missing, stale, wrong resolution, disk too small)."""
+class FrameCacheError(ManifestError):
+    """A frame cache that cannot be built or used (missing, stale, wrong resolution, disk too small): bad
+    data input, reported like the manifest's errors."""
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -177,8 +179,6 @@ def open_cached_frames(cache: str | Path, row, resolution: tuple[int, int] | Non
 
 
 def _rows(manifests: list[str], data_root: str) -> list:
-    from crab.training.manifest import ManifestError, check_roots, load_manifest
-
     rows = {}
     for manifest in manifests:
         for row in load_manifest(manifest, data_root):
@@ -293,8 +293,6 @@ def _write(path: Path, ds, key: str, source: tuple, shape: tuple, resolution: tu
 
 
 def main(argv: list[str] | None = None) -> None:
-    from crab.training.manifest import ManifestError
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", action="append", required=True, help="dataset manifest CSV (repeat for several)")
     p.add_argument("--data-root", default="data", help="relative dataset roots in the manifests resolve against this")
@@ -307,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         build(args.manifest, args.data_root, args.out, args.resolution, args.batch)
-    except (FrameCacheError, ManifestError) as e:
+    except ManifestError as e:  # bad input, a stale cache, too small a disk: no traceback
         sys.exit(f"error: {e}")
 
 
