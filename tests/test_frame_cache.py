@@ -31,7 +31,10 @@ TOLERANCE = 0.5 / 255 + 1e-6
 def manifests(data_root, tmp_path_factory):
     """Two manifests (one manifest cannot mix video and image cameras): three video datasets, one of PNGs."""
     folder = tmp_path_factory.mktemp("m")
-    return {"video": write_manifest(folder / "video.csv", ALL_ROWS), "image": write_manifest(folder / "image.csv", [("images", PLACE, "clean")])}
+    return {
+        "video": write_manifest(folder / "video.csv", ALL_ROWS),
+        "image": write_manifest(folder / "image.csv", [("images", PLACE, "clean")]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,9 @@ def test_cached_items_equal_lerobot_items_after_the_policy_resize(kind, cache, m
                 continue
             if key == "observation.images.top":
                 assert ours[key].dtype == torch.float32 and ours[key].shape == (3, 20, 20), i
-                assert torch.equal(policy_view(ours[key]), torch.nn.functional.pad(ours[key], (4, 0, 0, 0)))  # identity + pad
+                assert torch.equal(
+                    policy_view(ours[key]), torch.nn.functional.pad(ours[key], (4, 0, 0, 0))
+                )  # identity + pad
                 worst = max(worst, (policy_view(ours[key]) - policy_view(value)).abs().max().item())
             elif isinstance(value, torch.Tensor):
                 assert torch.equal(ours[key], value), f"{i} {key}"
@@ -103,7 +108,9 @@ def test_cached_items_in_spawned_workers(workers, cache, manifests, data_root):
     for manifest in manifests.values():
         ds = CrabDataset(load_manifest(manifest, data_root), SPEC, frame_cache=cache, resolution=RESIZED)
         indices = boundary_and_random_indices(ds, 6, seed=workers)
-        loader = torch.utils.data.DataLoader(ds, sampler=indices, batch_size=None, num_workers=workers, multiprocessing_context="spawn")
+        loader = torch.utils.data.DataLoader(
+            ds, sampler=indices, batch_size=None, num_workers=workers, multiprocessing_context="spawn"
+        )
         for i, item in zip(indices, loader, strict=True):
             assert_same_item(item, ds[i], f"item {i}")
 
@@ -129,7 +136,10 @@ def test_stale_or_mismatched_cache_is_refused_with_the_rebuild_command(data_root
 
     video = next((root / "clean" / "videos").rglob("*.mp4"))
     os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))  # re-encoded, say
-    with pytest.raises(FrameCacheError, match=r"frame_cache.json: stale for dataset 'clean'.*rebuild it with: python -m crab.data.frame_cache") as e:
+    with pytest.raises(
+        FrameCacheError,
+        match=r"frame_cache.json: stale for dataset 'clean'.*rebuild it with: python -m crab.data.frame_cache",
+    ) as e:
         CrabDataset(rows, SPEC, frame_cache=out, resolution=RESIZED)
     command = shlex.split(str(e.value).split("rebuild it with: ")[1])  # works as printed
     assert command[:3] == ["python", "-m", "crab.data.frame_cache"]
@@ -145,8 +155,13 @@ def test_too_small_a_disk_is_refused_before_anything_is_written(data_root, tmp_p
     # clean: 21 frames of one 32x32 camera stored at 20x20x3 = 1200 bytes each
     monkeypatch.setattr(frame_cache.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 25_000, 25_000))
     out = tmp_path / "cache"
-    with pytest.raises(SystemExit, match=r"error: not enough disk space .* needs .*25200 bytes.*25000 bytes.* are free.*nothing was written"):
-        frame_cache.main(["--manifest", str(manifest), "--data-root", str(data_root), "--out", str(out), "--resolution", "24x20"])
+    with pytest.raises(
+        SystemExit,
+        match=r"error: not enough disk space .* needs .*25200 bytes.*25000 bytes.* are free.*nothing was written",
+    ):
+        frame_cache.main(
+            ["--manifest", str(manifest), "--data-root", str(data_root), "--out", str(out), "--resolution", "24x20"]
+        )
     assert "21 frames (frames x cameras)" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
     monkeypatch.setattr(frame_cache.shutil, "disk_usage", lambda path: usage(10**6, 0, 26_000))
@@ -170,3 +185,15 @@ def test_training_reads_its_frames_from_the_cache(setup, tmp_path):  # noqa: F81
     with pytest.raises(FrameCacheError, match=r"built for resolution 24x20, but the policy resizes to 32x32"):
         train.train(config(setup, "wrong", **steps, **{"data.frame_cache": other.as_posix()}))
     assert not (setup["out"] / "wrong").exists()
+
+
+def test_a_resolution_the_policy_would_resize_again_is_refused_before_writing(data_root, tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path / "m.csv", [("clean", PLACE, "clean")])
+    # A stored size one row short of lerobot's arithmetic (as 21x28 is for 480x640 at 29x29, above).
+    monkeypatch.setattr(frame_cache, "cached_size", lambda height, width, resolution: (19, 20))
+    with pytest.raises(
+        FrameCacheError,
+        match=r"resolution 24x20: SmolVLA's resize_with_pad would resize the 19x20 \(height x width\) frames cached for the 32x32",
+    ):
+        frame_cache.build([str(manifest)], str(data_root), tmp_path / "cache", (24, 20))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]

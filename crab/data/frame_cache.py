@@ -90,7 +90,9 @@ def policy_resize_is_identity(frames: torch.Tensor, resolution: tuple[int, int])
     width, height = resolution
     h, w = frames.shape[2:]
     padded = resize_with_pad(to_float(frames), width, height, pad_value=0)
-    return padded.shape[2:] == (height, width) and torch.equal(padded[:, :, height - h :, width - w :], to_float(frames))
+    return padded.shape[2:] == (height, width) and torch.equal(
+        padded[:, :, height - h :, width - w :], to_float(frames)
+    )
 
 
 def source_fingerprint(root: Path) -> str:
@@ -129,7 +131,9 @@ def _command(index: dict) -> str:
     return shlex.join(["python", "-m", "crab.data.frame_cache", *index["arguments"]])
 
 
-def open_cached_frames(cache: str | Path, row, resolution: tuple[int, int] | None, camera_keys: list[str]) -> CachedFrames:
+def open_cached_frames(
+    cache: str | Path, row, resolution: tuple[int, int] | None, camera_keys: list[str]
+) -> CachedFrames:
     """The cached frames of manifest row `row` (its dataset's `camera_keys`) for a policy resizing to
     `resolution`; a clear error naming the file and the rebuild command when the cache does not fit."""
     cache = Path(cache)
@@ -167,7 +171,9 @@ def open_cached_frames(cache: str | Path, row, resolution: tuple[int, int] | Non
             f"built (or it now names another folder); {rebuild}"
         )
     if sorted(entry["cameras"]) != sorted(camera_keys):
-        raise FrameCacheError(f"{index_file}: cameras {sorted(entry['cameras'])} of {row.name!r} are not {sorted(camera_keys)}; {rebuild}")
+        raise FrameCacheError(
+            f"{index_file}: cameras {sorted(entry['cameras'])} of {row.name!r} are not {sorted(camera_keys)}; {rebuild}"
+        )
     files = {}
     for key, cam in entry["cameras"].items():
         path = cache / cam["file"]
@@ -184,7 +190,9 @@ def _rows(manifests: list[str], data_root: str) -> list:
         for row in load_manifest(manifest, data_root):
             seen = rows.setdefault(row.name, row)
             if seen.root.resolve() != row.root.resolve():
-                raise ManifestError(f"{row.source}: dataset name {row.name!r} already names {seen.root} ({seen.source})")
+                raise ManifestError(
+                    f"{row.source}: dataset name {row.name!r} already names {seen.root} ({seen.source})"
+                )
     check_roots(list(rows.values()))
     return list(rows.values())
 
@@ -197,18 +205,32 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
     arguments = [a for m in manifests for a in ("--manifest", str(m))]
     arguments += ["--data-root", str(data_root), "--out", str(out), "--resolution", "x".join(map(str, resolution))]
     rows = _rows(manifests, data_root)
-    plan = []  # (row, frames, fingerprint, {key: (source shape, cached shape)})
+    plan = []  # (row, its LeRobotFrames, fingerprint, {camera key: (source shape, cached shape)}), all (C, H, W)
     for row in rows:
         ds = LeRobotFrames(row.repo_id, root=row.root)
         cameras = {}
         for key in [*ds.video_keys, *ds.image_keys]:
             feature = ds.meta.features[key]
             if feature.get("names") not in (["height", "width", "channels"], None):
-                raise FrameCacheError(f"{row.root / 'meta' / 'info.json'}: feature `{key}` has axes {feature['names']}, not height, width, channels")
+                raise FrameCacheError(
+                    f"{row.root / 'meta' / 'info.json'}: feature `{key}` has axes {feature['names']}, not height, width, channels"
+                )
             height, width, channels = feature["shape"]
-            cameras[key] = ((channels, height, width), (channels, *cached_size(height, width, resolution)))
+            h, w = cached_size(height, width, resolution)
+            cameras[key] = ((channels, height, width), (channels, h, w))
+            probe = torch.randint(
+                0, 256, (1, channels, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+            )
+            if (h, w) != (height, width) and not policy_resize_is_identity(probe, resolution):
+                raise FrameCacheError(
+                    f"resolution {'x'.join(map(str, resolution))}: SmolVLA's resize_with_pad would resize the {h}x{w} "
+                    f"(height x width) frames cached for the {height}x{width} `{key}` of {row.name!r} again (rounding "
+                    "in its size arithmetic); choose another resolution"
+                )
         if not np.array_equal(ds.index, np.arange(len(ds))):  # row i of a cache file is frame `index` i
-            raise FrameCacheError(f"{row.root / 'data'}: frame `index` is not 0..{len(ds) - 1} in order; cannot cache it")
+            raise FrameCacheError(
+                f"{row.root / 'data'}: frame `index` is not 0..{len(ds) - 1} in order; cannot cache it"
+            )
         plan.append((row, ds, source_fingerprint(row.root), cameras))
     if not any(cameras for *_, cameras in plan):
         raise FrameCacheError(f"the datasets of {manifests} have no camera features (video or image): nothing to cache")
@@ -216,10 +238,19 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
     previous = out / INDEX_FILE
     if previous.is_file():
         old = json.loads(previous.read_text(encoding="utf-8"))
-        if old.get("format") == FORMAT and tuple(old["resolution"]) == tuple(resolution) and all(
-            row.name in old["datasets"] and old["datasets"][row.name]["fingerprint"] == fp for row, _, fp, _ in plan
+        if (
+            old.get("format") == FORMAT
+            and tuple(old["resolution"]) == tuple(resolution)
+            and all(
+                row.name in old["datasets"]
+                and old["datasets"][row.name]["fingerprint"] == fp
+                and Path(old["datasets"][row.name]["root"]) == row.root.resolve()
+                for row, _, fp, _ in plan
+            )
         ):
-            print(f"frame cache {out}: up to date for these datasets at {'x'.join(map(str, resolution))}; nothing to do")
+            print(
+                f"frame cache {out}: up to date for these datasets at {'x'.join(map(str, resolution))}; nothing to do"
+            )
             return old
 
     frames = sum(len(ds) * len(cameras) for _, ds, _, cameras in plan)
@@ -235,7 +266,9 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
     )
     for row, _, _, cameras in plan:
         for key, (source, shape) in cameras.items():
-            print(f"  {row.name} {key}: {'x'.join(map(str, source[1:]))} -> {'x'.join(map(str, shape[1:]))}, {math.prod(shape)} bytes a frame")
+            print(
+                f"  {row.name} {key}: {'x'.join(map(str, source[1:]))} -> {'x'.join(map(str, shape[1:]))}, {math.prod(shape)} bytes a frame"
+            )
     if need >= free:
         raise FrameCacheError(
             f"not enough disk space for the frame cache at {out}: it needs {need / 1e9:.2f} GB ({need} bytes), "
@@ -247,15 +280,21 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
     shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier build
     start = time.perf_counter()
     index = {"format": FORMAT, "resolution": list(resolution), "arguments": arguments, "datasets": {}}
-    with tqdm(total=frames, unit="frame", desc=f"building {out}") as bar:
-        for row, ds, fingerprint, cameras in plan:
-            entry = {"root": str(row.root.resolve()), "repo_id": row.repo_id, "fingerprint": fingerprint, "frames": len(ds), "cameras": {}}
-            for key, (source, shape) in cameras.items():
-                file = f"{row.name}/{key}.npy"
-                entry["cameras"][key] = {"file": file, "offset": _write(partial / file, ds, key, source, shape, resolution, batch, bar), "shape": list(shape)}
-            index["datasets"][row.name] = entry
-    index["build_seconds"] = round(time.perf_counter() - start, 1)
-    (partial / INDEX_FILE).write_text(json.dumps(index, indent=1), encoding="utf-8")  # last: marks it complete
+    try:
+        with tqdm(total=frames, unit="frame", desc=f"building {out}") as bar:
+            for row, ds, fingerprint, cameras in plan:
+                entry = {"root": str(row.root.resolve()), "repo_id": row.repo_id, "fingerprint": fingerprint}
+                entry |= {"frames": len(ds), "cameras": {}}
+                for key, (source, shape) in cameras.items():
+                    file = f"{row.name}/{key}.npy"
+                    offset = _write(partial / file, ds, key, source, resolution, batch, bar)
+                    entry["cameras"][key] = {"file": file, "offset": offset, "shape": list(shape)}
+                index["datasets"][row.name] = entry
+        index["build_seconds"] = round(time.perf_counter() - start, 1)
+        (partial / INDEX_FILE).write_text(json.dumps(index, indent=1), encoding="utf-8")  # last: marks it complete
+    except BaseException:  # a decoding error, Ctrl-C: no half-written cache left behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if out.exists():  # replace the old cache only now that the new one is complete
         stale = out.with_name(out.name + ".old")
         shutil.rmtree(stale, ignore_errors=True)
@@ -268,26 +307,21 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
     return index
 
 
-def _write(path: Path, ds, key: str, source: tuple, shape: tuple, resolution: tuple[int, int], batch: int, bar) -> int:
-    """Write camera `key` of `ds` to the .npy file `path`, frame after frame; returns the data's offset."""
+def _write(path: Path, ds: LeRobotFrames, key: str, source: tuple, resolution: tuple[int, int], batch: int, bar) -> int:
+    """Write camera `key` of `ds` (frames of `source` (C, H, W)) to the .npy file `path`, frame after
+    frame, resized; returns the byte offset of the first frame."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (source[0], *cached_size(*source[1:], resolution))
     with open(path, "wb") as f:
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (len(ds), *shape)}
-        np.lib.format.write_array_header_2_0(f, header)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+        np.lib.format.write_array_header_2_0(f, {**header, "shape": (len(ds), *shape)})
         offset = f.tell()
-        checked = False
         for frames in ds.camera_frames(key, batch):
             if tuple(frames.shape[1:]) != source:
-                raise FrameCacheError(f"{ds.root}: `{key}` decodes to frames of {tuple(frames.shape[1:])}, info.json says {source} (C, H, W)")
-            small = to_policy_input(frames, resolution)
-            if not checked and small.shape[2:] != frames.shape[2:] and not policy_resize_is_identity(small, resolution):
                 raise FrameCacheError(
-                    f"resolution {'x'.join(map(str, resolution))}: SmolVLA's resize_with_pad would resize the cached "
-                    f"{'x'.join(map(str, shape[1:]))} frames of `{key}` again (rounding in its size arithmetic); "
-                    "choose another resolution"
+                    f"{ds.root}: `{key}` decodes to frames of {tuple(frames.shape[1:])} (C, H, W), info.json says {source}"
                 )
-            checked = True
-            f.write(small.numpy().tobytes())
+            f.write(to_policy_input(frames, resolution).numpy().tobytes())
             bar.update(len(frames))
     return offset
 
