@@ -3,7 +3,7 @@ against lerobot's LeRobotDataset on real-shaped multi-camera 480p video.
 
     python benchmarks/bench_loader.py [--manifest M --data-root D] [--items 400] [--repeats 3]
     python benchmarks/bench_loader.py --config <cycle yaml> --config <overrides yaml> [--batches 40]
-    python benchmarks/bench_loader.py --parts real [--real-episodes 20 --real-length 300]
+    python benchmarks/bench_loader.py --parts real [--real-episodes 20 --real-length 300]  (+ its frame cache)
 
 Data: `--manifest`/`--data-root` when given; else the config's manifest under its data_root when those
 datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a small synthetic dataset
@@ -27,8 +27,13 @@ datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a sma
    smolvla_base's delta timestamps (the current frame of each camera, an action chunk of 50). Per
    repeat and worker count (0, 1, 2), each loader runs a DataLoader over the same random indices in a
    fresh subprocess (which goes first alternates); items/s after warm-up batches and the peak resident
-   memory of the subprocess and its workers. Ratios are medians of per-repeat ratios; the last line is
-   the ratio at crab's best worker count. A few items are first checked equal (frames bit-identical).
+   memory of the subprocess and its workers. Three loaders: LeRobotDataset, CrabDataset decoding video
+   (the trainer's default) and CrabDataset reading the frame cache (`data.frame_cache`; built once by
+   `crab.data.frame_cache` at smolvla_base's 512x512 next to the dataset and reused, its pages evicted
+   from the OS page cache before each run so frames come from the disk). Ratios are medians of
+   per-repeat ratios; the last line gives both CrabDataset ratios, each at its best worker count. A few
+   items are first checked equal (decoded frames bit-identical; cached frames within a printed maximum
+   difference after SmolVLA's resize and padding).
 """
 
 from __future__ import annotations
@@ -204,7 +209,30 @@ def item_cache(rows: list[ManifestRow], args: argparse.Namespace) -> None:
 
 
 PARTS = ("annotation", "cache", "trainer", "real")
-REAL_LOADERS = ("lerobot", "crab")
+# lerobot's LeRobotDataset; CrabDataset decoding video (the default); CrabDataset with the frame cache.
+REAL_LOADERS = ("lerobot", "crab", "cached")
+REAL_RESOLUTION = (512, 512)  # smolvla_base's resize_imgs_with_padding: the frame cache's resolution
+
+
+def real_frame_cache(manifest: Path) -> tuple[Path, dict]:
+    """The frame cache of the real-shaped dataset at smolvla_base's resolution, built once and reused."""
+    from crab.data import frame_cache
+
+    out = manifest.with_name(f"{manifest.stem}_frames_{'x'.join(map(str, REAL_RESOLUTION))}")
+    return out, frame_cache.build([str(manifest)], str(manifest.parent), out, REAL_RESOLUTION)
+
+
+def evict_from_page_cache(folder: Path) -> None:
+    """Drop the files' pages from the OS page cache (Linux), so reads come from the disk, as they do from a
+    cache many times the RAM; elsewhere, nothing."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in folder.rglob("*.npy"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse.Namespace) -> dict:
@@ -220,8 +248,12 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
     # float conversion at 0 workers spun against the other jobs on this machine (4.8 items/s instead of ~17).
     torch.set_num_threads(1)
     rows = load_manifest(manifest, manifest.parent)
-    crab = CrabDataset(rows, RewardSpec(chunk_size=args.real_chunk))
-    ds = crab if loader == "crab" else crab.lerobot_dataset(0)
+    cache = None
+    if loader == "cached":
+        cache = real_frame_cache(manifest)[0]
+        evict_from_page_cache(cache)
+    crab = CrabDataset(rows, RewardSpec(chunk_size=args.real_chunk), frame_cache=cache, resolution=REAL_RESOLUTION)
+    ds = crab.lerobot_dataset(0) if loader == "lerobot" else crab
     indices = np.random.default_rng(2).integers(0, len(ds), (args.real_warmup + args.real_batches) * args.real_batch)
     peak, done = [0], threading.Event()
 
@@ -262,27 +294,46 @@ def real_shaped(args: argparse.Namespace) -> None:
     import json
     import subprocess
 
+    from lerobot.policies.smolvla.modeling_smolvla import resize_with_pad
+
     manifest = real_shaped_manifest(args.real_root, args.real_episodes, args.real_length)
     rows = load_manifest(manifest, manifest.parent)
-    crab = CrabDataset(rows, RewardSpec(chunk_size=args.real_chunk))
+    cache_dir, index = real_frame_cache(manifest)
+    cache_bytes = sum(p.stat().st_size for p in cache_dir.rglob("*.npy"))
+    spec = RewardSpec(chunk_size=args.real_chunk)
+    crab = CrabDataset(rows, spec)
+    cached = CrabDataset(rows, spec, frame_cache=cache_dir, resolution=REAL_RESOLUTION)
     lerobot = crab.lerobot_dataset(0)
     checked = [*np.random.default_rng(3).integers(0, len(crab), 8).tolist(), len(crab) - 1]
-    for i in checked:  # the same items: every key lerobot returns, frames bit-identical
-        ours, theirs = crab[i], lerobot[i]
+    cams = crab.meta.video_keys
+    worst = 0.0  # largest difference between a cached and a decoded frame, as the policy sees them
+    for i in checked:  # the same items: every key lerobot returns, decoded frames bit-identical
+        ours, theirs, from_cache = crab[i], lerobot[i], cached[i]
         for key, value in theirs.items():
             same = torch.equal(ours[key], value) if isinstance(value, torch.Tensor) else ours[key] == value
+            if key not in cams:
+                same = same and (torch.equal(from_cache[key], value) if isinstance(value, torch.Tensor) else from_cache[key] == value)
             if not same:
                 raise SystemExit(f"real-shaped item {i}: `{key}` differs between CrabDataset and LeRobotDataset")
+        for key in cams:  # SmolVLA's resize + pad of both
+            seen = [resize_with_pad(f[key][None], *REAL_RESOLUTION, pad_value=0) for f in (from_cache, theirs)]
+            worst = max(worst, (seen[0] - seen[1]).abs().max().item())
     features = crab.meta.features
-    cams = crab.meta.video_keys
+    source, stored = features[cams[0]]["shape"][:2], cached[0][cams[0]].shape[1:]
     print(
         f"real-shaped loader: {manifest.parent / rows[0].name}: {crab.meta.total_episodes} episodes, {len(crab)} frames, "
-        f"{len(cams)} cameras {'x'.join(map(str, features[cams[0]]['shape'][:2]))} "
+        f"{len(cams)} cameras {'x'.join(map(str, source))} "
         f"({features[cams[0]]['info']['video.codec']}, {crab.fps} fps), chunk {args.real_chunk}, batch {args.real_batch}; "
-        f"{len(checked)} random items equal to LeRobotDataset's (frames bit-identical); "
+        f"{len(checked)} random items equal to LeRobotDataset's (frames bit-identical; from the frame cache, after "
+        f"SmolVLA's resize to {'x'.join(map(str, REAL_RESOLUTION))}: max |difference| {worst * 255:.3f}/255); "
         f"{args.repeats} repeats x {args.real_batches} batches after {args.real_warmup} warm-up, median"
     )
-    del crab, lerobot
+    print(
+        f"  frame cache {cache_dir}: {'x'.join(map(str, stored))} uint8 frames, {cache_bytes / 1e9:.2f} GB "
+        f"({cache_bytes / (len(crab) * len(cams)) / 1e3:.0f} kB a frame and camera), built once in "
+        f"{index['build_seconds']:.0f} s; read from the disk (evicted from the page cache before each run)"
+    )
+    del crab, cached, lerobot
     runs = {(loader, w): [] for w in args.real_workers for loader in REAL_LOADERS}
     for r in range(args.repeats):
         for w in args.real_workers:
@@ -293,27 +344,37 @@ def real_shaped(args: argparse.Namespace) -> None:
                     raise SystemExit(f"{loader} with {w} worker(s) failed:\n{done.stderr[-3000:]}")
                 runs[loader, w].append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(
-        f"  {'workers':>7} {'lerobot items/s':>16} {'crab items/s':>13} {'crab/lerobot':>13} {'lerobot peak RSS':>17} "
-        f"{'crab peak RSS':>14} {'CPU ms/item lerobot':>20} {'crab':>6}"
+        f"  {'workers':>7} {'items/s: lerobot':>17} {'crab':>6} {'cached':>7}   {'crab/lerobot':>12} {'cached/lerobot':>14}   "
+        f"{'peak RSS: lerobot':>17} {'crab':>8} {'cached':>8}   {'CPU ms/item: lerobot':>20} {'crab':>5} {'cached':>6}"
     )
-    ratios = {}
+    ratios = {"crab": {}, "cached": {}}
     for w in args.real_workers:
         med = {
             loader: {k: statistics.median(run[k] for run in runs[loader, w]) for k in runs[loader, w][0]}
             for loader in REAL_LOADERS
         }
-        pairs = zip(runs["crab", w], runs["lerobot", w], strict=True)
-        per_repeat = [c["items_per_s"] / b["items_per_s"] for c, b in pairs]
-        ratios[w] = statistics.median(per_repeat)
+        per_repeat = {}
+        for name in ratios:
+            pairs = zip(runs[name, w], runs["lerobot", w], strict=True)
+            per_repeat[name] = [c["items_per_s"] / b["items_per_s"] for c, b in pairs]
+            ratios[name][w] = statistics.median(per_repeat[name])
+        rate, rss, cpu = ({n: med[n][k] for n in REAL_LOADERS} for k in ("items_per_s", "peak_rss_mb", "cpu_ms_per_item"))
         print(
-            f"  {w:>7} {med['lerobot']['items_per_s']:>16.1f} {med['crab']['items_per_s']:>13.1f} {ratios[w]:>12.2f}x "
-            f"{med['lerobot']['peak_rss_mb']:>14.0f} MB {med['crab']['peak_rss_mb']:>11.0f} MB "
-            f"{med['lerobot']['cpu_ms_per_item']:>20.1f} {med['crab']['cpu_ms_per_item']:>6.1f}"
-            f"   (items/s ratio per repeat: {', '.join(f'{r:.2f}' for r in per_repeat)})"
+            f"  {w:>7} {rate['lerobot']:>17.1f} {rate['crab']:>6.1f} {rate['cached']:>7.1f}   {ratios['crab'][w]:>11.2f}x "
+            f"{ratios['cached'][w]:>13.2f}x   {rss['lerobot']:>14.0f} MB {rss['crab']:>5.0f} MB {rss['cached']:>5.0f} MB   "
+            f"{cpu['lerobot']:>20.1f} {cpu['crab']:>5.1f} {cpu['cached']:>6.1f}"
+            f"   (ratios per repeat: crab {', '.join(f'{r:.2f}' for r in per_repeat['crab'])}; "
+            f"cached {', '.join(f'{r:.2f}' for r in per_repeat['cached'])})"
         )
-    best = max(args.real_workers, key=lambda w: statistics.median(run["items_per_s"] for run in runs["crab", w]))
-    print(f"  best worker count for crab: {best}")
-    print(f"real-shaped loader: crab/lerobot items/s {ratios[best]:.2f}x")
+    best = {
+        name: max(args.real_workers, key=lambda w, n=name: statistics.median(run["items_per_s"] for run in runs[n, w]))
+        for name in ratios
+    }
+    print(f"  best worker count: {best['cached']} with the frame cache (data.frame_cache), {best['crab']} decoding (the default)")
+    print(
+        f"real-shaped loader: crab/lerobot items/s {ratios['cached'][best['cached']]:.2f}x (frame cache), "
+        f"{ratios['crab'][best['crab']]:.2f}x (decoded)"
+    )
 
 
 def loader_vs_trainer(rows: list[ManifestRow], cfg: CrabConfig, args: argparse.Namespace) -> None:

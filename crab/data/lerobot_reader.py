@@ -24,15 +24,25 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+if TYPE_CHECKING:
+    from crab.data.frame_cache import CachedFrames
+
 MAX_OPEN_VIDEOS = 64  # decoders kept open per process (lerobot 0.6 keeps 100; 0.4.4 never closes one)
+
+
+def to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames as lerobot's float32 in [0, 1] (its exact conversion, for identical floats)."""
+    return (frames / 255.0).type(torch.float32)
 
 
 class FrameTimestampError(ValueError):
@@ -41,7 +51,10 @@ class FrameTimestampError(ValueError):
 
 class LeRobotFrames(torch.utils.data.Dataset):
     """The items of `LeRobotDataset(repo_id, root=root, episodes=..., delta_timestamps=...,
-    video_backend=...)` (lerobot 0.4.4, no image transforms), with `meta` its `LeRobotDatasetMetadata`."""
+    video_backend=...)` (lerobot 0.4.4, no image transforms), with `meta` its `LeRobotDatasetMetadata`.
+
+    With `frame_cache` (crab/data/frame_cache.py) the cameras' frames are read from the cache, at the
+    policy's input resolution, instead of decoded."""
 
     def __init__(
         self,
@@ -52,6 +65,7 @@ class LeRobotFrames(torch.utils.data.Dataset):
         video_backend: str = "torchcodec",
         tolerance_s: float = 1e-4,
         max_open_videos: int = MAX_OPEN_VIDEOS,
+        frame_cache: CachedFrames | None = None,
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
         from lerobot.datasets.utils import (
@@ -63,6 +77,7 @@ class LeRobotFrames(torch.utils.data.Dataset):
 
         self.root, self.video_backend, self.tolerance_s = Path(root), video_backend, tolerance_s
         self.max_open_videos = max_open_videos
+        self.frame_cache = frame_cache  # the cameras' frames at the policy's resolution, read instead of decoded
         self.meta = LeRobotDatasetMetadata(repo_id, root=self.root)
         features = get_hf_features_from_features(self.meta.features)
         hf = load_nested_dataset(self.root / "data", features=features, episodes=episodes)
@@ -124,7 +139,11 @@ class LeRobotFrames(torch.utils.data.Dataset):
 
         item = {key: self._values(key, queried.get(key, row)) for key in self._row_keys}
         item.update(padding)
-        if self.video_keys:
+        if self.video_keys and self.frame_cache is not None:
+            # As decoded below: one frame per camera squeezed to (C, H, W).
+            cached = {key: self._cached(key, np.atleast_1d(queried.get(key, row))).squeeze(0) for key in self.video_keys}
+            item = {**cached, **item}
+        elif self.video_keys:
             timestamps = {}
             for key in self.video_keys:
                 # lerobot shifts the frame's float32 timestamp (as a Python float) by the episode's start.
@@ -141,17 +160,31 @@ class LeRobotFrames(torch.utils.data.Dataset):
         """The values of `key` at one row, or stacked at an array of rows (keys with delta timestamps), as
         lerobot's transform makes them: floats as float32, integers as int64, images as float32 CHW in
         [0, 1]. Copies, so that an item never holds (and pickles) a whole column."""
+        if key in self.image_keys and self.frame_cache is not None:
+            return self._cached(key, np.atleast_1d(rows))[0] if isinstance(rows, int) else self._cached(key, rows)
         if key in self.image_keys:
             if isinstance(rows, int):
                 return self._image(key, rows)
             return torch.stack([self._image(key, int(r)) for r in rows])
         return torch.tensor(self.columns[key][rows])
 
+    def _cached(self, key: str, rows: np.ndarray) -> torch.Tensor:
+        """Float (n, C, h, w) frames of camera `key` at `rows` from the frame cache (rows by frame `index`)."""
+        return to_float(self.frame_cache.read(key, self.index[rows]))
+
     def _image(self, key: str, row: int) -> torch.Tensor:
         from torchvision.transforms.functional import to_tensor
 
+        return to_tensor(self._pil_image(key, row))
+
+    def _image_uint8(self, key: str, row: int) -> torch.Tensor:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        return pil_to_tensor(self._pil_image(key, row))
+
+    def _pil_image(self, key: str, row: int):
         value = self._images.data.fast_slice(row, 1).column(key).to_pylist()[0]
-        return to_tensor(self._images.features[key].decode_example(value))
+        return self._images.features[key].decode_example(value)
 
     def _decode(self, ep: int, timestamps: dict[str, list[float]]) -> dict[str, torch.Tensor]:
         jobs = [(self._ep_video_path[key][ep], ts) for key, ts in timestamps.items()]
@@ -168,6 +201,10 @@ class LeRobotFrames(torch.utils.data.Dataset):
             from lerobot.datasets.video_utils import decode_video_frames
 
             return decode_video_frames(path, timestamps, self.tolerance_s, self.video_backend)
+        return to_float(self._frames_at(path, timestamps))
+
+    def _frames_at(self, path: str, timestamps: list[float]) -> torch.Tensor:
+        """The uint8 (n, C, H, W) frames of a video file at `timestamps`, decoded in one batched call."""
         decoder = self._local.decoder(path, self.max_open_videos)
         fps = decoder.metadata.average_fps
         batch = decoder.get_frames_at(indices=[round(t * fps) for t in timestamps])
@@ -178,7 +215,27 @@ class LeRobotFrames(torch.utils.data.Dataset):
                 f"{path}: frames decoded at {loaded} s for query timestamps {timestamps} s, off by more than "
                 f"the tolerance of {self.tolerance_s} s (timestamps out of sync with the video?)"
             )
-        return (batch.data / 255.0).type(torch.float32)  # lerobot's conversion, for identical floats
+        return batch.data
+
+    def camera_frames(self, key: str, batch: int = 32) -> Iterator[torch.Tensor]:
+        """Every frame of camera `key` (a video or image feature), row after row, as uint8 (n, C, H, W)
+        batches of at most `batch` rows: the frames of the items before lerobot's float conversion. Video
+        is decoded in order, each batch's frames of one file in one call (for the frame cache's build)."""
+        for start in range(0, len(self), batch):
+            rows = range(start, min(start + batch, len(self)))
+            if key in self.image_keys:
+                yield torch.stack([self._image_uint8(key, r) for r in rows])
+                continue
+            runs: list[tuple[str, list[float]]] = []  # consecutive rows from one file
+            for r in rows:
+                ep = int(self._episode[r])
+                path = self._ep_video_path[key][ep]
+                t = float(self._ep_video_start[key][ep]) + float(self.columns["timestamp"][r])
+                if runs and runs[-1][0] == path:
+                    runs[-1][1].append(t)
+                else:
+                    runs.append((path, [t]))
+            yield torch.cat([self._frames_at(path, ts) for path, ts in runs])
 
 
 class _ProcessLocal:

@@ -37,6 +37,10 @@ class DataConfig:
     # Keep every decoded item in RAM once read (in each loader worker and in the main process), so only
     # the first epoch decodes video. For datasets that fit several times in memory; batches are identical.
     cache_items: bool = False
+    # Folder of decoded frames at the policy's input resolution, built once by `python -m
+    # crab.data.frame_cache` for this run's manifests: items read their camera frames from it instead of
+    # decoding video (frames equal up to uint8 rounding after the policy's resize). null: decode.
+    frame_cache: str | None = None
     # Optional manifest of tasks the training data lacks (e.g. the other skills of a pretrained policy):
     # the held-out episodes of its datasets (`val_episodes_per_dataset` each) get a validation loss per
     # task at every validation, so forgetting shows while training.

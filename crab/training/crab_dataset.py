@@ -13,12 +13,14 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
 import torch
 from torch.utils.data import Dataset
 
+from crab.data.frame_cache import open_cached_frames
 from crab.data.lerobot_reader import LeRobotFrames
 from crab.data.lerobot_writer import LABELS_FILE
 from crab.training import rewards
@@ -173,6 +175,8 @@ class CrabDataset(Dataset):
     each item is decoded once and then served from memory (a copy of its dict, sharing the tensors).
     `signal` chooses the return signal G of every item; `chunk_advantage` needs `state_values`, the
     checked value file's {dataset name: (frame index, V)} (`value_fit.load_values`; see `annotate`).
+    With `frame_cache` (a folder built by `python -m crab.data.frame_cache`) the cameras' frames come from
+    that cache, which must have been built for `resolution`, the policy's `resize_imgs_with_padding`.
     """
 
     def __init__(
@@ -184,6 +188,8 @@ class CrabDataset(Dataset):
         cache: bool = False,
         signal: str = "outcome",
         state_values: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        frame_cache: str | Path | None = None,
+        resolution: tuple[int, int] | None = None,
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
@@ -203,12 +209,14 @@ class CrabDataset(Dataset):
                     f"{row.source}: task {row.task!r} of dataset {row.name!r} is not among its tasks "
                     f"{sorted(meta.tasks.index)}"
                 )
+            cameras = [k for k, f in meta.features.items() if f["dtype"] in ("video", "image")]
             ds = LeRobotFrames(
                 row.repo_id,
                 root=row.root,
                 episodes=None if episodes is None else episodes[row.name],
                 delta_timestamps=self.delta_timestamps,
                 video_backend=video_backend,
+                frame_cache=None if frame_cache is None else open_cached_frames(frame_cache, row, resolution, cameras),
             )
             table = annotate(row, spec, signal, None if state_values is None else state_values.get(row.name))
             # Reward fields of every item this dataset serves, in its own (possibly episode-filtered) order.

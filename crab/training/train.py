@@ -113,6 +113,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     if kind == "chunk_advantage":
         values, _ = load_values(cfg.data.value_file, rows, spec, cfg.data.manifest, cfg.data.data_root)
     data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items, "signal": kind, "state_values": values}
+    data_kw |= {"frame_cache": cfg.data.frame_cache, "resolution": smolvla_cfg.resize_imgs_with_padding}
     train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
     retention_ds = retention_dataset(cfg, rows, spec, data_kw)
