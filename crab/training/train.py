@@ -169,21 +169,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 f"learning-rate schedule keeps that length (steps past it run at its final rate)"
             )
 
-    sampler = EpochBatchSampler(
-        len(train_ds), cfg.data.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes
-    )
-    if len(sampler) == 0:
-        raise TrainingError(f"{cfg.data.manifest}: {len(train_ds)} training frames, fewer than one batch")
-    loader = torch.utils.data.DataLoader(
-        train_ds,
-        batch_sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
-        pin_memory=cuda,
-        # Its own generator: creating the iterator (again, on resume) must not draw from the global RNG
-        # that samples the flow noise, or a resumed run would diverge from an uninterrupted one.
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    sampler, loader = batch_loader(cfg, train_ds, cfg.data.batch_size, cfg.seed, accelerator, cfg.data.manifest)
     replay = replay_batches(cfg, replay_ds, accelerator, step)
     global_batch = cfg.data.batch_size * accelerator.num_processes
     val_every = validation_interval(cfg, len(val_ds) if val_ds else 0, len(sampler))
@@ -469,6 +455,25 @@ def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabData
     return CrabDataset(replay_rows, spec, episodes=episodes, **{**data_kw, "signal": "outcome", "state_values": None})
 
 
+def batch_loader(cfg: CrabConfig, ds: CrabDataset, batch_size: int, seed: int, accelerator, source: str):
+    """(sampler, DataLoader) of `ds`'s batches for this process: seeded, resumable at any batch
+    (`EpochBatchSampler`); `source` (the manifest) names the data when it holds less than one batch."""
+    sampler = EpochBatchSampler(len(ds), batch_size, seed, accelerator.process_index, accelerator.num_processes)
+    if len(sampler) == 0:
+        raise TrainingError(f"{source}: {len(ds)} training frames, fewer than one batch of {batch_size}")
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # Its own generator: creating the iterator (again, on resume) must not draw from the global RNG
+        # that samples the flow noise, or a resumed run would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return sampler, loader
+
+
 def replay_batches(cfg: CrabConfig, replay_ds: CrabDataset | None, accelerator, step: int):
     """Endless iterator of the anchor's replay batches from training step `step` on (None without a
     replay dataset). Batch k is a pure function of (seed, k) and the process, as the training batches
@@ -476,17 +481,7 @@ def replay_batches(cfg: CrabConfig, replay_ds: CrabDataset | None, accelerator, 
     if replay_ds is None:
         return None
     size = cfg.anchor.replay_batch_size or cfg.data.batch_size
-    sampler = EpochBatchSampler(len(replay_ds), size, cfg.seed + 1, accelerator.process_index, accelerator.num_processes)
-    if len(sampler) == 0:
-        raise TrainingError(f"{cfg.anchor.replay_manifest}: {len(replay_ds)} replay frames, fewer than one batch of {size}")
-    loader = torch.utils.data.DataLoader(
-        replay_ds,
-        batch_sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(cfg.seed + 1),  # as the training loader's: not the global RNG
-    )
+    sampler, loader = batch_loader(cfg, replay_ds, size, cfg.seed + 1, accelerator, cfg.anchor.replay_manifest)
 
     def batches():
         epoch, position = divmod(step, len(sampler))
