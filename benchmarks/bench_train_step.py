@@ -198,7 +198,7 @@ def crab_step(
     lambda_anchor = anchor.lambda_anchor if anchor.enabled else 0.0
 
     def step(batch: dict) -> torch.Tensor:
-        row, _ = training_step(model, dict(batch), lambda_anchor, accelerator, optimizer, scheduler, params, cfg)
+        row, _ = training_step(model, dict(batch), None, lambda_anchor, accelerator, optimizer, scheduler, params, cfg)
         return row
 
     return step
