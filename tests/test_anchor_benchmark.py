@@ -20,6 +20,9 @@ def pooled(egg: dict[str, int], open_: dict[str, int], close: dict[str, int]) ->
             for task, rows in ((PUT_EGG, egg), (OPEN_CARTON, open_), (CLOSE_CARTON, close))}  # fmt: skip
 
 
+BATCH_ONLY = [(0.0, False), (0.1, False), (1.0, False)]  # (lambda_anchor, replay) settings without replay
+
+
 def test_bar_and_recommendation_hand_checked():
     # Base 60% / 50% on the carton tasks; lambda 0 drops them to 30% / 20% (-30 points each: forgetting).
     # lambda 0.1 keeps 55/60 = 92% and 46/50 = 92% with egg 38%, inside lambda 0's [31%, 50%]: passes.
@@ -30,7 +33,7 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 50, "lambda0": 20, "lambda0.1": 46, "lambda1": 50},
     )
     assert wilson_interval(40, 100)[0] == pytest.approx(0.309, abs=1e-3)
-    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])
+    bar, recommended = ab.check_bar(p, BATCH_ONLY)
     assert [ok for _, ok, _ in bar] == [True, True, False]
     assert recommended == (0.1, False)
     assert "-30 points" in bar[0][2] and "92%" in bar[1][2]
@@ -41,7 +44,7 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 60, "lambda0": 30, "lambda0.1": 60, "lambda1": 60},
         {"base": 100, "lambda0": 90, "lambda0.1": 89, "lambda1": 95},
     )
-    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])
+    bar, recommended = ab.check_bar(p, BATCH_ONLY)
     assert [ok for _, ok, _ in bar] == [False, False, True] and recommended == (1.0, False)
     assert math.isnan(ab.retention(rate(10), rate(0)))
 
@@ -51,7 +54,7 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 60, "lambda0": 30, "lambda0.1": 58, "lambda1": 60},
         {"base": 10, "lambda0": 0, "lambda0.1": 0, "lambda1": 0},
     )
-    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])
+    bar, recommended = ab.check_bar(p, BATCH_ONLY)
     assert [ok for _, ok, _ in bar] == [True, True, True] and recommended == (0.1, False)
     assert "Close the carton. not learned by the base (10%)" in bar[0][2] and "Close" not in bar[1][2].split(";")[0]
     # With replay at the same lambda and egg success tied, no replay is preferred; higher egg success wins.
@@ -62,7 +65,7 @@ def test_bar_and_recommendation_hand_checked():
     bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (0.1, True)])
     assert recommended == (0.1, True) and bar[2][0].startswith("lambda 0.1 + replayed carton frames")
     p[OPEN_CARTON] = {k: rate(10) for k in p[OPEN_CARTON]}
-    assert [ok for _, ok, _ in ab.check_bar(p, [(0.0, False), (0.1, False), (1.0, False)])[0]] == [False, False, False]
+    assert [ok for _, ok, _ in ab.check_bar(p, BATCH_ONLY)[0]] == [False, False, False]
 
 
 def test_runs_configs(tmp_path):
