@@ -440,8 +440,7 @@ def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) ->
     for row in retention_rows:
         n = LeRobotDatasetMetadata(row.repo_id, root=row.root).total_episodes
         held_out[row.name] = list(range(max(n - cfg.data.val_episodes_per_dataset, 0), n))
-    # Only the flow loss is read there: the outcome signal needs no value model for these datasets.
-    return CrabDataset(retention_rows, spec, episodes=held_out, **{**data_kw, "signal": "outcome", "state_values": None})
+    return unweighted_dataset(retention_rows, spec, held_out, data_kw)
 
 
 def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabDataset | None:
@@ -451,8 +450,13 @@ def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabData
         return None
     replay_rows = load_manifest(cfg.anchor.replay_manifest, cfg.data.data_root)
     episodes, _ = split_episodes(replay_rows, cfg.data.val_episodes_per_dataset)
-    # Only observations and actions are read: the outcome signal needs no value model for these datasets.
-    return CrabDataset(replay_rows, spec, episodes=episodes, **{**data_kw, "signal": "outcome", "state_values": None})
+    return unweighted_dataset(replay_rows, spec, episodes, data_kw)
+
+
+def unweighted_dataset(rows, spec: RewardSpec, episodes: dict[str, list[int]], data_kw: dict) -> CrabDataset:
+    """A dataset whose items are never weighted (retention validation, anchor replay): read like the
+    training data, but with the outcome signal, which needs no value model for these datasets."""
+    return CrabDataset(rows, spec, episodes=episodes, **{**data_kw, "signal": "outcome", "state_values": None})
 
 
 def batch_loader(cfg: CrabConfig, ds: CrabDataset, batch_size: int, seed: int, accelerator, source: str):
