@@ -134,12 +134,37 @@ def test_each_quality_gets_the_printed_share_of_the_weight_at_any_batch_size(set
     assert summary["weights"]["cracked"]["share"] < 0.5 * (stats["per_dataset"]["labelled"]["frames"] / 40)
 
 
-def test_resume_is_bit_identical(setup, monkeypatch):
-    straight = train.train(config(setup, "straight", **{"train.steps": 8, "train.save_every": 4}))
-    cfg = config(setup, "interrupted", **{"train.steps": 8, "train.save_every": 4})
+def test_weights_as_sampling_draw_each_quality_in_its_printed_share(setup):
+    """`apply: sample`: the loss is unweighted, and the cracked data is drawn as often as its share of the
+    summed weight says (what `apply: loss` gives it in expectation)."""
+    from crab.training.rewards import weight_shares
+
+    rw_settings = {"reward_weighting.alpha": 0.5, "reward_weighting.clip_min": 0.1}
+    cfg = config(setup, "sample_shares", **{"train.steps": 50, "train.save_every": 50, "data.batch_size": 8,
+                 "anchor.enabled": "false", "reward_weighting.apply": "sample", **rw_settings})  # fmt: skip
+    run_dir = train.train(cfg)
+    rows = step_log(run_dir)
+    assert all(r["loss_weighted"] == r["loss_unweighted"] and r["w_max"] == 1.0 for r in rows)
+    stats = json.loads(setup["stats"].read_text())
+    g, rw = stats["overall"]["signal"], cfg.reward_weighting
+    signals = {name: [d["signal"]["mean"]] * d["frames"] for name, d in stats["per_dataset"].items()}
+    share = weight_shares(signals, g["mean"], g["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor)
+    expected = share["labelled"]["weight_share"]
+    epochs = json.loads((run_dir / "epoch_summary.json").read_text())
+    drawn = sum(e["weights"].get("cracked", {}).get("samples", 0) for e in epochs)
+    total = sum(e["samples"] for e in epochs)
+    assert total == 400 and 0.05 < expected < 0.3
+    assert abs(drawn / total - expected) < 4 * math.sqrt(expected * (1 - expected) / total)
+
+
+@pytest.mark.parametrize("apply", ["loss", "sample"])
+def test_resume_is_bit_identical(setup, monkeypatch, apply):
+    common = {"train.steps": 8, "train.save_every": 4, "reward_weighting.apply": apply}
+    straight = train.train(config(setup, f"straight_{apply}", **common))
+    cfg = config(setup, f"interrupted_{apply}", **common)
     train_until_first_checkpoint(monkeypatch, cfg)
     # Speed-only settings may change on resume, and the item cache changes nothing.
-    faster = config(setup, "interrupted", **{"train.steps": 8, "train.save_every": 4, "data.cache_items": "true"})
+    faster = config(setup, f"interrupted_{apply}", **common, **{"data.cache_items": "true"})
     resumed = train.train(faster, resume=str(cfg.run_dir / "step_000004"))
     a, b = step_log(straight), step_log(resumed)
     assert [r["step"] for r in b] == list(range(1, 9))

@@ -69,6 +69,7 @@ class Method:
     alpha: float | None = None  # reward_weighting.alpha override
     anchor: bool | None = None  # anchor.enabled override
     signal: str | None = None  # reward_weighting.signal override (the configs' is `outcome`)
+    apply: str | None = None  # reward_weighting.apply override (the configs' is `loss`)
 
 
 IL_CLEAN = Method("il_clean", IL_CONFIG, "clean", "IL, clean only (baseline IL config = filtering)")
@@ -100,6 +101,34 @@ ORACLE_MIXED = Method(
     anchor=False,
     signal="oracle",
 )
+# The same weights choosing each batch's frames instead of scaling their losses (`apply: sample`).
+RWFM_SAMPLE_MIXED = Method(
+    "rwfm_sample_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    "RWFM `outcome`, weights as sampling (`apply: sample`; cracked-factor config, anchor off)",
+    anchor=False,
+    apply="sample",
+)
+CHUNK_ADVANTAGE_SAMPLE_MIXED = Method(
+    "rwfm_chunk_adv_sample_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    f"RWFM `chunk_advantage`, weights as sampling (`apply: sample`; anchor off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g})",
+    anchor=False,
+    signal="chunk_advantage",
+    apply="sample",
+)
+ORACLE_SAMPLE_MIXED = Method(
+    "oracle_sample_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    "Oracle, weights as sampling (`apply: sample`: frames drawn uniformly outside the chunks into damage)",
+    anchor=False,
+    signal="oracle",
+    apply="sample",
+)
+SAMPLE_METHODS = (RWFM_SAMPLE_MIXED, CHUNK_ADVANTAGE_SAMPLE_MIXED, ORACLE_SAMPLE_MIXED)
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
     IL_CLEAN,
@@ -110,8 +139,9 @@ METHODS = (
     RWFM_MIXED,
     CHUNK_ADVANTAGE_MIXED,
     ORACLE_MIXED,
+    *SAMPLE_METHODS,
 )
-SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED)
+SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS)
 
 
 @dataclass(frozen=True)
@@ -388,6 +418,8 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
         overrides.append(f"anchor.enabled={str(method.anchor).lower()}")
     if method.signal is not None:
         overrides.append(f"reward_weighting.signal={method.signal}")
+    if method.apply is not None:
+        overrides.append(f"reward_weighting.apply={method.apply}")
     if method.signal == "chunk_advantage":
         overrides += [
             f"reward_weighting.std_floor={CHUNK_ADVANTAGE_STD_FLOOR}",

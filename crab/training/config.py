@@ -70,6 +70,11 @@ class RewardWeightingConfig:
     std_floor: float = 1.0  # lower bound on the std that normalises the advantage (reward units)
     clip_min: float = 0.1  # bounds on the raw weight exp(alpha * A); 0 lets the worst data reach weight 0
     clip_max: float = 10.0
+    # How the weights act: "loss" multiplies each sample's flow loss by its weight; "sample" draws each
+    # batch's frames with probability proportional to their weight (with replacement) and leaves the loss
+    # unweighted. Both are the same objective in expectation; "sample" makes every sample of a batch count
+    # when most of the data weighs about 0 (docs/reward_weighting.md, "Weights as sampling").
+    apply: Literal["loss", "sample"] = "loss"
 
 
 @dataclass

@@ -769,7 +769,8 @@ class CrabSmolVLA(nn.Module):
         time: Tensor | None = None,
         replay: Mapping[str, Any] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_total = mean_i(w_i * l_i) + lambda_anchor * L_anchor, and detached 0-d metrics.
+        """L_total = mean_i(w_i * l_i) + lambda_anchor * L_anchor, and detached 0-d metrics (w_i = 1 without
+        weighting, and with `reward_weighting.apply: sample`, where the weights chose the batch's frames).
 
         `noise` (B, H, D) / `time` (B,) are drawn when omitted. `lambda_anchor` is this step's value
         (see `schedules.lambda_anchor_at`); at 0, or with the anchor disabled, the reference is not run.
@@ -786,15 +787,16 @@ class CrabSmolVLA(nn.Module):
         per_sample = masked_per_sample_loss(v, u, mask)  # (B,)
         loss_unweighted = per_sample.mean()
 
-        if self.reward_weighting.enabled:
+        rw = self.reward_weighting
+        if rw.enabled and rw.apply == "loss":
             w, clipped = self._weights(batch, per_sample)
             loss_weighted = (w * per_sample).mean()
-            alpha = self.reward_weighting.alpha
         else:
-            # Plain IL, bit-identical to the unweighted loss; statistics are those of all-ones weights.
+            # Plain IL, or weights that chose the batch's frames (`apply: sample`): bit-identical to the
+            # unweighted loss; statistics are those of all-ones weights.
             w, clipped = torch.ones_like(per_sample), torch.zeros_like(per_sample, dtype=torch.bool)
             loss_weighted = loss_unweighted
-            alpha = 0.0
+        alpha = rw.alpha if rw.enabled else 0.0
 
         if use_anchor:
             if replay is not None:

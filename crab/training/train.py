@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from crab.training import checkpoint as ckpt
@@ -169,7 +170,11 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 f"learning-rate schedule keeps that length (steps past it run at its final rate)"
             )
 
-    sampler, loader = batch_loader(cfg, train_ds, cfg.data.batch_size, cfg.seed, accelerator, cfg.data.manifest)
+    # `apply: sample`: the weights choose the frames (each epoch's draw), and the loss leaves them out.
+    draw_weights = None
+    if cfg.reward_weighting.enabled and cfg.reward_weighting.apply == "sample":
+        draw_weights = frame_weight(np.concatenate(list(train_ds.signals().values())))
+    sampler, loader = batch_loader(cfg, train_ds, cfg.data.batch_size, cfg.seed, accelerator, cfg.data.manifest, draw_weights)
     replay = replay_batches(cfg, replay_ds, accelerator, step)
     global_batch = cfg.data.batch_size * accelerator.num_processes
     val_every = validation_interval(cfg, len(val_ds) if val_ds else 0, len(sampler))
@@ -179,7 +184,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     log(
         f"run {cfg.run_name}: {len(train_ds)} training frames ({sum(map(len, train_eps.values()))} episodes), "
         f"{len(sampler)} batches/epoch, {cfg.train.steps} steps, weighting "
-        f"{'on' if cfg.reward_weighting.enabled else 'off'}, anchor {'on' if cfg.anchor.enabled else 'off'}, "
+        f"{f'on ({cfg.reward_weighting.apply})' if cfg.reward_weighting.enabled else 'off'}, anchor {'on' if cfg.anchor.enabled else 'off'}, "
         f"device {accelerator.device}, {accelerator.num_processes} process(es), batch {cfg.data.batch_size} each"
         + (f", validation every {val_every} epoch(s)" if val_ds else "")
     )
@@ -459,10 +464,12 @@ def unweighted_dataset(rows, spec: RewardSpec, episodes: dict[str, list[int]], d
     return CrabDataset(rows, spec, episodes=episodes, **{**data_kw, "signal": "outcome", "state_values": None})
 
 
-def batch_loader(cfg: CrabConfig, ds: CrabDataset, batch_size: int, seed: int, accelerator, source: str):
+def batch_loader(cfg: CrabConfig, ds: CrabDataset, batch_size: int, seed: int, accelerator, source: str, weights=None):
     """(sampler, DataLoader) of `ds`'s batches for this process: seeded, resumable at any batch
-    (`EpochBatchSampler`); `source` (the manifest) names the data when it holds less than one batch."""
-    sampler = EpochBatchSampler(len(ds), batch_size, seed, accelerator.process_index, accelerator.num_processes)
+    (`EpochBatchSampler`; with `weights`, one per item, items drawn in proportion to them); `source` (the
+    manifest) names the data when it holds less than one batch."""
+    world = accelerator.num_processes
+    sampler = EpochBatchSampler(len(ds), batch_size, seed, accelerator.process_index, world, weights)
     if len(sampler) == 0:
         raise TrainingError(f"{source}: {len(ds)} training frames, fewer than one batch of {batch_size}")
     loader = torch.utils.data.DataLoader(
