@@ -101,7 +101,8 @@ ORACLE_MIXED = Method(
     anchor=False,
     signal="oracle",
 )
-# The same weights choosing each batch's frames instead of scaling their losses (`apply: sample`).
+# The same weights choosing each batch's frames instead of scaling their losses (`apply: sample`): rows of
+# the scarce regimes, where most of the data weighs about 0.
 RWFM_SAMPLE_MIXED = Method(
     "rwfm_sample_mixed",
     CRACKED_FACTOR_CONFIG,
@@ -139,7 +140,6 @@ METHODS = (
     RWFM_MIXED,
     CHUNK_ADVANTAGE_MIXED,
     ORACLE_MIXED,
-    *SAMPLE_METHODS,
 )
 SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS)
 
