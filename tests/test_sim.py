@@ -254,17 +254,32 @@ def test_egg_outcome_hand_checked():
     assert egg_outcome(held, False, "impact") == "cracked at impact"  # a hard set-down, still held
 
 
-def _demonstrator_episode(style: str, seed: int) -> tuple[str, dict]:
-    """A PUT_EGG demonstrator run closed loop by `run_episode`: (its outcome, the env's last info)."""
+CAREFUL_CARRY_PHASE = 4  # the careful script's move from the lift to over the tray
+
+
+def _demonstrator_episode(style: str, seed: int, stop_at_carry: bool = False) -> tuple[str, dict]:
+    """A PUT_EGG demonstrator run closed loop by `run_episode`: (its outcome, the env's last info). With
+    `stop_at_carry` it stands still, grip kept, once the egg is lifted."""
     env = EggEnv(PUT_EGG, render_images=False)
     demo = make_demonstrator(PUT_EGG, style, seed)
-    *_, outcome = run_episode(lambda obs: demo(env)[None], env, seed, n_action_steps=1)
+
+    def policy(obs):
+        action = demo(env)
+        if stop_at_carry and demo._phase >= CAREFUL_CARRY_PHASE:
+            action[:3] = 0.0
+        return action[None]
+
+    *_, outcome = run_episode(policy, env, seed, n_action_steps=1)
     return outcome, env._info()
 
 
 def test_demonstrators_end_where_their_style_says():
     for seed in range(4):
         assert _demonstrator_episode("careful", seed)[0] == "success"
+        assert _demonstrator_episode("careful", seed, stop_at_carry=True)[0] == "timed out holding"
+    # The failing attempts miss the egg or lose it on the way (weak grip, early release), uncracked.
+    failing = {_demonstrator_episode("failing", seed)[0] for seed in range(4)}
+    assert failing == {"never grasped", "dropped / not in tray"}
     # Squeezing cracks at the grasp, still holding; sloppy at the release, the falling egg no longer held.
     for style, cracked_as, held in (("squeezing", "cracked by the grip", True), ("sloppy", "cracked at impact", False)):
         outcomes = []
