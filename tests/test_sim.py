@@ -29,7 +29,7 @@ from crab.sim.egg_env import (
     EggEnv,
     egg_cracks,
 )
-from crab.sim.evaluate import evaluate, mean_interval, run_episode, wilson_interval
+from crab.sim.evaluate import EGG_OUTCOMES, egg_outcome, evaluate, mean_interval, run_episode, wilson_interval
 
 SEEDS = range(8)
 
@@ -48,7 +48,9 @@ def test_spaces_and_task_action_dims():
     assert obs[IMAGE_KEY].shape == (24, 24, 3) and obs[IMAGE_KEY].dtype == np.uint8
     assert obs[STATE_KEY].shape == (len(STATE_NAMES),) and len(STATE_NAMES) <= 8
     assert env.action_space.shape == (len(ACTION_NAMES),) and len(ACTION_NAMES) <= 8
-    assert info == {"success": False, "cracked": False, "task": PUT_EGG}
+    assert info == {
+        "success": False, "cracked": False, "crack_cause": None, "crack_held": None, "egg_held": False, "task": PUT_EGG
+    }  # fmt: skip
     assert set(TASK_ACTION_DIMS) == set(TASKS)
     assert TASK_ACTION_DIMS[PUT_EGG] == [0, 1, 2, 3] and TASK_ACTION_DIMS[OPEN_CARTON] == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown task"):
@@ -222,8 +224,8 @@ def test_wilson_interval_hand_checked():
 def test_closed_loop_runner_with_a_demonstrator_as_policy():
     env = EggEnv(PUT_EGG, render_images=False)
     demo = make_demonstrator(PUT_EGG, "careful", 2)
-    success, cracked, total, frames = run_episode(lambda obs: demo(env)[None], env, 2, n_action_steps=5)
-    assert success and not cracked and total == 1.0
+    success, cracked, total, frames, outcome = run_episode(lambda obs: demo(env)[None], env, 2, n_action_steps=5)
+    assert success and not cracked and total == 1.0 and outcome == "success"
     assert len(frames) == rollout(PUT_EGG, "careful", 2, render=False).length + 1
 
 
@@ -235,6 +237,60 @@ def test_evaluate_reports_rates_and_saves_videos(tmp_path):
         assert summary["success_ci95"] == pytest.approx(wilson_interval(0, 2))
         assert summary["mean_length"] == MAX_STEPS
     assert len(list(tmp_path.glob("*.mp4"))) == 2 * len(TASKS)
+    # Standing still: the fingers never reach the egg; the other tasks only tell success from failure.
+    assert results[PUT_EGG]["outcomes"] == dict.fromkeys(EGG_OUTCOMES, 0) | {"never grasped": 2}
+    assert results[OPEN_CARTON]["outcomes"] == {"success": 0, "failure": 2}
+
+
+def test_egg_outcome_hand_checked():
+    never, held, let_go = [False] * 5, [False, True, True, True, True], [False, True, True, False, False]
+    assert egg_outcome(let_go, True, None) == "success"
+    assert egg_outcome(never, False, None) == "never grasped"
+    assert egg_outcome(held, False, None) == "timed out holding"
+    assert egg_outcome(let_go, False, None) == "dropped / not in tray"
+    # A crack decides, whatever the fingers did: the crack categories add up to the crack rate.
+    assert egg_outcome(held, False, "grip") == "cracked by the grip"
+    assert egg_outcome(let_go, False, "impact") == egg_outcome(never, False, "impact") == "cracked at impact"
+    assert egg_outcome(held, False, "impact") == "cracked at impact"  # a hard set-down, still held
+
+
+CAREFUL_CARRY_PHASE = 4  # the careful script's move from the lift to over the tray
+
+
+def _demonstrator_episode(style: str, seed: int, stop_at_carry: bool = False) -> tuple[str, dict]:
+    """A PUT_EGG demonstrator run closed loop by `run_episode`: (its outcome, the env's last info). With
+    `stop_at_carry` it stands still, grip kept, once the egg is lifted."""
+    env = EggEnv(PUT_EGG, render_images=False)
+    demo = make_demonstrator(PUT_EGG, style, seed)
+
+    def policy(obs):
+        action = demo(env)
+        if stop_at_carry and demo._phase >= CAREFUL_CARRY_PHASE:
+            action[:3] = 0.0
+        return action[None]
+
+    *_, outcome = run_episode(policy, env, seed, n_action_steps=1)
+    return outcome, env._info()
+
+
+def test_demonstrators_end_where_their_style_says():
+    for seed in range(4):
+        assert _demonstrator_episode("careful", seed)[0] == "success"
+        assert _demonstrator_episode("careful", seed, stop_at_carry=True)[0] == "timed out holding"
+    # The failing attempts miss the egg or lose it on the way (weak grip, early release), uncracked.
+    failing = {_demonstrator_episode("failing", seed)[0] for seed in range(4)}
+    assert failing == {"never grasped", "dropped / not in tray"}
+    # Squeezing cracks at the grasp, still holding; sloppy at the release, the falling egg no longer held.
+    for style, cracked_as, held in (("squeezing", "cracked by the grip", True), ("sloppy", "cracked at impact", False)):
+        outcomes = []
+        for seed in range(4):
+            outcome, info = _demonstrator_episode(style, seed)
+            outcomes.append(outcome)
+            if info["cracked"]:
+                assert outcome == cracked_as and info["crack_held"] is held, (style, seed)
+            else:
+                assert outcome == "success" and info["crack_cause"] is None, (style, seed)
+        assert outcomes.count(cracked_as) >= 2, (style, outcomes)
 
 
 class SeedRecorder:

@@ -13,24 +13,31 @@ import torch
 from crab.sim import compare, open_loop, policy_eval
 from crab.sim.demonstrators import rollout
 from crab.sim.egg_env import IMAGE_KEY, PUT_EGG, STATE_KEY
-from crab.sim.evaluate import wilson_interval
+from crab.sim.evaluate import EGG_OUTCOMES, wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def summary(n: int, k_s: int, k_c: int, ret: float = 0.0, ci=(0.0, 0.0)) -> dict:
+    """An evaluation summary whose failures all crack at impact or are never grasped."""
+    outcomes = dict.fromkeys(EGG_OUTCOMES, 0) | {
+        "success": k_s, "cracked at impact": k_c, "never grasped": n - k_s - k_c
+    }  # fmt: skip
     return {
         "episodes": n,
         "success_rate": k_s / n,
         "crack_rate": k_c / n,
         "mean_return": ret,
         "return_ci95": ci,
+        "outcomes": outcomes,
     }
 
 
 def test_pool_sums_episodes_over_seeds():
     p = compare.pool([summary(10, 3, 1, 0.2), summary(20, 10, 0, 0.5)])
     assert (p["episodes"], p["successes"], p["cracks"]) == (30, 13, 1)
+    outcomes = {"success": 13, "cracked at impact": 1, "never grasped": 16}
+    assert p["outcomes"] == dict.fromkeys(EGG_OUTCOMES, 0) | outcomes
     assert p["success_rate"] == pytest.approx(13 / 30)
     assert p["success_ci95"] == wilson_interval(13, 30)
     assert p["crack_ci95"] == wilson_interval(1, 30)
@@ -171,6 +178,29 @@ def test_scarce_manifests_name_generated_datasets():
         assert regime.bad in compare.DAMAGE and compare.CLEAN in {r.name for r in clean}
 
 
+def test_an_evaluation_saved_without_outcomes_is_redone(tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "step_000002"
+    (checkpoint / "pretrained_model").mkdir(parents=True)
+    calls = []
+
+    def fake_evaluate(checkpoint, episodes, seed, n_action_steps, image_size, tasks):
+        calls.append(tasks)
+        return {"tasks": {PUT_EGG: {"task": PUT_EGG, **summary(4, 1, 2)}}}
+
+    monkeypatch.setattr(policy_eval, "evaluate_checkpoint", fake_evaluate)
+    monkeypatch.setattr(policy_eval, "format_results", lambda result: "")
+    saved = tmp_path / "eval_step_000002_4ep_seed0_n5.json"
+    old = summary(4, 1, 3)
+    del old["outcomes"]
+    saved.write_text(json.dumps({"tasks": {PUT_EGG: old}}))
+    result = compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,))
+    assert calls == [(PUT_EGG,)] and result["tasks"][PUT_EGG]["outcomes"]["cracked at impact"] == 2
+    assert "(1, 2) differ from the saved (1, 3)" in capsys.readouterr().out
+    # Saved with its outcomes: reused as it is.
+    reused = compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,))
+    assert reused == json.loads(json.dumps(result)) and len(calls) == 1
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no policy checkpoint at .*nope"):
         policy_eval.pretrained_dir(tmp_path / "nope")
@@ -207,6 +237,8 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     assert "`rwfm_clean` = `il_clean`" in text and "## Regime `scarce`" in text
     assert "| `rwfm_chunk_adv_mixed` |" in text and "Not checked" in text and compare.NOTES_MARKER in text
     assert "Value model" in text and "Where the weight goes" in text
+    assert "### Where the egg episodes end (1 episodes per row, pooled)" in text
+    assert sum(scarce["pooled"][PUT_EGG]["il_clean"]["outcomes"].values()) == 1
     assert out.with_suffix(".png").stat().st_size > 0 and (tmp_path / "report_scarce.png").stat().st_size > 0
     # Under chunk_advantage the sloppy transfers keep weight (their careful approach and carry) but the
     # chunks into the crack lose theirs; the value model's held-out error is reported.

@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from crab.sim.egg_env import OPEN_CARTON, PUT_EGG
-from crab.sim.evaluate import mean_interval, wilson_interval
+from crab.sim.egg_env import CRACK_FORCE, CRACK_SPEED, OPEN_CARTON, PUT_EGG
+from crab.sim.evaluate import EGG_OUTCOMES, mean_interval, wilson_interval
 
 CONFIG_DIR = Path("crab/training/configs")
 MANIFEST_DIR = Path("crab/training/docs")
@@ -225,9 +225,10 @@ def select(args: argparse.Namespace) -> list[tuple[Regime, list[Method]]]:
 def pool(per_seed: Sequence[dict]) -> dict:
     """Pool one task's evaluation summaries (one per training seed) into rates with Wilson intervals.
 
-    Returns episodes, success/crack counts, pooled rates and intervals, the per-seed rates, and the mean
-    return: its interval is a t interval over the seeds' mean returns when there are several seeds (the
-    seed-to-seed spread), otherwise that single run's episode-level interval.
+    Returns episodes, success/crack counts, pooled rates and intervals, the per-seed rates, the mean
+    return (its interval is a t interval over the seeds' mean returns when there are several seeds, the
+    seed-to-seed spread, otherwise that single run's episode-level interval) and the summed outcome
+    counts (`evaluate.egg_outcome` for the egg task).
     """
     n = sum(s["episodes"] for s in per_seed)
     k_s = sum(round(s["success_rate"] * s["episodes"]) for s in per_seed)
@@ -249,6 +250,7 @@ def pool(per_seed: Sequence[dict]) -> dict:
         "seed_crack": [s["crack_rate"] for s in per_seed],
         "mean_return": ret,
         "return_ci95": (lo, hi),
+        "outcomes": {k: sum(s["outcomes"][k] for s in per_seed) for k in per_seed[0]["outcomes"]},
     }
 
 
@@ -537,14 +539,26 @@ def evaluate_or_reuse(
     from crab.sim.policy_eval import evaluate_checkpoint, format_results
 
     path = checkpoint.parent / f"eval_{checkpoint.name}_{episodes}ep_seed{seed}_n{n_action_steps}.json"
+    saved = None
     if path.is_file() and path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime:
         saved = json.loads(path.read_text())
-        if set(tasks) <= set(saved["tasks"]):
+        # An evaluation saved before the outcome breakdown is redone: it is deterministic given the seeds.
+        if set(tasks) <= set(saved["tasks"]) and all("outcomes" in saved["tasks"][t] for t in tasks):
             return saved
     result = evaluate_checkpoint(checkpoint, episodes, seed, n_action_steps, image_size, tasks=tuple(tasks))
     print(format_results(result), flush=True)
+    for task in set(tasks) & set(saved["tasks"] if saved else ()):
+        before, now = (success_crack_counts(r["tasks"][task]) for r in (saved, result))
+        if before != now:
+            print(f"note: {path} {task!r}: the re-evaluation's (successes, cracks) {now} differ from the "
+                  f"saved {before}", flush=True)  # fmt: skip
     path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def success_crack_counts(summary: dict) -> tuple[int, int]:
+    """(successes, cracks) of one task's evaluation summary."""
+    return round(summary["success_rate"] * summary["episodes"]), round(summary["crack_rate"] * summary["episodes"])
 
 
 def train_and_evaluate(
@@ -734,6 +748,21 @@ def regime_section(
             "",
         ]  # fmt: skip
     egg = pooled[PUT_EGG]
+    lines += [
+        f"### Where the egg episodes end ({egg[methods[0].name]['episodes']} episodes per row, pooled)",
+        "",
+        "Each egg-transfer episode counts once (`crab.sim.evaluate.egg_outcome`): a success; else a crack, by "
+        f"the grip (squeezed over {CRACK_FORCE:g} N) or at an impact (hit at over {CRACK_SPEED:g} m/s: a drop "
+        "or a hard set-down); else, at the step limit, the egg never held by both fingers, let go anywhere but "
+        "at rest in the tray, or still held.",
+        "",
+        markdown_table(
+            ["run", *EGG_OUTCOMES],
+            [[f"`{m.name}`", *(f"{k} ({k / egg[m.name]['episodes']:.0%})" for k in map(egg[m.name]["outcomes"].get, EGG_OUTCOMES))]
+             for m in methods],
+        ),
+        "",
+    ]  # fmt: skip
     lines += [f"![success and crack rates]({plot_path.name})", "", "### The bar (egg transfer, pooled)", ""]
     bars = [(BAR_METHODS, check_bar)] if regime.name == "cycle1" else []
     bars.append((CHUNK_BAR_METHODS, lambda p: check_chunk_bar(regime.name, p)))

@@ -264,6 +264,17 @@ class EggEnv(gym.Env):
                 others.add(int(other))
         return grip / 2, others
 
+    def _fingers_on_egg(self) -> int:
+        """How many fingers touch the egg. Read-only, for `info["egg_held"]`: the `egg_grasped` state flag
+        cannot tell, since `_egg_touching` keeps the egg's other contacts only (so it is always 0, and
+        kept so: the generated datasets and trained policies have it that way)."""
+        fingers = set()
+        for i in range(self.data.ncon):
+            pair = {self.data.contact[i].geom1, self.data.contact[i].geom2}
+            if self._egg_geom in pair:
+                fingers |= pair & self._finger_geoms
+        return len(fingers)
+
     def _egg_in_tray(self) -> bool:
         rel = self.egg_pos - self.tray_pos
         return bool(abs(rel[0]) < TRAY_HALF[0] and abs(rel[1]) < TRAY_HALF[1] and rel[2] < EGG_HALF_HEIGHT + 0.01)
@@ -300,6 +311,9 @@ class EggEnv(gym.Env):
             mujoco.mj_step(self.model, self.data)
         self._egg_touching: set[int] = self._egg_contacts()[1]
         self.cracked = False
+        self.crack_cause: str | None = None  # "grip" or "impact" once cracked (`egg_cracks`' two limits)
+        self.crack_held: bool | None = None  # `egg_held` at the end of the crack step
+        self.egg_held = False  # both fingers touch the egg (`_fingers_on_egg`)
         self.succeeded = False
         self.steps = 0
         return self._obs(), self._info()
@@ -322,8 +336,13 @@ class EggEnv(gym.Env):
             if touching - self._egg_touching:
                 peak_impact = max(peak_impact, egg_speed)
             self._egg_touching = touching
+        self.egg_held = self._fingers_on_egg() == len(self._finger_geoms)
         if not self.cracked and egg_cracks(peak_grip, peak_impact):
             self.cracked = True
+            # Why, for the evaluation's failure breakdown: a grip crack wins a tie, since the egg was
+            # squeezed over the limit whatever it hit meanwhile.
+            self.crack_cause = "grip" if peak_grip > CRACK_FORCE else "impact"
+            self.crack_held = self.egg_held
             self.model.geom_rgba[self._egg_geom] = CRACKED_RGBA
             reward -= 1.0
         self.steps += 1
@@ -349,7 +368,14 @@ class EggEnv(gym.Env):
         return {IMAGE_KEY: self.render(), STATE_KEY: state}
 
     def _info(self) -> dict:
-        return {"success": self.succeeded, "cracked": self.cracked, "task": self.task}
+        return {
+            "success": self.succeeded,
+            "cracked": self.cracked,
+            "crack_cause": self.crack_cause,
+            "crack_held": self.crack_held,
+            "egg_held": self.egg_held,
+            "task": self.task,
+        }
 
     def render(self) -> np.ndarray:
         if not self.render_images:

@@ -1,4 +1,5 @@
-"""Closed-loop evaluation of a policy in `EggEnv`: success, crack and return rates with intervals.
+"""Closed-loop evaluation of a policy in `EggEnv`: success, crack and return rates with intervals, and
+where each egg transfer ended (`egg_outcome`).
 
 The policy is a plain callable `act(obs) -> (H, A)` action chunk, where `obs` holds
 `observation.images.top` (uint8 H x W x 3), `observation.state` (float32) and `task` (the instruction).
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crab.sim.egg_env import FPS, IMAGE_KEY, TASKS, EggEnv
+from crab.sim.egg_env import FPS, IMAGE_KEY, PUT_EGG, TASKS, EggEnv
 
 Policy = Callable[[dict], np.ndarray]
 
@@ -47,6 +48,38 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+# Where an egg transfer ends, in the order a transfer goes (`egg_outcome`); the other tasks' episodes
+# are only "success" or "failure".
+EGG_OUTCOMES = (
+    "success",
+    "never grasped",
+    "cracked by the grip",
+    "cracked at impact",
+    "dropped / not in tray",
+    "timed out holding",
+)
+OTHER_OUTCOMES = ("success", "failure")
+
+
+def egg_outcome(held: Sequence[bool], success: bool, crack_cause: str | None) -> str:
+    """The one `EGG_OUTCOMES` category of a "Put the egg into the tray." episode.
+
+    `held`: the env's `info["egg_held"]` (both fingers touch the egg) of every step, the reset's first;
+    not the state's `egg_grasped` flag, which is always 0 (see `EggEnv._fingers_on_egg`).
+    `crack_cause`: `info["crack_cause"]` at the end ("grip", "impact" or None). A crack decides the
+    category whatever the fingers did, so the two crack categories add up to the crack rate. An uncracked
+    failure runs to the step limit (the env ends an episode early only once the egg rests in the tray):
+    the fingers never held the egg, still hold it, or let it go somewhere other than into the tray.
+    """
+    if success:
+        return "success"
+    if crack_cause is not None:
+        return {"grip": "cracked by the grip", "impact": "cracked at impact"}[crack_cause]
+    if not any(held):
+        return "never grasped"
+    return "timed out holding" if held[-1] else "dropped / not in tray"
+
+
 @dataclass
 class TaskResult:
     task: str
@@ -54,9 +87,11 @@ class TaskResult:
     cracks: list[bool] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)  # EGG_OUTCOMES for the egg task, else OTHER_OUTCOMES
 
     def summary(self) -> dict:
         n = len(self.successes)
+        categories = EGG_OUTCOMES if self.task == PUT_EGG else OTHER_OUTCOMES
         k_s, k_c = sum(self.successes), sum(self.cracks)
         mean, lo, hi = mean_interval(self.returns)
         return {
@@ -69,17 +104,20 @@ class TaskResult:
             "mean_return": mean,
             "return_ci95": (lo, hi),
             "mean_length": float(np.mean(self.lengths)) if n else float("nan"),
+            "outcomes": {c: self.outcomes.count(c) for c in categories},
         }
 
 
 def run_episode(
     policy: Policy, env: EggEnv, seed: int, n_action_steps: int
-) -> tuple[bool, bool, float, list[np.ndarray]]:
-    """One closed-loop episode: (success, cracked, return, camera frames)."""
+) -> tuple[bool, bool, float, list[np.ndarray], str]:
+    """One closed-loop episode: (success, cracked, return, camera frames, outcome), the outcome one of
+    `EGG_OUTCOMES` for the egg task (`egg_outcome`), else of `OTHER_OUTCOMES`."""
     if hasattr(policy, "reset"):  # a learned policy: clear its state and seed its sampling
         policy.reset(seed)
     obs, info = env.reset(seed=seed)
     frames = [obs[IMAGE_KEY]]
+    held = [info["egg_held"]]
     total, done = 0.0, False
     while not done:
         chunk = np.asarray(policy({**obs, "task": env.task}), dtype=np.float32)
@@ -88,11 +126,17 @@ def run_episode(
         for action in chunk[:n_action_steps]:
             obs, reward, terminated, truncated, info = env.step(action)
             frames.append(obs[IMAGE_KEY])
+            held.append(info["egg_held"])
             total += reward
             done = terminated or truncated
             if done:
                 break
-    return bool(info["success"]), bool(info["cracked"]), total, frames
+    success = bool(info["success"])
+    if env.task == PUT_EGG:
+        outcome = egg_outcome(held, success, info["crack_cause"])
+    else:
+        outcome = "success" if success else "failure"
+    return success, bool(info["cracked"]), total, frames, outcome
 
 
 def save_video(frames: Sequence[np.ndarray], path: Path, scale: int = 4) -> Path:
@@ -137,8 +181,9 @@ def evaluate(
         seeds = np.random.default_rng([seed, 7919, TASKS.index(task)]).integers(0, 2**31 - 1, size=episodes_per_task)
         result = TaskResult(task)
         for i, ep_seed in enumerate(seeds):
-            success, cracked, total, frames = run_episode(policy, env, int(ep_seed), n_action_steps)
+            success, cracked, total, frames, outcome = run_episode(policy, env, int(ep_seed), n_action_steps)
             result.successes.append(success)
+            result.outcomes.append(outcome)
             result.cracks.append(cracked)
             result.returns.append(total)
             result.lengths.append(len(frames) - 1)
