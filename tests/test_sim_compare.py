@@ -99,7 +99,7 @@ def test_regime_and_method_selection():
     assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_grasp"]
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
-        "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed",
+        "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",
     ]  # fmt: skip
     assert {"rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_clean"} <= {m.name for m in plan[0][1]}
     plan = compare.select(args_of("--regimes", "scarce", "--methods", "il_clean", "rwfm_chunk_adv_mixed"))
@@ -150,6 +150,8 @@ def test_regime_configs_and_counts():
     assert (oracle.reward_weighting.apply, ca.reward_weighting.apply) == ("loss", "loss")
     drawn = compare.run_config(compare.CHUNK_ADVANTAGE_SAMPLE_MIXED, 0, args, scarce)
     assert drawn.reward_weighting.apply == "sample" and drawn.data.reward_stats == ca.data.reward_stats
+    uncapped = compare.run_config(compare.RWFM_SAMPLE_UNCAPPED_MIXED, 0, args, scarce)
+    assert (uncapped.reward_weighting.clip_max, uncapped.reward_weighting.apply) == (1e6, "sample")
     # Dataset counts: the training episodes plus the held-out one; today's regime skips the sloppy data.
     counts = compare.regime_counts(scarce, args_of("--scarce-clean", "5"), held_out=1)
     assert counts == {

@@ -70,6 +70,7 @@ class Method:
     anchor: bool | None = None  # anchor.enabled override
     signal: str | None = None  # reward_weighting.signal override (the configs' is `outcome`)
     apply: str | None = None  # reward_weighting.apply override (the configs' is `loss`)
+    extra: tuple[str, ...] = ()  # further `key=value` overrides of the row's config
 
 
 IL_CLEAN = Method("il_clean", IL_CONFIG, "clean", "IL, clean only (baseline IL config = filtering)")
@@ -129,7 +130,19 @@ ORACLE_SAMPLE_MIXED = Method(
     signal="oracle",
     apply="sample",
 )
-SAMPLE_METHODS = (RWFM_SAMPLE_MIXED, CHUNK_ADVANTAGE_SAMPLE_MIXED, ORACLE_SAMPLE_MIXED)
+# The clean side uncapped: on mostly-bad data the advantage is centred on a low mean, so clip_max 10 binds
+# on the clean transfers and not on the failed attempts (G = 0), which keep 8% of the egg weight; without
+# the cap they keep 2.4%, their exp(alpha * A) ratio (scarce regime).
+RWFM_SAMPLE_UNCAPPED_MIXED = Method(
+    "rwfm_sample_uncapped_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    "RWFM `outcome`, weights as sampling, no upper clip (`apply: sample`, `clip_max: 1000000`; anchor off)",
+    anchor=False,
+    apply="sample",
+    extra=("reward_weighting.clip_max=1000000",),
+)
+SAMPLE_METHODS = (RWFM_SAMPLE_MIXED, CHUNK_ADVANTAGE_SAMPLE_MIXED, ORACLE_SAMPLE_MIXED, RWFM_SAMPLE_UNCAPPED_MIXED)
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
     IL_CLEAN,
@@ -422,6 +435,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
         overrides.append(f"reward_weighting.signal={method.signal}")
     if method.apply is not None:
         overrides.append(f"reward_weighting.apply={method.apply}")
+    overrides += method.extra
     if method.signal == "chunk_advantage":
         overrides += [
             f"reward_weighting.std_floor={CHUNK_ADVANTAGE_STD_FLOOR}",
