@@ -103,7 +103,7 @@ ORACLE_MIXED = Method(
     signal="oracle",
 )
 # The same weights choosing each batch's frames instead of scaling their losses (`apply: sample`): rows of
-# the scarce regimes, where most of the data weighs about 0.
+# the scarce regimes, where most of the data weighs about 0 (the uncapped row also in today's).
 RWFM_SAMPLE_MIXED = Method(
     "rwfm_sample_mixed",
     CRACKED_FACTOR_CONFIG,
@@ -153,6 +153,7 @@ METHODS = (
     RWFM_MIXED,
     CHUNK_ADVANTAGE_MIXED,
     ORACLE_MIXED,
+    RWFM_SAMPLE_UNCAPPED_MIXED,
 )
 SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS)
 
