@@ -245,8 +245,7 @@ def pool(per_seed: Sequence[dict]) -> dict:
     counts (`evaluate.egg_outcome` for the egg task).
     """
     n = sum(s["episodes"] for s in per_seed)
-    k_s = sum(round(s["success_rate"] * s["episodes"]) for s in per_seed)
-    k_c = sum(round(s["crack_rate"] * s["episodes"]) for s in per_seed)
+    k_s, k_c = (sum(counts) for counts in zip(*map(success_crack_counts, per_seed), strict=True))
     returns = [s["mean_return"] for s in per_seed]
     if len(per_seed) > 1:
         ret, lo, hi = mean_interval(returns)

@@ -247,10 +247,10 @@ class EggEnv(gym.Env):
     def gripper_opening(self) -> float:
         return float(self.data.qpos[self._finger_qadr].sum())
 
-    def _egg_contacts(self) -> tuple[float, set[int]]:
-        """Squeeze force on the egg (finger normal forces / 2: both fingers press with it), and the other
-        geoms touching the egg."""
-        grip, others = 0.0, set()
+    def _egg_contacts(self) -> tuple[float, set[int], set[int]]:
+        """Squeeze force on the egg (finger normal forces / 2: both fingers press with it), the other geoms
+        touching the egg, and the fingers touching it."""
+        grip, others, fingers = 0.0, set(), set()
         force = np.zeros(6)
         for i in range(self.data.ncon):
             c = self.data.contact[i]
@@ -260,20 +260,10 @@ class EggEnv(gym.Env):
             if other in self._finger_geoms:
                 mujoco.mj_contactForce(self.model, self.data, i, force)
                 grip += force[0]
+                fingers.add(int(other))
             else:
                 others.add(int(other))
-        return grip / 2, others
-
-    def _fingers_on_egg(self) -> int:
-        """How many fingers touch the egg. Read-only, for `info["egg_held"]`: the `egg_grasped` state flag
-        cannot tell, since `_egg_touching` keeps the egg's other contacts only (so it is always 0, and
-        kept so: the generated datasets and trained policies have it that way)."""
-        fingers = set()
-        for i in range(self.data.ncon):
-            pair = {self.data.contact[i].geom1, self.data.contact[i].geom2}
-            if self._egg_geom in pair:
-                fingers |= pair & self._finger_geoms
-        return len(fingers)
+        return grip / 2, others, fingers
 
     def _egg_in_tray(self) -> bool:
         rel = self.egg_pos - self.tray_pos
@@ -313,7 +303,7 @@ class EggEnv(gym.Env):
         self.cracked = False
         self.crack_cause: str | None = None  # "grip" or "impact" once cracked (`egg_cracks`' two limits)
         self.crack_held: bool | None = None  # `egg_held` at the end of the crack step
-        self.egg_held = False  # both fingers touch the egg (`_fingers_on_egg`)
+        self.egg_held = False  # both fingers touch the egg (`_egg_contacts`)
         self.succeeded = False
         self.steps = 0
         return self._obs(), self._info()
@@ -331,12 +321,15 @@ class EggEnv(gym.Env):
             self.data.ctrl[:3] = start + (self._target - start) * (k / SUBSTEPS)
             egg_speed = float(np.linalg.norm(self.data.qvel[self._egg_dadr : self._egg_dadr + 3]))
             mujoco.mj_step(self.model, self.data)
-            grip, touching = self._egg_contacts()
+            grip, touching, fingers = self._egg_contacts()
             peak_grip = max(peak_grip, grip)
             if touching - self._egg_touching:
                 peak_impact = max(peak_impact, egg_speed)
             self._egg_touching = touching
-        self.egg_held = self._fingers_on_egg() == len(self._finger_geoms)
+        # Both fingers on the egg after the step's last substep. Not the state's `egg_grasped` flag: that
+        # tests `_egg_touching`, the egg's *other* contacts, against the fingers, so it is always 0 (kept
+        # so: the generated datasets and trained policies have it that way).
+        self.egg_held = fingers == self._finger_geoms
         if not self.cracked and egg_cracks(peak_grip, peak_impact):
             self.cracked = True
             # Why, for the evaluation's failure breakdown: a grip crack wins a tie, since the egg was

@@ -65,7 +65,7 @@ def egg_outcome(held: Sequence[bool], success: bool, crack_cause: str | None) ->
     """The one `EGG_OUTCOMES` category of a "Put the egg into the tray." episode.
 
     `held`: the env's `info["egg_held"]` (both fingers touch the egg) of every step, the reset's first;
-    not the state's `egg_grasped` flag, which is always 0 (see `EggEnv._fingers_on_egg`).
+    not the state's `egg_grasped` flag, which is always 0 (see `EggEnv.step`).
     `crack_cause`: `info["crack_cause"]` at the end ("grip", "impact" or None). A crack decides the
     category whatever the fingers did, so the two crack categories add up to the crack rate. An uncracked
     failure runs to the step limit (the env ends an episode early only once the egg rests in the tray):
