@@ -18,7 +18,7 @@ from crab.training.monitoring import (
     read_epoch_summaries,
     write_epoch_summaries,
 )
-from crab.training.sampling import EpochBatchSampler
+from crab.training.sampling import EpochBatchSampler, sampling_probabilities
 
 
 def write_model(folder):
@@ -111,6 +111,8 @@ def test_weighted_batch_order_draws_in_proportion_to_the_weights():
     counts = np.bincount(np.array(drawn) % 5, minlength=5) / len(drawn)
     assert counts[0] == counts[3] == 0
     assert counts[[1, 2, 4]] == pytest.approx([0.1, 0.3, 0.6], abs=0.01)  # 10,000 draws: 3 sigma < 0.01
+    # docs/reward_weighting.md's worked example: weights (0, 1, 3) draw with probabilities (0, 1/4, 3/4).
+    assert sampling_probabilities([0.0, 1.0, 3.0], 3).tolist() == [0.0, 0.25, 0.75]
     for bad in (np.zeros(20), -weights, weights[:5], np.full(20, np.nan)):
         with pytest.raises(ValueError, match="20 finite, non-negative numbers, not all 0"):
             EpochBatchSampler(20, 4, 7, weights=bad)
