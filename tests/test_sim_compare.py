@@ -100,8 +100,9 @@ def test_regime_and_method_selection():
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
         "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",
+        "rwfm_anchor_sample_uncapped_mixed", "rwfm_chunk_adv_sample_uncapped_mixed",
     ]  # fmt: skip
-    assert {"rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_clean", "rwfm_sample_uncapped_mixed"} <= {m.name for m in plan[0][1]}
+    assert {"rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_clean", "rwfm_anchor_sample_uncapped_mixed"} <= {m.name for m in plan[0][1]}
     plan = compare.select(args_of("--regimes", "scarce", "--methods", "il_clean", "rwfm_chunk_adv_mixed"))
     assert [(r.name, [m.name for m in ms]) for r, ms in plan] == [("scarce", ["il_clean", "rwfm_chunk_adv_mixed"])]
     # A row of one regime only runs where it is; extra alphas join today's regime.

@@ -103,7 +103,7 @@ ORACLE_MIXED = Method(
     signal="oracle",
 )
 # The same weights choosing each batch's frames instead of scaling their losses (`apply: sample`): rows of
-# the scarce regimes, where most of the data weighs about 0 (the uncapped row also in today's).
+# the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in today's).
 RWFM_SAMPLE_MIXED = Method(
     "rwfm_sample_mixed",
     CRACKED_FACTOR_CONFIG,
@@ -133,6 +133,7 @@ ORACLE_SAMPLE_MIXED = Method(
 # The clean side uncapped: on mostly-bad data the advantage is centred on a low mean, so clip_max 10 binds
 # on the clean transfers and not on the failed attempts (G = 0), which keep 8% of the egg weight; without
 # the cap they keep 2.4%, their exp(alpha * A) ratio (scarce regime).
+UNCAPPED = "reward_weighting.clip_max=1000000"  # clip_max high enough never to bind
 RWFM_SAMPLE_UNCAPPED_MIXED = Method(
     "rwfm_sample_uncapped_mixed",
     CRACKED_FACTOR_CONFIG,
@@ -140,9 +141,36 @@ RWFM_SAMPLE_UNCAPPED_MIXED = Method(
     "RWFM `outcome`, weights as sampling, no upper clip (`apply: sample`, `clip_max: 1000000`; anchor off)",
     anchor=False,
     apply="sample",
-    extra=("reward_weighting.clip_max=1000000",),
+    extra=(UNCAPPED,),
 )
-SAMPLE_METHODS = (RWFM_SAMPLE_MIXED, CHUNK_ADVANTAGE_SAMPLE_MIXED, ORACLE_SAMPLE_MIXED, RWFM_SAMPLE_UNCAPPED_MIXED)
+RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED = Method(
+    "rwfm_anchor_sample_uncapped_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    "RWFM + anchor, weights as sampling, no upper clip (the cracked-factor config with `apply: sample`, "
+    "`clip_max: 1000000`)",
+    apply="sample",
+    extra=(UNCAPPED,),
+)
+CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED = Method(
+    "rwfm_chunk_adv_sample_uncapped_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    f"RWFM `chunk_advantage`, weights as sampling, no upper clip (`apply: sample`, `clip_max: 1000000`; anchor "
+    f"off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g})",
+    anchor=False,
+    signal="chunk_advantage",
+    apply="sample",
+    extra=(UNCAPPED,),
+)
+SAMPLE_METHODS = (
+    RWFM_SAMPLE_MIXED,
+    CHUNK_ADVANTAGE_SAMPLE_MIXED,
+    ORACLE_SAMPLE_MIXED,
+    RWFM_SAMPLE_UNCAPPED_MIXED,
+    RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED,
+    CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED,
+)
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
     IL_CLEAN,
@@ -154,6 +182,7 @@ METHODS = (
     CHUNK_ADVANTAGE_MIXED,
     ORACLE_MIXED,
     RWFM_SAMPLE_UNCAPPED_MIXED,
+    RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED,
 )
 SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS)
 
