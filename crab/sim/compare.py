@@ -30,6 +30,7 @@ where it stopped; hand-written notes below `NOTES_MARKER` in the report are kept
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import multiprocessing
@@ -102,67 +103,34 @@ ORACLE_MIXED = Method(
     anchor=False,
     signal="oracle",
 )
-# The same weights choosing each batch's frames instead of scaling their losses (`apply: sample`): rows of
-# the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in today's).
-RWFM_SAMPLE_MIXED = Method(
-    "rwfm_sample_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    "RWFM `outcome`, weights as sampling (`apply: sample`; cracked-factor config, anchor off)",
-    anchor=False,
-    apply="sample",
-)
-CHUNK_ADVANTAGE_SAMPLE_MIXED = Method(
-    "rwfm_chunk_adv_sample_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    f"RWFM `chunk_advantage`, weights as sampling (`apply: sample`; anchor off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g})",
-    anchor=False,
-    signal="chunk_advantage",
-    apply="sample",
-)
-ORACLE_SAMPLE_MIXED = Method(
-    "oracle_sample_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    "Oracle, weights as sampling (`apply: sample`: frames drawn uniformly outside the chunks into damage)",
-    anchor=False,
-    signal="oracle",
-    apply="sample",
-)
-# The clean side uncapped: on mostly-bad data the advantage is centred on a low mean, so clip_max 10 binds
-# on the clean transfers and not on the failed attempts (G = 0), which keep 8% of the egg weight; without
-# the cap they keep 2.4%, their exp(alpha * A) ratio (scarce regime).
 UNCAPPED = "reward_weighting.clip_max=1000000"  # clip_max high enough never to bind
-RWFM_SAMPLE_UNCAPPED_MIXED = Method(
-    "rwfm_sample_uncapped_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    "RWFM `outcome`, weights as sampling, no upper clip (`apply: sample`, `clip_max: 1000000`; anchor off)",
-    anchor=False,
-    apply="sample",
-    extra=(UNCAPPED,),
-)
-RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED = Method(
-    "rwfm_anchor_sample_uncapped_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    "RWFM + anchor, weights as sampling, no upper clip (the cracked-factor config with `apply: sample`, "
-    "`clip_max: 1000000`)",
-    apply="sample",
-    extra=(UNCAPPED,),
-)
-CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED = Method(
-    "rwfm_chunk_adv_sample_uncapped_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    f"RWFM `chunk_advantage`, weights as sampling, no upper clip (`apply: sample`, `clip_max: 1000000`; anchor "
-    f"off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g})",
-    anchor=False,
-    signal="chunk_advantage",
-    apply="sample",
-    extra=(UNCAPPED,),
-)
+
+
+def as_sampling(method: Method, uncapped: bool = False) -> Method:
+    """The same row with its weights choosing each batch's frames instead of scaling their losses
+    (`apply: sample`), and with `uncapped` no upper clip. On mostly-bad data the advantage is centred on a
+    low mean, so clip_max 10 binds on the clean transfers and not on the failed attempts (G = 0), which
+    keep 8% of the egg weight; without the cap they keep 2.4%, their exp(alpha * A) ratio (scarce regime)."""
+    suffix, label = "_sample", "weights as sampling (`apply: sample`)"
+    if uncapped:
+        suffix, label = "_sample_uncapped", label + ", no upper clip (`clip_max: 1000000`)"
+    return dataclasses.replace(
+        method,
+        name=method.name.removesuffix("_mixed") + suffix + "_mixed",
+        label=f"{method.label}; {label}",
+        apply="sample",
+        extra=(*method.extra, UNCAPPED) if uncapped else method.extra,
+    )
+
+
+# Rows of the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in
+# today's). Without the cap, chunk advantages (spread over several RMS units) collapse onto a few chunks.
+RWFM_SAMPLE_MIXED = as_sampling(RWFM_MIXED)
+CHUNK_ADVANTAGE_SAMPLE_MIXED = as_sampling(CHUNK_ADVANTAGE_MIXED)
+ORACLE_SAMPLE_MIXED = as_sampling(ORACLE_MIXED)
+RWFM_SAMPLE_UNCAPPED_MIXED = as_sampling(RWFM_MIXED, uncapped=True)
+RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED = as_sampling(RWFM_ANCHOR_MIXED, uncapped=True)
+CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED = as_sampling(CHUNK_ADVANTAGE_MIXED, uncapped=True)
 SAMPLE_METHODS = (
     RWFM_SAMPLE_MIXED,
     CHUNK_ADVANTAGE_SAMPLE_MIXED,
