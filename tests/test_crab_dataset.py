@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 
@@ -72,6 +73,21 @@ def test_episode_subset_keeps_rewards_aligned(data_root, tmp_path):
     ds = CrabDataset(load_manifest(manifest, data_root), SPEC, episodes={"clean": [1]})
     assert len(ds) == 9
     assert ds[8]["step_reward"].item() == 1.0 and ds[8]["episode_index"].item() == 1
+
+
+def test_phase_groups_split_each_episode_per_task(dataset):
+    groups = dataset.phase_groups(2)
+    assert len(groups) == len(dataset)
+    # "Open the carton." sorts before "Place ...": the carton's groups are 0-1, the placing ones 2-3;
+    # each episode's first half is its task's first group, whatever the episode's length.
+    for d, row in enumerate(dataset.rows):
+        first = int(dataset._offsets[d])
+        episodes = np.array([dataset[first + i]["episode_index"].item() for i in range(len(dataset.datasets[d]))])
+        base = 0 if row.task == OPEN else 2
+        for e in np.unique(episodes):
+            of_episode = groups[first:][: len(episodes)][episodes == e]
+            n = len(of_episode)
+            assert of_episode.tolist() == [base] * ((n + 1) // 2) + [base + 1] * (n // 2), (row.name, e)
 
 
 def test_default_collate_with_spawn_workers(dataset):
@@ -172,9 +188,13 @@ def test_fast_path_items_in_spawned_workers(workers, dataset, image_dataset):
 def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
     manifest = write_manifest(tmp_path / "m.csv", ALL_ROWS)
     out = tmp_path / "stats.json"
-    reward_stats.main(["--manifest", str(manifest), "--out", str(out), "--data-root", str(data_root), "--chunk-size", "3"])
+    argv = ["--manifest", str(manifest), "--out", str(out), "--data-root", str(data_root), "--chunk-size", "3"]
+    reward_stats.main([*argv, "--phase-bins", "2"])
     printed = capsys.readouterr().out
     assert "40 frames, 5 episodes" in printed and "stepwise (clean):" in printed and "of its task's" in printed
+    # Per phase, each task's datasets still share all of its draw: the placing ones between them.
+    phase = dict(re.findall(r"(\w+) ([\d.]+)%", printed.split("normalised per phase (2 parts of each episode)")[1]))
+    assert phase["stepwise"] == "100.00" and float(phase["clean"]) + float(phase["labelled"]) == pytest.approx(100, abs=0.02)
     stats = json.loads(out.read_text())
     assert stats["alpha"] == 0.25 and stats["overall"]["episodes"] == 5
     assert stats["per_dataset"]["stepwise"]["signal"]["mean"] == 0.0  # G = R_e = sum of next.reward

@@ -209,3 +209,20 @@ def test_chunk_advantage_keeps_damage_near_zero_when_most_episodes_are_bad():
     for floor, share in ((0.1, 2.89e-7), (1.0, 0.001646)):
         shares = rewards.weight_shares(a, every.mean(), every.std(), 4.0, (0.0, 10.0), floor, "chunk_advantage")
         assert shares["cracked release"]["weight_share"] == pytest.approx(share, rel=1e-3)
+
+
+def test_per_phase_normalisation_worked_example():
+    """docs/reward_weighting.md, "Per-phase normalisation": two episodes of 4 frames in 2 phases."""
+    ep = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    assert rewards.progress_bins(ep, 2).tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1]
+    assert rewards.progress_bins(ep, 4).tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]
+    # A clean episode (weight 1 throughout) and a damaged one whose second half weighs 0.
+    v = np.array([1, 1, 1, 1, 1, 1, 0, 0.0])
+    w = rewards.per_group_normalised(v, rewards.progress_bins(ep[:8], 2))
+    assert w.tolist() == [1, 1, 2, 2, 1, 1, 0, 0]  # the clean release keeps the phase's whole share
+    assert w.mean() == 1.0
+
+
+def test_per_group_normalisation_leaves_a_zero_group_at_zero_and_others_at_mean_one():
+    w = rewards.per_group_normalised(np.array([0, 0, 2, 6, 4.0]), np.array([7, 7, 3, 3, 3]))
+    assert w.tolist() == [0, 0, 0.5, 1.5, 1.0]

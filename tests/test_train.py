@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ALL_ROWS, train_until_first_checkpoint, write_manifest
@@ -382,3 +383,33 @@ def test_two_processes_train_resume_bit_identically_and_weigh_like_one(setup, tm
     assert summaries[0]["samples"] == one_epoch["samples"] == 20
     for quality, w in one_epoch["weights"].items():
         assert summaries[0]["weights"][quality] == pytest.approx(w, rel=1e-6), quality
+
+
+
+def test_weights_normalised_per_phase_choose_the_draw(setup, monkeypatch):
+    """`normalize: phase`: the sampler draws with the clipped raw weights divided by their (task, part of the
+    episode) group's mean, `per_group_normalised`, not with the globally normalised ones."""
+    from crab.training.crab_dataset import CrabDataset
+    from crab.training.manifest import load_manifest
+    from crab.training.rewards import RewardSpec, frame_weights, per_group_normalised
+
+    seen = {}
+
+    def recording(*args):
+        seen["weights"] = args[-1]
+        return batch_loader(*args)
+
+    batch_loader = train.batch_loader
+    monkeypatch.setattr(train, "batch_loader", recording)
+    cfg = config(setup, "phase_draw", **{"train.steps": 2, "train.save_every": 2, "anchor.enabled": "false",
+                 "reward_weighting.apply": "sample", "reward_weighting.normalize": "phase",
+                 "reward_weighting.phase_bins": 2})  # fmt: skip
+    train.train(cfg)
+    ds = CrabDataset(load_manifest(setup["manifest"], setup["data_root"]), RewardSpec(chunk_size=10))
+    g, rw = json.loads(setup["stats"].read_text())["overall"]["signal"], cfg.reward_weighting
+    v = frame_weights(np.concatenate(list(ds.signals().values())), g["mean"], g["std"], rw.alpha,
+                      (rw.clip_min, rw.clip_max), rw.std_floor)  # fmt: skip
+    expected = per_group_normalised(v, ds.phase_groups(2))
+    np.testing.assert_allclose(seen["weights"], expected)
+    # Globally the carton (G = 0, below the mean) is drawn less than its frame share; per phase it is not.
+    assert not np.allclose(expected / expected.sum(), v / v.sum(), rtol=0.05)

@@ -123,6 +123,19 @@ def as_sampling(method: Method, uncapped: bool = False) -> Method:
     )
 
 
+def per_phase(method: Method) -> Method:
+    """The same weights-as-sampling row with its weights normalised per task and tenth of the episode
+    (`normalize: phase`): the moment only the clean transfers do well (the careful grasp or release) keeps
+    its imitation-learning share of the draw instead of the share left after the damaged episodes' weight
+    there is taken away."""
+    return dataclasses.replace(
+        method,
+        name=method.name.removesuffix("_mixed") + "_phase_mixed",
+        label=f"{method.label}; normalised per phase (`normalize: phase`)",
+        extra=(*method.extra, "reward_weighting.normalize=phase"),
+    )
+
+
 # Rows of the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in
 # today's). Without the cap, chunk advantages (spread over several RMS units) collapse onto a few chunks.
 RWFM_SAMPLE_MIXED = as_sampling(RWFM_MIXED)
@@ -138,6 +151,9 @@ SAMPLE_METHODS = (
     RWFM_SAMPLE_UNCAPPED_MIXED,
     RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED,
     CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED,
+    per_phase(CHUNK_ADVANTAGE_SAMPLE_MIXED),
+    per_phase(ORACLE_SAMPLE_MIXED),
+    per_phase(RWFM_SAMPLE_UNCAPPED_MIXED),
 )
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (

@@ -75,6 +75,12 @@ class RewardWeightingConfig:
     # unweighted. Both are the same objective in expectation; "sample" makes every sample of a batch count
     # when most of the data weighs about 0 (docs/reward_weighting.md, "Weights as sampling").
     apply: Literal["loss", "sample"] = "loss"
+    # What the weights are normalised over: "global" divides them by the training frames' mean weight;
+    # "phase" by the mean weight of the frame's task and part of its episode (`phase_bins` equal parts),
+    # so every part of a task keeps its imitation-learning share of the draw even where most episodes did
+    # that part badly (docs/reward_weighting.md, "Per-phase normalisation"). "phase" needs `apply: sample`.
+    normalize: Literal["global", "phase"] = "global"
+    phase_bins: int = 10
 
 
 @dataclass
@@ -235,6 +241,10 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),
         (rw.std_floor <= 0, "`reward_weighting.std_floor` must be > 0"),
         (not 0 <= rw.clip_min < rw.clip_max, "need 0 <= `reward_weighting.clip_min` < `reward_weighting.clip_max`"),
+        (rw.normalize == "phase" and rw.apply != "sample",
+         "`reward_weighting.normalize: phase` needs `reward_weighting.apply: sample` (the phases' weights choose "
+         "the frames drawn)"),
+        (rw.phase_bins < 1, "`reward_weighting.phase_bins` must be >= 1"),
         (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
         (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
         (anchor.replay_manifest is not None and not anchor.enabled,

@@ -258,6 +258,13 @@ class CrabDataset(Dataset):
             row.name: table.signal[pos] for row, table, pos in zip(self.rows, self.tables, self._rows_of_items, strict=True)
         }
 
+    def phase_groups(self, bins: int) -> np.ndarray:
+        """Per item, in item order: its (task, part of its episode) group (`rewards.phase_groups`), for
+        `reward_weighting.normalize: phase`. The parts are of whole episodes, so held-out frames do not
+        move an episode's bins."""
+        groups = rewards.phase_groups([row.task for row in self.rows], [t.episode_index for t in self.tables], bins)
+        return np.concatenate([g[pos] for g, pos in zip(groups, self._rows_of_items, strict=True)])
+
     def normalization_stats(self, frame_weight: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
         """lerobot statistics of the policy's features over the episodes this dataset serves.
 

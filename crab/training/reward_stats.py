@@ -33,8 +33,11 @@ from crab.training.rewards import (
     SIGNALS,
     RewardSpec,
     damage_free_chunks,
+    frame_task_shares,
     frame_weights,
     normaliser,
+    per_group_normalised,
+    phase_groups,
     task_shares,
     weight_shares,
 )
@@ -209,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
     p.add_argument("--clip-min", type=float, default=RewardWeightingConfig.clip_min, help="for the printed shares")
     p.add_argument("--std-floor", type=float, default=RewardWeightingConfig.std_floor, help="for the printed shares")
+    p.add_argument("--phase-bins", type=int, help="also print the shares normalised per phase with this many "
+                   "parts of each episode (reward_weighting.normalize: phase, phase_bins)")  # fmt: skip
     args = p.parse_args(argv)
     spec = RewardSpec(chunk_size=args.chunk_size)
     try:
@@ -255,6 +260,13 @@ def main(argv: list[str] | None = None) -> None:
             f"  {row.name} ({row.quality}): {s['frame_share']:.1%} of frames, mean weight {s['mean_weight']:.3f}, "
             f"{s['weight_share']:.2%} of the weight, {of_task[row.name]:.2%} of its task's{into_damage}"
         )
+    if args.phase_bins is not None:
+        groups = phase_groups([row.task for row in rows], [t.episode_index for t in tables], args.phase_bins)
+        w = per_group_normalised(np.concatenate(weights), np.concatenate(groups))
+        drawn = dict(zip([row.name for row in rows], np.split(w, np.cumsum([len(x) for x in weights])[:-1]), strict=True))
+        of_task = frame_task_shares(drawn, {row.name: row.task for row in rows})
+        print(f"normalised per phase ({args.phase_bins} parts of each episode), share of its task's: "
+              + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))  # fmt: skip
     if args.plot is not None:
         plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, spec)
         print(f"plot: {args.plot}")

@@ -10,7 +10,7 @@ Two halves:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,6 +214,40 @@ def weight_shares(
     }
 
 
+def progress_bins(episode_index: np.ndarray, bins: int) -> np.ndarray:
+    """Per frame, the part of its episode it falls in: `floor(bins * k / T)` for the k-th (from 0) of the
+    episode's T frames, so 0..bins-1 from the start to the end whatever the episode's length (frames of one
+    episode contiguous and in order). A task's phases (approach, grasp, carry, release) fall into roughly
+    the same bins in every episode without any phase labels."""
+    n = len(episode_index)
+    starts = np.flatnonzero(np.r_[True, episode_index[1:] != episode_index[:-1]]) if n else np.zeros(0, int)
+    lengths = np.diff(np.r_[starts, n])
+    k = np.arange(n) - np.repeat(starts, lengths)
+    return (bins * k) // np.repeat(lengths, lengths)
+
+
+def phase_groups(tasks: Sequence[str], episode_index: Sequence[np.ndarray], bins: int) -> list[np.ndarray]:
+    """Per dataset (its task and its frames' episode indices): each frame's (task, part of its episode) group
+    as one integer, the task's position among the sorted tasks x `bins` + `progress_bins`."""
+    order = sorted(set(tasks))
+    return [order.index(task) * bins + progress_bins(e, bins) for task, e in zip(tasks, episode_index, strict=True)]
+
+
+def per_group_normalised(weights: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """w_i / (mean of w over i's group), 0 where the whole group weighs 0.
+
+    Each group keeps its share of the frames as its share of the total weight (the mean weight of a group
+    is 1), and inside a group the weight still goes to the better frames. With groups = (task, progress
+    bin) a moment that only the few good episodes do well (a careful release) keeps the share of training
+    it has in imitation learning instead of shrinking with the bad episodes' weight there.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    _, inverse = np.unique(group, return_inverse=True)
+    mean = np.bincount(inverse, w) / np.bincount(inverse)
+    per_frame = mean[inverse]
+    return np.divide(w, per_frame, out=np.zeros_like(w), where=per_frame > 0)
+
+
 def mean_raw_weight(shares: Mapping[str, Mapping[str, float]]) -> float:
     """The mean clipped raw weight over all frames of `shares` (from `weight_shares`): RWFM's normaliser."""
     return sum(s["frame_share"] * s["mean_weight"] for s in shares.values())
@@ -226,6 +260,11 @@ def task_shares(shares: Mapping[str, Mapping[str, float]], task_of: Mapping[str,
     for k, s in shares.items():
         totals[task_of[k]] = totals.get(task_of[k], 0.0) + s["weight_share"]
     return {k: s["weight_share"] / totals[task_of[k]] if totals[task_of[k]] else 0.0 for k, s in shares.items()}
+
+
+def frame_task_shares(weights: Mapping[str, np.ndarray], task_of: Mapping[str, str]) -> dict[str, float]:
+    """`task_shares` from per-frame weights per group (e.g. the draw's, normalised per phase)."""
+    return task_shares({k: {"weight_share": float(np.sum(w))} for k, w in weights.items()}, task_of)
 
 
 def weight_statistics(w: Tensor, clipped: Tensor) -> dict[str, Tensor]:

@@ -36,7 +36,15 @@ from crab.training.monitoring import (
 )
 from crab.training.plots import plot_run, read_step_log
 from crab.training.reward_stats import load_checked, plot_signal
-from crab.training.rewards import RewardSpec, frame_weights, mean_raw_weight, task_shares, weight_shares
+from crab.training.rewards import (
+    RewardSpec,
+    frame_task_shares,
+    frame_weights,
+    mean_raw_weight,
+    per_group_normalised,
+    task_shares,
+    weight_shares,
+)
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
 from crab.training.value_fit import load_values
@@ -174,6 +182,12 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     draw_weights = None
     if cfg.reward_weighting.enabled and cfg.reward_weighting.apply == "sample":
         draw_weights = frame_weight(np.concatenate(list(train_ds.signals().values())))
+        if cfg.reward_weighting.normalize == "phase":
+            draw_weights = per_group_normalised(draw_weights, train_ds.phase_groups(cfg.reward_weighting.phase_bins))
+            sizes = np.cumsum([len(s) for s in train_ds.signals().values()])[:-1]
+            drawn = dict(zip([row.name for row in train_ds.rows], np.split(draw_weights, sizes), strict=True))
+            of_task = frame_task_shares(drawn, {row.name: row.task for row in train_ds.rows})
+            log("normalised per phase, drawn share of its task's: " + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))
     sampler, loader = batch_loader(cfg, train_ds, cfg.data.batch_size, cfg.seed, accelerator, cfg.data.manifest, draw_weights)
     replay = replay_batches(cfg, replay_ds, accelerator, step)
     global_batch = cfg.data.batch_size * accelerator.num_processes
