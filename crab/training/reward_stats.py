@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--phase-bins", type=int, help="also print the shares normalised per phase with this many "
                    "parts of each episode (reward_weighting.normalize: phase, phase_bins)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.phase_bins is not None and args.phase_bins < 1:
+        p.error("--phase-bins must be >= 1")
     spec = RewardSpec(chunk_size=args.chunk_size)
     try:
         rows = load_manifest(args.manifest, args.data_root)
