@@ -226,3 +226,10 @@ def test_per_phase_normalisation_worked_example():
 def test_per_group_normalisation_leaves_a_zero_group_at_zero_and_others_at_mean_one():
     w = rewards.per_group_normalised(np.array([0, 0, 2, 6, 4.0]), np.array([7, 7, 3, 3, 3]))
     assert w.tolist() == [0, 0, 0.5, 1.5, 1.0]
+
+
+def test_frame_task_shares_of_datasets_laid_end_to_end():
+    # The worked example's two episodes as two egg datasets, beside a carton dataset of one frame.
+    w = np.array([1, 1, 2, 2, 1, 1, 0, 0, 3.0])
+    shares = rewards.frame_task_shares(w, {"clean": 4, "cracked": 4, "carton": 1}, {"clean": "egg", "cracked": "egg", "carton": "box"})
+    assert shares == {"clean": 0.75, "cracked": 0.25, "carton": 1.0}

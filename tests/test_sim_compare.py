@@ -96,7 +96,7 @@ def args_of(*argv: str):
 
 def test_regime_and_method_selection():
     plan = compare.select(args_of())
-    assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_grasp"]
+    assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_eggonly", "scarce_grasp", "scarce_grasp_eggonly"]
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
         "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",
@@ -110,7 +110,7 @@ def test_regime_and_method_selection():
     assert [(r.name, [m.name for m in ms]) for r, ms in plan] == [("scarce", ["il_clean", "rwfm_chunk_adv_mixed"])]
     # A row of one regime only runs where it is; extra alphas join today's regime.
     plan = compare.select(args_of("--methods", "il_clean", "rwfm_clean", "--extra-alpha", "1"))
-    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], ["il_clean"], ["il_clean"]]
+    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], *[["il_clean"]] * 4]
     assert [m.name for m in compare.select(args_of("--regimes", "cycle1", "--extra-alpha", "1"))[0][1]][-1] == (
         "rwfm_anchor_mixed_alpha1"
     )
@@ -165,6 +165,13 @@ def test_regime_configs_and_counts():
     grasp = compare.regime_counts(compare.REGIMES["scarce_grasp"], args_of("--scarce-clean", "5"), held_out=1)
     assert grasp == {**counts, "egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 41}
     assert compare.regime_counts(cycle1, args, held_out=1) == {"egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 0}
+    # The egg-only regime: the scarce regime's data (the same root and counts), its own runs and manifests.
+    eggonly = compare.REGIMES["scarce_eggonly"]
+    assert compare.regime_counts(eggonly, args_of("--scarce-clean", "5"), held_out=1) == counts
+    il = compare.run_config(compare.IL_CLEAN, 0, args, eggonly)
+    assert il.data.manifest == "crab/training/docs/dataset_manifest_scarce_eggonly.csv"
+    assert (il.data.data_root, il.output_dir) == (str(work / "data_scarce"), str(work / "runs_scarce_eggonly"))
+    assert "carton" not in compare.data_line(eggonly, args) and "carton" in compare.data_line(scarce, args)
 
 
 def test_scarce_manifests_name_generated_datasets():
@@ -172,12 +179,13 @@ def test_scarce_manifests_name_generated_datasets():
     from crab.training.manifest import load_manifest
 
     spec = {d.name: d for d in DATASETS}
-    for name in ("scarce", "scarce_grasp"):
+    for name in ("scarce", "scarce_eggonly", "scarce_grasp", "scarce_grasp_eggonly"):
         regime = compare.REGIMES[name]
         clean = load_manifest(compare.manifest_path(regime.clean), "data")
         mixed = load_manifest(compare.manifest_path(regime.mixed), "data")
-        assert [r.name for r in clean] == ["egg_carton_to_tray", "open_the_carton"]
-        assert [r.name for r in mixed] == ["egg_carton_to_tray", regime.bad, "egg_carton_to_tray_failed", "open_the_carton"]
+        carton = ["open_the_carton"] if regime.carton else []
+        assert [r.name for r in clean] == ["egg_carton_to_tray", *carton]
+        assert [r.name for r in mixed] == ["egg_carton_to_tray", regime.bad, "egg_carton_to_tray_failed", *carton]
         for row in mixed:  # names, tasks and qualities as generate writes them
             assert (row.task, row.quality) == (spec[row.name].task, spec[row.name].quality)
             assert row.root == Path("data") / row.name

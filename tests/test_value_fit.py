@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -21,7 +22,7 @@ from crab.training.rewards import RewardSpec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "crab" / "training" / "configs"
 SPEC = RewardSpec(chunk_size=3)
-FIT = ["--folds", "2", "--epochs", "3", "--hidden", "16", "--image-size", "8", "--batch-size", "8", "--no-progress"]
+FIT = ["--folds", "3", "--epochs", "3", "--hidden", "16", "--image-size", "8", "--batch-size", "8", "--no-progress"]
 # Dense rewards per episode; episode 2 is the one whose outcome the tests flip.
 REWARDS = [[0, 0, 0, 0, 1], [0, 0, -1, 0, 0], [0, 0, 0, 0, 1], [0, -1, 0, 0, 0]]
 FLIPPED = 2
@@ -61,14 +62,14 @@ def test_value_file_columns_and_fingerprint(roots, fitted, capsys):
     root, manifest = roots[False]
     table = fitted[False]
     assert list(table.columns) == ["dataset_name", "index", "episode_index", "frame_index", "fold", "return_to_go", "value"]
-    assert len(table) == sum(map(len, REWARDS)) + 8 and set(table["fold"]) == {0, 1}
+    assert len(table) == sum(map(len, REWARDS)) + 8 and set(table["fold"]) == {0, 1, 2}
     # every episode lies in one fold; targets are the discounted returns-to-go of the step rewards
     assert (table.groupby(["dataset_name", "episode_index"])["fold"].nunique() == 1).all()
     dense = table[table.dataset_name == "dense"]
     assert dense["return_to_go"].tolist() == [1, 1, 1, 1, 1, -1, -1, -1, 0, 0, 1, 1, 1, 1, 1, -1, -1, 0, 0, 0]
     assert table[table.dataset_name == "sparse"]["return_to_go"].tolist() == [1] * 4 + [-1] * 4  # R_e at the end
     meta = value_fit.read_meta(root / "values.parquet")
-    assert meta["settings"]["folds"] == 2 and set(meta["heldout"]) == {"rmse", "rmse_constant_per_task", "target_std"}
+    assert meta["settings"]["folds"] == 3 and set(meta["heldout"]) == {"rmse", "rmse_constant_per_task", "target_std"}
     values, loaded = value_fit.load_values(root / "values.parquet", load_manifest(manifest, root), SPEC, manifest, root)
     assert loaded["fingerprint"] == meta["fingerprint"]
     np.testing.assert_array_equal(values["dense"][1], dense["value"].to_numpy())
@@ -208,3 +209,22 @@ def test_expectile_loss_by_hand():
     assert v.item() == pytest.approx(0.0, abs=1e-4)
     assert value_fit.expectile(returns.numpy(), 0.9) == pytest.approx(0.0, abs=1e-9)
     assert value_fit.expectile(returns.numpy(), 0.5) == pytest.approx(-0.8)
+
+
+def test_each_fold_keeps_its_best_validation_epoch(roots):
+    """Early stopping: a fold's model is the one of the epoch with the lowest loss on the next fold's
+    episodes: training exactly that many epochs gives the same values bit for bit."""
+    root, manifest = roots[False]
+    rows = load_manifest(manifest, root)
+    tables = [annotate(row, SPEC) for row in rows]
+    settings = value_fit.ValueFitSettings(folds=3, epochs=40, patience=2, hidden=16, image_size=8, batch_size=8)
+    frames = value_fit.read_frames(rows, tables, settings, progress=False)
+    values, fold, kept = value_fit.fit_values(frames, settings, progress=False)
+    assert len(kept) == 3 and all(1 <= e <= 40 for e in kept)
+    assert min(kept) < 38, "no fold stopped early in 40 epochs at patience 2"  # else the test checks nothing
+    for k, epoch in enumerate(kept):
+        exact = dataclasses.replace(settings, epochs=epoch, patience=epoch)
+        held_out, validate = fold == k, fold == (k + 1) % 3
+        again, best = value_fit.fit_fold(frames, ~held_out & ~validate, validate, held_out, exact, settings.seed + k)
+        assert best == epoch
+        np.testing.assert_array_equal(again, values[held_out])

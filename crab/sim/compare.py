@@ -182,6 +182,7 @@ class Regime:
     tasks: tuple[str, ...]  # evaluated closed loop
     data_dir: str  # data root under the work dir
     runs_dir: str  # training runs under the work dir
+    carton: bool = True  # whether both manifests hold the clean carton openings
 
 
 REGIMES = {
@@ -193,11 +194,25 @@ REGIMES = {
         "scarce", "scarce clean data, damage at the release", "scarce_clean", "scarce_mixed",
         "egg_carton_to_tray_sloppy", SCARCE_METHODS, (PUT_EGG,), "data_scarce", "runs_scarce",
     ),
+    # The same data without the carton openings: every row trains on the egg task alone, so filtering and
+    # the mixed-data rows spend the same number of samples on it. In `scarce` filtering draws the egg task
+    # at 22% (10 transfers beside 49 openings) and the mixed rows at up to 62%, which alone was worth +9 to
+    # +24 points (docs/sim_benchmark.md, 2026-12-03).
+    "scarce_eggonly": Regime(
+        "scarce_eggonly", "scarce clean data, damage at the release, the egg task alone", "scarce_eggonly",
+        "scarce_eggonly_mixed", "egg_carton_to_tray_sloppy", SCARCE_METHODS, (PUT_EGG,), "data_scarce",
+        "runs_scarce_eggonly", carton=False,
+    ),
     # The same clean data (the same generation seeds), damaged at the grasp instead: the carry and the
     # release after the damage are the careful ones.
     "scarce_grasp": Regime(
         "scarce_grasp", "scarce clean data, damage at the grasp", "scarce_clean", "scarce_grasp_mixed",
         "egg_carton_to_tray_squeezed", SCARCE_METHODS, (PUT_EGG,), "data_scarce_grasp", "runs_scarce_grasp",
+    ),
+    "scarce_grasp_eggonly": Regime(
+        "scarce_grasp_eggonly", "scarce clean data, damage at the grasp, the egg task alone", "scarce_eggonly",
+        "scarce_grasp_eggonly_mixed", "egg_carton_to_tray_squeezed", SCARCE_METHODS, (PUT_EGG,),
+        "data_scarce_grasp", "runs_scarce_grasp_eggonly", carton=False,
     ),
 }  # fmt: skip
 # How each scarce regime's damaging transfers depart from the careful style (`crab.sim.demonstrators`).
@@ -729,13 +744,13 @@ def data_line(regime: Regime, args: argparse.Namespace) -> str:
             f"carton), `mixed` = {mixed} (those + the cracked transfers); the failed dataset is generated but "
             "neither manifest uses it. One episode per dataset is held out for validation."
         )
+    carton = f" and {args.episodes_per_dataset - 1} clean carton openings" if regime.carton else ""
     return (
         f"- Data ({where}): for training, {args.scarce_clean} clean transfers, {args.scarce_damaging} "
-        f"{DAMAGE[regime.bad]} (`crab.sim.demonstrators`), {args.scarce_failed} failed attempts and "
-        f"{args.episodes_per_dataset - 1} clean carton openings; each dataset holds one more episode, held out for "
-        f"validation. `clean` = manifest {clean} (clean transfers + carton), `mixed` = {mixed} (those + the "
-        "damaging and failed transfers). "
-        "Evaluated on the egg task only."
+        f"{DAMAGE[regime.bad]} (`crab.sim.demonstrators`), {args.scarce_failed} failed attempts{carton}; "
+        "each dataset holds one more episode, held out for validation. "
+        f"`clean` = manifest {clean} (clean transfers{' + carton' if regime.carton else ' only'}), "
+        f"`mixed` = {mixed} (those + the damaging and failed transfers). Evaluated on the egg task only."
     )
 
 

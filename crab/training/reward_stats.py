@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase_bins is not None:
         groups = phase_groups([row.task for row in rows], [t.episode_index for t in tables], args.phase_bins)
         w = per_group_normalised(np.concatenate(weights), np.concatenate(groups))
-        drawn = dict(zip([row.name for row in rows], np.split(w, np.cumsum([len(x) for x in weights])[:-1]), strict=True))
-        of_task = frame_task_shares(drawn, {row.name: row.task for row in rows})
+        frames = {row.name: len(x) for row, x in zip(rows, weights, strict=True)}
+        of_task = frame_task_shares(w, frames, {row.name: row.task for row in rows})
         print(f"normalised per phase ({args.phase_bins} parts of each episode), share of its task's: "
               + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))  # fmt: skip
     if args.plot is not None:

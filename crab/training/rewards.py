@@ -262,9 +262,11 @@ def task_shares(shares: Mapping[str, Mapping[str, float]], task_of: Mapping[str,
     return {k: s["weight_share"] / totals[task_of[k]] if totals[task_of[k]] else 0.0 for k, s in shares.items()}
 
 
-def frame_task_shares(weights: Mapping[str, np.ndarray], task_of: Mapping[str, str]) -> dict[str, float]:
-    """`task_shares` from per-frame weights per group (e.g. the draw's, normalised per phase)."""
-    return task_shares({k: {"weight_share": float(np.sum(w))} for k, w in weights.items()}, task_of)
+def frame_task_shares(weights: np.ndarray, frames: Mapping[str, int], task_of: Mapping[str, str]) -> dict[str, float]:
+    """`task_shares` from the per-frame weights of groups laid end to end (e.g. the draw's, normalised per
+    phase, over the datasets of a manifest); `frames`: each group's number of frames, in that order."""
+    parts = np.split(np.asarray(weights), np.cumsum(list(frames.values()))[:-1])
+    return task_shares({k: {"weight_share": float(w.sum())} for k, w in zip(frames, parts, strict=True)}, task_of)
 
 
 def weight_statistics(w: Tensor, clipped: Tensor) -> dict[str, Tensor]:

@@ -184,9 +184,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         draw_weights = frame_weight(np.concatenate(list(train_ds.signals().values())))
         if cfg.reward_weighting.normalize == "phase":
             draw_weights = per_group_normalised(draw_weights, train_ds.phase_groups(cfg.reward_weighting.phase_bins))
-            sizes = np.cumsum([len(s) for s in train_ds.signals().values()])[:-1]
-            drawn = dict(zip([row.name for row in train_ds.rows], np.split(draw_weights, sizes), strict=True))
-            of_task = frame_task_shares(drawn, {row.name: row.task for row in train_ds.rows})
+            frames = {name: len(s) for name, s in train_ds.signals().items()}
+            of_task = frame_task_shares(draw_weights, frames, {row.name: row.task for row in train_ds.rows})
             log("normalised per phase, drawn share of its task's: " + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))
     sampler, loader = batch_loader(cfg, train_ds, cfg.data.batch_size, cfg.seed, accelerator, cfg.data.manifest, draw_weights)
     replay = replay_batches(cfg, replay_ds, accelerator, step)
