@@ -261,6 +261,7 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
                                        "open_the_carton"}  # fmt: skip
     assert 0 <= shares["into_damage"] < shares["into_damage_frames"]
     assert scarce["value_model"]["heldout"]["rmse"] > 0
+    assert len(scarce["value_model"]["epochs_kept"]) == scarce["value_model"]["settings"]["folds"]
     weights = json.loads((tmp_path / "work" / "results.json").read_text())["regimes"]["cycle1"]["weights"]["1"]
     assert weights["egg_carton_to_tray_cracked"]["mean_weight"] < weights["egg_carton_to_tray"]["mean_weight"]
     egg = weights["egg_carton_to_tray"]["task_share"] + weights["egg_carton_to_tray_cracked"]["task_share"]
