@@ -228,3 +228,15 @@ def test_each_fold_keeps_its_best_validation_epoch(roots):
         again, best = value_fit.fit_fold(frames, ~held_out & ~validate, validate, held_out, exact, settings.seed + k)
         assert best == epoch
         np.testing.assert_array_equal(again, values[held_out])
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [(["--folds", "2"], "--folds must be >= 3"), (["--patience", "0"], "--patience must be >= 1"),
+     (["--epochs", "0"], "--epochs and --patience"), (["--expectile", "1"], "--expectile must be in")],
+)
+def test_bad_settings_are_refused_before_reading_data(tmp_path, flag, message):
+    out = tmp_path / "values.parquet"
+    with pytest.raises(SystemExit, match=message):
+        value_fit.main(["--manifest", str(tmp_path / "absent.csv"), "--out", str(out), *flag])
+    assert not out.exists()

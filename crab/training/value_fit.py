@@ -60,7 +60,7 @@ class ValueFitSettings:
     folds: int = 5
     # The most epochs; each fold's model is the epoch with the lowest loss on its validation episodes
     # (early stopping). Trained for a fixed 40 epochs, V overfit the 60 egg episodes of the scarce regime:
-    # held-out RMSE 0.673 against 0.608 for a constant (docs/sim_benchmark.md, 2026-12-04).
+    # held-out RMSE 0.673 against 0.608 for a constant (docs/sim_benchmark.md, findings of 2026-12-03).
     epochs: int = 40
     patience: int = 5  # stop after this many epochs without a lower validation loss
     batch_size: int = 256
@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not 0 < settings.expectile < 1:
         sys.exit("error: --expectile must be in (0, 1)")
+    if settings.epochs < 1 or settings.patience < 1:
+        sys.exit("error: --epochs and --patience must be >= 1")
     spec = RewardSpec()
     try:
         rows = load_manifest(args.manifest, args.data_root)
