@@ -96,7 +96,7 @@ def args_of(*argv: str):
 
 def test_regime_and_method_selection():
     plan = compare.select(args_of())
-    assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_eggonly", "scarce_grasp", "scarce_grasp_eggonly"]
+    assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_grasp", "scarce_eggonly", "scarce_grasp_eggonly"]
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
         "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",

@@ -194,27 +194,29 @@ REGIMES = {
         "scarce", "scarce clean data, damage at the release", "scarce_clean", "scarce_mixed",
         "egg_carton_to_tray_sloppy", SCARCE_METHODS, (PUT_EGG,), "data_scarce", "runs_scarce",
     ),
-    # The same data without the carton openings: every row trains on the egg task alone, so filtering and
-    # the mixed-data rows spend the same number of samples on it. In `scarce` filtering draws the egg task
-    # at 22% (10 transfers beside 49 openings) and the mixed rows at up to 62%, which alone was worth +9 to
-    # +24 points (docs/sim_benchmark.md, 2026-12-03).
-    "scarce_eggonly": Regime(
-        "scarce_eggonly", "scarce clean data, damage at the release, the egg task alone", "scarce_eggonly",
-        "scarce_eggonly_mixed", "egg_carton_to_tray_sloppy", SCARCE_METHODS, (PUT_EGG,), "data_scarce",
-        "runs_scarce_eggonly", carton=False,
-    ),
     # The same clean data (the same generation seeds), damaged at the grasp instead: the carry and the
     # release after the damage are the careful ones.
     "scarce_grasp": Regime(
         "scarce_grasp", "scarce clean data, damage at the grasp", "scarce_clean", "scarce_grasp_mixed",
         "egg_carton_to_tray_squeezed", SCARCE_METHODS, (PUT_EGG,), "data_scarce_grasp", "runs_scarce_grasp",
     ),
-    "scarce_grasp_eggonly": Regime(
-        "scarce_grasp_eggonly", "scarce clean data, damage at the grasp, the egg task alone", "scarce_eggonly",
-        "scarce_grasp_eggonly_mixed", "egg_carton_to_tray_squeezed", SCARCE_METHODS, (PUT_EGG,),
-        "data_scarce_grasp", "runs_scarce_grasp_eggonly", carton=False,
-    ),
 }  # fmt: skip
+
+
+def egg_only(regime: Regime) -> Regime:
+    """A scarce regime's data without the carton openings: every row trains on the egg task alone, so
+    filtering and the mixed-data rows spend the same number of samples on it. In `scarce` filtering draws
+    the egg task at 22% (10 transfers beside 49 openings) and the mixed rows at up to 62%, which alone was
+    worth +9 to +24 points (docs/sim_benchmark.md, 2026-12-03)."""
+    name = f"{regime.name}_eggonly"
+    return dataclasses.replace(
+        regime, name=name, title=f"{regime.title}, the egg task alone", clean="scarce_eggonly",
+        mixed=f"{name}_mixed", runs_dir=f"runs_{name}", carton=False,
+    )  # fmt: skip
+
+
+for _name in ("scarce", "scarce_grasp"):
+    REGIMES[f"{_name}_eggonly"] = egg_only(REGIMES[_name])
 # How each scarce regime's damaging transfers depart from the careful style (`crab.sim.demonstrators`).
 DAMAGE = {
     "egg_carton_to_tray_sloppy": "sloppy transfers that cracked the egg at the release (the careful style until "
