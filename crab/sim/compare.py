@@ -695,7 +695,7 @@ def value_model_error(regime: Regime, methods: Sequence[Method], args: argparse.
     if not any(m.signal == "chunk_advantage" for m in methods):
         return None
     meta = read_meta(value_path(args.work_dir / regime.data_dir, regime.mixed))
-    return {"heldout": meta["heldout"], "settings": meta["settings"], "epochs_kept": meta.get("epochs_kept")}
+    return {"heldout": meta["heldout"], "settings": meta["settings"], "epochs_kept": meta["epochs_kept"]}
 
 
 def plot(pooled: dict[str, dict], methods: Sequence[Method], path: Path, title: str) -> None:
@@ -857,10 +857,9 @@ def regime_section(
         ]
     if res["value_model"] is not None:
         h, st = res["value_model"]["heldout"], res["value_model"]["settings"]
-        epochs = res["value_model"]["epochs_kept"]
-        # Value files fitted before early stopping have no `patience` in their settings.
-        kept = f" with early stopping, patience {st['patience']}" if "patience" in st else ""
-        kept += f" (epochs kept per fold: {', '.join(map(str, epochs))})" if epochs else ""
+        epochs = ", ".join(map(str, res["value_model"]["epochs_kept"]))
+        # `ensure_values` refits any value file of other settings, so every file here stopped early.
+        kept = f" with early stopping, patience {st['patience']} (epochs kept per fold: {epochs})"
         lines += [
             f"Value model (`crab.training.value_fit` on the mixed manifest, {st['folds']} folds by episode, at "
             f"most {st['epochs']} epochs{kept}, expectile {st['expectile']:g}): held-out RMSE of "
