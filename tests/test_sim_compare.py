@@ -96,7 +96,10 @@ def args_of(*argv: str):
 
 def test_regime_and_method_selection():
     plan = compare.select(args_of())
-    assert [r.name for r, _ in plan] == ["cycle1", "scarce", "scarce_grasp", "scarce_eggonly", "scarce_grasp_eggonly"]
+    assert [r.name for r, _ in plan] == [
+        "cycle1", "scarce", "scarce_grasp", "scarce_eggonly", "scarce_grasp_eggonly", "scarce_eggonly_nofailed",
+        "scarce_grasp_eggonly_nofailed",
+    ]  # fmt: skip
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
         "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",
@@ -110,7 +113,7 @@ def test_regime_and_method_selection():
     assert [(r.name, [m.name for m in ms]) for r, ms in plan] == [("scarce", ["il_clean", "rwfm_chunk_adv_mixed"])]
     # A row of one regime only runs where it is; extra alphas join today's regime.
     plan = compare.select(args_of("--methods", "il_clean", "rwfm_clean", "--extra-alpha", "1"))
-    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], *[["il_clean"]] * 4]
+    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], *[["il_clean"]] * 6]
     assert [m.name for m in compare.select(args_of("--regimes", "cycle1", "--extra-alpha", "1"))[0][1]][-1] == (
         "rwfm_anchor_mixed_alpha1"
     )
@@ -172,6 +175,12 @@ def test_regime_configs_and_counts():
     assert il.data.manifest == "crab/training/docs/dataset_manifest_scarce_eggonly.csv"
     assert (il.data.data_root, il.output_dir) == (str(work / "data_scarce"), str(work / "runs_scarce_eggonly"))
     assert "carton" not in compare.data_line(eggonly, args) and "carton" in compare.data_line(scarce, args)
+    # Without the failed attempts: the same data, its own runs; the data line says they are left out.
+    nofailed = compare.REGIMES["scarce_eggonly_nofailed"]
+    assert compare.regime_counts(nofailed, args_of("--scarce-clean", "5"), held_out=1) == counts
+    assert compare.run_config(compare.IL_CLEAN, 0, args, nofailed).output_dir == str(work / "runs_scarce_eggonly_nofailed")
+    assert "failed attempts are generated but left out" in compare.data_line(nofailed, args)
+    assert "left out" not in compare.data_line(eggonly, args)
 
 
 def test_scarce_manifests_name_generated_datasets():
@@ -179,13 +188,15 @@ def test_scarce_manifests_name_generated_datasets():
     from crab.training.manifest import load_manifest
 
     spec = {d.name: d for d in DATASETS}
-    for name in ("scarce", "scarce_eggonly", "scarce_grasp", "scarce_grasp_eggonly"):
+    for name in ("scarce", "scarce_eggonly", "scarce_grasp", "scarce_grasp_eggonly", "scarce_eggonly_nofailed",
+                 "scarce_grasp_eggonly_nofailed"):
         regime = compare.REGIMES[name]
         clean = load_manifest(compare.manifest_path(regime.clean), "data")
         mixed = load_manifest(compare.manifest_path(regime.mixed), "data")
         carton = ["open_the_carton"] if regime.carton else []
         assert [r.name for r in clean] == ["egg_carton_to_tray", *carton]
-        assert [r.name for r in mixed] == ["egg_carton_to_tray", regime.bad, "egg_carton_to_tray_failed", *carton]
+        failed = ["egg_carton_to_tray_failed"] if regime.failed else []
+        assert [r.name for r in mixed] == ["egg_carton_to_tray", regime.bad, *failed, *carton]
         for row in mixed:  # names, tasks and qualities as generate writes them
             assert (row.task, row.quality) == (spec[row.name].task, spec[row.name].quality)
             assert row.root == Path("data") / row.name

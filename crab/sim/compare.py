@@ -183,6 +183,7 @@ class Regime:
     data_dir: str  # data root under the work dir
     runs_dir: str  # training runs under the work dir
     carton: bool = True  # whether both manifests hold the clean carton openings
+    failed: bool = True  # whether the mixed manifest holds the failed attempts
 
 
 REGIMES = {
@@ -215,8 +216,22 @@ def egg_only(regime: Regime) -> Regime:
     )  # fmt: skip
 
 
+def without_failed(regime: Regime) -> Regime:
+    """An egg-only regime's mixed data without the failed attempts (misses, weak grips, early releases),
+    which no per-chunk signal can locate: they have no damage step, and the value model does not see the
+    miss. Their removal was worth 22 points to `chunk_advantage` at 10 clean transfers
+    (docs/sim_benchmark.md, 2026-12-03), so this regime measures what the damaged transfers add alone."""
+    name = f"{regime.name}_nofailed"
+    return dataclasses.replace(
+        regime, name=name, title=f"{regime.title}, without the failed attempts", mixed=f"{name}_mixed",
+        runs_dir=f"runs_{name}", failed=False,
+    )  # fmt: skip
+
+
 for _name in ("scarce", "scarce_grasp"):
     REGIMES[f"{_name}_eggonly"] = egg_only(REGIMES[_name])
+for _name in ("scarce_eggonly", "scarce_grasp_eggonly"):
+    REGIMES[f"{_name}_nofailed"] = without_failed(REGIMES[_name])
 # How each scarce regime's damaging transfers depart from the careful style (`crab.sim.demonstrators`).
 DAMAGE = {
     "egg_carton_to_tray_sloppy": "sloppy transfers that cracked the egg at the release (the careful style until "
@@ -747,12 +762,15 @@ def data_line(regime: Regime, args: argparse.Namespace) -> str:
             "neither manifest uses it. One episode per dataset is held out for validation."
         )
     carton = f" and {args.episodes_per_dataset - 1} clean carton openings" if regime.carton else ""
+    bad = "the damaging and failed transfers"
+    if not regime.failed:
+        bad = "the damaging transfers; the failed attempts are generated but left out"
     return (
         f"- Data ({where}): for training, {args.scarce_clean} clean transfers, {args.scarce_damaging} "
         f"{DAMAGE[regime.bad]} (`crab.sim.demonstrators`), {args.scarce_failed} failed attempts{carton}; "
         "each dataset holds one more episode, held out for validation. "
         f"`clean` = manifest {clean} (clean transfers{' + carton' if regime.carton else ' only'}), "
-        f"`mixed` = {mixed} (those + the damaging and failed transfers). Evaluated on the egg task only."
+        f"`mixed` = {mixed} (those + {bad}). Evaluated on the egg task only."
     )
 
 
