@@ -123,7 +123,7 @@ V5 = np.array([0.2, 0.1, -0.5, 0.4, 0.8])  # out-of-episode values of the five f
 def test_chunk_advantage_worked_example_dense_rewards():
     r = np.array([0, 0, -1, 0, 1.0])  # egg cracked at t = 2, task done at t = 4
     assert rewards.returns_to_go(r, EP5, 1.0).tolist() == [0, 0, 0, 1, 1]
-    a = rewards.chunk_advantages(r, V5, EP5, chunk_size=3, gamma=1.0)
+    a = rewards.chunk_advantages(r, V5, EP5, horizon=3, gamma=1.0)
     # t = 0, 1 bootstrap from V(s_3), V(s_4); from t = 2 the chunk runs past the episode's end (V = 0 there)
     np.testing.assert_allclose(a, [-0.8, -0.3, 0.5, 0.6, 0.2], atol=1e-12)
     assert rewards.damage_free_chunks(r, EP5, 3).tolist() == [0, 0, 0, 1, 1]  # the oracle's weights
@@ -132,7 +132,7 @@ def test_chunk_advantage_worked_example_dense_rewards():
 def test_chunk_advantage_worked_example_sparse_rewards():
     r = rewards.sparse_step_rewards(EP5, np.full(5, -1.0))  # no next.reward, quality cracked: R_e = -1 at the end
     assert r.tolist() == [0, 0, 0, 0, -1]
-    a = rewards.chunk_advantages(r, V5, EP5, chunk_size=3, gamma=1.0)
+    a = rewards.chunk_advantages(r, V5, EP5, horizon=3, gamma=1.0)
     np.testing.assert_allclose(a, [0.2, 0.7, -0.5, -1.4, -1.8], atol=1e-12)
     # over chunks that tile the episode (t = 0, 3) the advantages telescope to R_e - V(s_0)
     assert a[0] + a[3] == pytest.approx(-1.0 - V5[0])
@@ -141,7 +141,7 @@ def test_chunk_advantage_worked_example_sparse_rewards():
 def test_chunk_advantage_discounts_and_stops_at_episode_boundaries():
     r = np.array([0, 0, -1, 0, 1.0])
     np.testing.assert_allclose(rewards.returns_to_go(r, EP5, 0.5), [-0.1875, -0.375, -0.75, 0.5, 1.0])
-    a = rewards.chunk_advantages(r, V5, EP5, chunk_size=3, gamma=0.5)
+    a = rewards.chunk_advantages(r, V5, EP5, horizon=3, gamma=0.5)
     np.testing.assert_allclose(a, [-0.4, -0.5, -0.25, 0.1, 0.2], atol=1e-12)
     # two episodes back to back: each computed as if alone (no reward or value crosses the boundary)
     ep = np.r_[EP5, EP5 + 1]
@@ -150,6 +150,16 @@ def test_chunk_advantage_discounts_and_stops_at_episode_boundaries():
     np.testing.assert_allclose(both[5:], rewards.chunk_advantages(-r, V5[::-1], EP5, 3, 1.0))
     assert rewards.returns_to_go(np.r_[r, -r], ep, 1.0).tolist() == [0, 0, 0, 1, 1, 0, 0, 0, -1, -1]
     assert rewards.damage_free_chunks(np.r_[r, -r], ep, 3).tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_credit_horizon_worked_example():
+    # the harm is done at t = 1-2 (a descent stopped too high); the crack shows at t = 4; V cannot foresee it
+    r, ep = np.array([0, 0, 0, 0, -1, 0.0]), np.zeros(6, dtype=int)
+    v = np.array([-0.5, -0.5, -0.5, -0.5, -0.5, 0.0])
+    np.testing.assert_allclose(rewards.chunk_advantages(r, v, ep, 2, 1.0), [0, 0, 0, -0.5, -0.5, 0], atol=1e-12)
+    np.testing.assert_allclose(rewards.chunk_advantages(r, v, ep, 4, 1.0), [0, -0.5, -0.5, -0.5, -0.5, 0], atol=1e-12)
+    assert rewards.damage_free_chunks(r, ep, 2).tolist() == [1, 1, 1, 0, 0, 1]
+    assert rewards.damage_free_chunks(r, ep, 4).tolist() == [1, 0, 0, 0, 0, 1]
 
 
 def test_chunk_advantage_worked_example_weights():

@@ -105,8 +105,9 @@ def test_regime_and_method_selection():
         "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",
         "rwfm_anchor_sample_uncapped_mixed", "rwfm_chunk_adv_sample_uncapped_mixed",
         "rwfm_chunk_adv_sample_phase_mixed", "oracle_sample_phase_mixed", "rwfm_sample_uncapped_phase_mixed",
+        "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed",
     ]  # fmt: skip
-    phase = compare.run_config(plan[1][1][-1], 0, args_of(), plan[1][0]).reward_weighting
+    phase = compare.run_config(plan[1][1][-3], 0, args_of(), plan[1][0]).reward_weighting
     assert (phase.normalize, phase.apply, phase.clip_max) == ("phase", "sample", 1000000)
     assert {"rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_clean", "rwfm_anchor_sample_uncapped_mixed"} <= {m.name for m in plan[0][1]}
     plan = compare.select(args_of("--regimes", "scarce", "--methods", "il_clean", "rwfm_chunk_adv_mixed"))
@@ -159,6 +160,11 @@ def test_regime_configs_and_counts():
     assert drawn.reward_weighting.apply == "sample" and drawn.data.reward_stats == ca.data.reward_stats
     uncapped = compare.run_config(compare.RWFM_SAMPLE_UNCAPPED_MIXED, 0, args, scarce)
     assert (uncapped.reward_weighting.clip_max, uncapped.reward_weighting.apply) == (1e6, "sample")
+    # A longer credit horizon: its own statistics file; the value model is the same.
+    longer = compare.run_config(compare.with_horizon(compare.CHUNK_ADVANTAGE_SAMPLE_MIXED, 20), 0, args, scarce)
+    assert (longer.run_name, longer.reward_weighting.credit_horizon) == ("rwfm_chunk_adv_sample_h20_mixed_seed0", 20)
+    assert longer.data.reward_stats.endswith("reward_weighting_stats_scarce_mixed_chunk_advantage_h20.json")
+    assert longer.data.value_file == ca.data.value_file and drawn.reward_weighting.credit_horizon is None
     # Dataset counts: the training episodes plus the held-out one; today's regime skips the sloppy data.
     counts = compare.regime_counts(scarce, args_of("--scarce-clean", "5"), held_out=1)
     assert counts == {
@@ -245,11 +251,12 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     argv = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--seeds", "1", "--episodes", "1",
             "--steps", "2", "--batch-size", "4", "--episodes-per-dataset", "2", "--scarce-clean", "1",
             "--scarce-damaging", "2", "--scarce-failed", "1", "--regimes", "cycle1", "scarce",
-            "--methods", "il_clean", "rwfm_clean", "rwfm_chunk_adv_mixed", "--jobs", "2"]  # fmt: skip
+            "--methods", "il_clean", "rwfm_clean", "rwfm_chunk_adv_mixed", "oracle_sample_h20_mixed", "--jobs", "2"]  # fmt: skip
     result = compare.main(argv)
     cycle1, scarce = result["regimes"]["cycle1"], result["regimes"]["scarce"]
     assert set(cycle1["pooled"][PUT_EGG]) == {"il_clean", "rwfm_clean", "rwfm_chunk_adv_mixed"}
-    assert set(scarce["pooled"]) == {PUT_EGG} and set(scarce["pooled"][PUT_EGG]) == {"il_clean", "rwfm_chunk_adv_mixed"}
+    assert set(scarce["pooled"]) == {PUT_EGG}
+    assert set(scarce["pooled"][PUT_EGG]) == {"il_clean", "rwfm_chunk_adv_mixed", "oracle_sample_h20_mixed"}
     # RWFM without anchor on the clean manifest is IL's run, reported and not retrained.
     assert cycle1["per_seed"]["rwfm_clean"] == cycle1["per_seed"]["il_clean"]
     assert not (tmp_path / "work" / "runs" / "rwfm_clean_seed0").exists()
@@ -271,6 +278,10 @@ def test_miniature_benchmark_end_to_end(tmp_path, monkeypatch):
     assert set(shares["datasets"]) == {"egg_carton_to_tray", "egg_carton_to_tray_sloppy", "egg_carton_to_tray_failed",
                                        "open_the_carton"}  # fmt: skip
     assert 0 <= shares["into_damage"] < shares["into_damage_frames"]
+    # The oracle with a credit horizon of two chunks: its own statistics, and no weight into the damage.
+    assert scarce["shares"]["oracle_h20"]["into_damage"] == 0.0
+    assert json.loads((tmp_path / "work" / "data_scarce" / "reward_weighting_stats_scarce_mixed_oracle_h20.json")
+                      .read_text())["credit_horizon"] == 20  # fmt: skip
     assert scarce["value_model"]["heldout"]["rmse"] > 0
     assert len(scarce["value_model"]["epochs_kept"]) == scarce["value_model"]["settings"]["folds"]
     weights = json.loads((tmp_path / "work" / "results.json").read_text())["regimes"]["cycle1"]["weights"]["1"]

@@ -128,6 +128,41 @@ def test_items_carry_the_chosen_signal(roots, fitted):
         annotate(rows[0], SPEC, "chunk_advantage", (values["dense"][0][:-1], values["dense"][1][:-1]))
 
 
+def test_credit_horizon_sets_how_far_the_per_chunk_signals_look(roots, fitted, tmp_path, capsys):
+    root, manifest = roots[False]
+    rows = load_manifest(manifest, root)
+    values, _ = value_fit.load_values(root / "values.parquet", rows, SPEC, manifest, root)
+    default = CrabDataset(rows, SPEC, signal="chunk_advantage", state_values=values)
+    chunk = CrabDataset(rows, SPEC, signal="chunk_advantage", state_values=values, credit_horizon=SPEC.chunk_size)
+    assert default.fingerprint == chunk.fingerprint  # unset: the action chunk
+    one = CrabDataset(rows, SPEC, signal="chunk_advantage", state_values=values, credit_horizon=1)
+    t, v = one.tables[0], values["dense"][1]
+    # H = 1: A_t = r_t + V(s_{t+1}) - V(s_t); dense episode 1 (frames 5-9) cracks at t = 2 (frame 7)
+    assert t.signal[6] == pytest.approx(0.0 + v[7] - v[6]) and t.signal[7] == pytest.approx(-1.0 + v[8] - v[7])
+    assert t.signal[9] == pytest.approx(-v[9])  # the episode's last frame: V = 0 after it
+    np.testing.assert_allclose(t.signal, rewards.chunk_advantages(t.step_reward, v, t.episode_index, 1, 1.0))
+    # the oracle: with H = 1 only the crack's own step weighs 0; with the chunk (H = 3) the two before it too
+    assert CrabDataset(rows, SPEC, signal="oracle", credit_horizon=1).tables[0].signal[5:10].tolist() == [1, 1, 0, 1, 1]
+    assert CrabDataset(rows, SPEC, signal="oracle").tables[0].signal[5:10].tolist() == [0, 0, 0, 1, 1]
+    # the statistics record the horizon; training with another one is refused, with the command that fixes it
+    out, value_file = tmp_path / "stats.json", root / "values.parquet"
+    args = ["--manifest", str(manifest), "--out", str(out), "--data-root", str(root), "--chunk-size", "3"]
+    reward_stats.main([*args, "--signal", "chunk_advantage", "--value-file", str(value_file), "--credit-horizon", "1"])
+    assert "those whose 1 steps include a negative reward" in capsys.readouterr().out
+    assert json.loads(out.read_text())["credit_horizon"] == 1
+    check = (out, manifest, one.fingerprint, SPEC, root, "chunk_advantage", value_file)
+    assert reward_stats.load_checked(*check, 1)["fingerprint"] == one.fingerprint
+    with pytest.raises(ManifestError, match="computed with credit horizon 1, training uses 3") as e:
+        reward_stats.load_checked(*check)
+    assert "--credit-horizon" not in str(e.value)  # the fix for a run without one
+    with pytest.raises(ManifestError, match="computed with credit horizon 1, training uses 2") as e:
+        reward_stats.load_checked(*check, 2)
+    assert str(e.value).endswith("--credit-horizon 2")
+    with pytest.raises(SystemExit):  # outcome has no horizon
+        reward_stats.main([*args, "--credit-horizon", "2"])
+    assert "goes with a per-chunk --signal" in capsys.readouterr().err
+
+
 def test_statistics_record_the_signal_and_refuse_another(roots, fitted, tmp_path, capsys):
     root, manifest = roots[False]
     rows = load_manifest(manifest, root)
@@ -192,6 +227,16 @@ def test_training_weighs_by_chunk_advantages_and_refuses_mismatched_inputs(roots
     ])  # fmt: skip
     oracle = train.train(cfg(run_name="oracle", **{"reward_weighting.signal": "oracle", "data.reward_stats": oracle_stats}))
     assert (oracle / "plots" / "signal.png").is_file()
+    # a longer credit horizon needs statistics computed with it
+    longer = {"reward_weighting.credit_horizon": 20}
+    with pytest.raises(ManifestError, match="computed with credit horizon 10, training uses 20"):
+        train.train(cfg(run_name="h20", **longer))
+    reward_stats.main([
+        "--manifest", str(manifest), "--out", str(stats), "--data-root", str(root), "--chunk-size", "10",
+        "--signal", "chunk_advantage", "--value-file", str(value_file), "--credit-horizon", "20",
+    ])  # fmt: skip
+    run = train.train(cfg(run_name="h20", **longer))
+    assert json.loads((run / "step_000002" / "reward_stats.json").read_text())["credit_horizon"] == 20
 
 
 def test_expectile_loss_by_hand():

@@ -70,6 +70,7 @@ class Method:
     alpha: float | None = None  # reward_weighting.alpha override
     anchor: bool | None = None  # anchor.enabled override
     signal: str | None = None  # reward_weighting.signal override (the configs' is `outcome`)
+    horizon: int | None = None  # reward_weighting.credit_horizon override (per-chunk signals; default the chunk)
     apply: str | None = None  # reward_weighting.apply override (the configs' is `loss`)
     extra: tuple[str, ...] = ()  # further `key=value` overrides of the row's config
 
@@ -104,6 +105,8 @@ ORACLE_MIXED = Method(
     signal="oracle",
 )
 UNCAPPED = "reward_weighting.clip_max=1000000"  # clip_max high enough never to bind
+# Two action chunks of the tiny policy (chunk 10): reaches back over a sloppy release's whole descent.
+LONG_CREDIT_HORIZON = 20
 
 
 def as_sampling(method: Method, uncapped: bool = False) -> Method:
@@ -120,6 +123,20 @@ def as_sampling(method: Method, uncapped: bool = False) -> Method:
         label=f"{method.label}; {label}",
         apply="sample",
         extra=(*method.extra, UNCAPPED) if uncapped else method.extra,
+    )
+
+
+def with_horizon(method: Method, horizon: int) -> Method:
+    """The same per-chunk row with its credit looking `horizon` steps ahead instead of one action chunk
+    (`credit_horizon`). A sloppy transfer slows its descent to a stop 2-6 cm too high in the last steps
+    before it lets go and the egg cracks: the chunks that start a little more than one chunk before the
+    crack imitate that slowing but end before the crack, so with the chunk as the horizon they keep
+    their weight (docs/sim_benchmark.md)."""
+    return dataclasses.replace(
+        method,
+        name=method.name.removesuffix("_mixed") + f"_h{horizon}_mixed",
+        label=f"{method.label}; credit horizon {horizon} steps (`credit_horizon: {horizon}`)",
+        horizon=horizon,
     )
 
 
@@ -154,6 +171,8 @@ SAMPLE_METHODS = (
     per_phase(CHUNK_ADVANTAGE_SAMPLE_MIXED),
     per_phase(ORACLE_SAMPLE_MIXED),
     per_phase(RWFM_SAMPLE_UNCAPPED_MIXED),
+    with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
+    with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
 )
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
@@ -435,8 +454,14 @@ def manifest_path(stem: str) -> Path:
     return MANIFEST_DIR / f"dataset_manifest_{stem}.csv"
 
 
-def stats_path(data_root: Path, stem: str, signal: str = "outcome") -> Path:
-    return data_root / f"reward_weighting_stats_{stem}{'' if signal == 'outcome' else '_' + signal}.json"
+def signal_name(signal: str, horizon: int | None = None) -> str:
+    """How files and tables name a return signal: its kind, and the credit horizon when one is set."""
+    return signal if horizon is None else f"{signal}_h{horizon}"
+
+
+def stats_path(data_root: Path, stem: str, signal: str = "outcome", horizon: int | None = None) -> Path:
+    suffix = "" if signal == "outcome" else "_" + signal_name(signal, horizon)
+    return data_root / f"reward_weighting_stats_{stem}{suffix}.json"
 
 
 def value_path(data_root: Path, stem: str) -> Path:
@@ -456,7 +481,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
         f"seed={1000 + seed_index}",
         f"data.manifest={manifest_path(stem)}",
         f"data.data_root={data_root}",
-        f"data.reward_stats={stats_path(data_root, stem, method.signal or 'outcome')}",
+        f"data.reward_stats={stats_path(data_root, stem, method.signal or 'outcome', method.horizon)}",
         f"data.batch_size={args.batch_size}",
         "data.num_workers=1",
         f"data.cache_items={str(args.cache_items).lower()}",
@@ -478,6 +503,8 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
         overrides.append(f"anchor.enabled={str(method.anchor).lower()}")
     if method.signal is not None:
         overrides.append(f"reward_weighting.signal={method.signal}")
+    if method.horizon is not None:
+        overrides.append(f"reward_weighting.credit_horizon={method.horizon}")
     if method.apply is not None:
         overrides.append(f"reward_weighting.apply={method.apply}")
     overrides += method.extra
@@ -529,15 +556,18 @@ def ensure_stats(regime: Regime, methods: Sequence[Method], args: argparse.Names
     from crab.training import reward_stats
 
     data_root = args.work_dir / regime.data_dir
-    jobs = {(stem, "outcome"): cracked_factor_config(args).reward_weighting for stem in (regime.clean, regime.mixed)}
+    outcome = cracked_factor_config(args).reward_weighting
+    jobs = {(stem, "outcome", None): outcome for stem in (regime.clean, regime.mixed)}
     for m in methods:
         if m.signal is not None:
-            jobs[(getattr(regime, m.data), m.signal)] = run_config(m, 0, args, regime).reward_weighting
+            jobs[(getattr(regime, m.data), m.signal, m.horizon)] = run_config(m, 0, args, regime).reward_weighting
     fit_s = 0.0
-    for (stem, signal), rw in jobs.items():
+    for (stem, signal, horizon), rw in jobs.items():
         argv = ["--manifest", str(manifest_path(stem)), "--data-root", str(data_root), "--chunk-size",
-                str(chunk_size), "--out", str(stats_path(data_root, stem, signal)), "--signal", signal,
+                str(chunk_size), "--out", str(stats_path(data_root, stem, signal, horizon)), "--signal", signal,
                 "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min), "--std-floor", str(rw.std_floor)]  # fmt: skip
+        if horizon is not None:
+            argv += ["--credit-horizon", str(horizon)]
         if signal == "chunk_advantage":
             if stem != regime.mixed:
                 raise ValueError(f"{regime.name}: the value model is fitted on the mixed manifest only, not {stem}")
@@ -677,22 +707,28 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
     for m in methods:
         cfg = run_config(m, 0, args, regime)
         rw = cfg.reward_weighting
-        if not rw.enabled or m.data != "mixed" or rw.signal in out:
+        name = signal_name(rw.signal, rw.credit_horizon)
+        if not rw.enabled or m.data != "mixed" or name in out:
             continue
         values = None
         if rw.signal == "chunk_advantage":
             values, _ = load_values(cfg.data.value_file, rows, spec, manifest, data_root)
-        tables = [annotate(row, spec, rw.signal, None if values is None else values[row.name]) for row in rows]
-        g = json.loads(stats_path(data_root, regime.mixed, rw.signal).read_text())["overall"]["signal"]
+        tables = [
+            annotate(row, spec, rw.signal, None if values is None else values[row.name], rw.credit_horizon)
+            for row in rows
+        ]
+        stats = json.loads(stats_path(data_root, regime.mixed, rw.signal, rw.credit_horizon).read_text())
+        g = stats["overall"]["signal"]
         clip = (rw.clip_min, rw.clip_max)
         signals = {row.name: t.signal for row, t in zip(rows, tables, strict=True)}
         shares = weight_shares(signals, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal)
         of_task = task_shares(shares, {row.name: row.task for row in rows})
         egg = [i for i, row in enumerate(rows) if row.task == PUT_EGG]
         w = [frame_weights(tables[i].signal, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal) for i in egg]
-        damaged = damage_chunks([tables[i] for i in egg], spec)
+        # Into damage within one action chunk, whatever the row's credit horizon: the same measure for all.
+        damaged = damage_chunks([tables[i] for i in egg], chunk_size)
         total = sum(float(x.sum()) for x in w)
-        out[rw.signal] = {
+        out[name] = {
             "alpha": rw.alpha, "clip": list(clip), "std_floor": rw.std_floor, "method": m.name,
             "datasets": {k: {**s, "task_share": of_task[k]} for k, s in shares.items()},
             "egg": [rows[i].name for i in egg],

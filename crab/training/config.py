@@ -66,6 +66,10 @@ class RewardWeightingConfig:
     # The return signal G the weights come from (docs/reward_weighting.md): the episode's outcome R_e,
     # the action chunk's advantage under a learned value baseline, or the oracle's 0/1 (damage known).
     signal: Literal["outcome", "chunk_advantage", "oracle"] = "outcome"
+    # Steps the per-chunk signals (chunk_advantage, oracle) look ahead from a chunk's start; null: the
+    # policy's action chunk. Longer when a chunk's harm shows only after it ends, e.g. a descent stopped
+    # too high whose drop cracks the egg a chunk later (docs/reward_weighting.md, "Credit horizon").
+    credit_horizon: int | None = None
     alpha: float = 0.25
     std_floor: float = 1.0  # lower bound on the std that normalises the advantage (reward units)
     clip_min: float = 0.1  # bounds on the raw weight exp(alpha * A); 0 lets the worst data reach weight 0
@@ -238,6 +242,10 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (rw.enabled and rw.signal == "chunk_advantage" and not cfg.data.value_file,
          "`data.value_file` is required by `reward_weighting.signal: chunk_advantage` "
          "(fit it with `python -m crab.training.value_fit`)"),
+        (rw.credit_horizon is not None and rw.credit_horizon < 1, "`reward_weighting.credit_horizon` must be >= 1"),
+        (rw.credit_horizon is not None and rw.signal == "outcome",
+         "`reward_weighting.credit_horizon` applies to the per-chunk signals (`chunk_advantage`, `oracle`), "
+         "not to `outcome`"),
         (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),
         (rw.std_floor <= 0, "`reward_weighting.std_floor` must be > 0"),
         (not 0 <= rw.clip_min < rw.clip_max, "need 0 <= `reward_weighting.clip_min` < `reward_weighting.clip_max`"),

@@ -67,13 +67,19 @@ def _read_labels(row: ManifestRow) -> dict[int, tuple[float, float]] | None:
 
 
 def annotate(
-    row: ManifestRow, spec: RewardSpec, signal: str = "outcome", values: tuple[np.ndarray, np.ndarray] | None = None
+    row: ManifestRow,
+    spec: RewardSpec,
+    signal: str = "outcome",
+    values: tuple[np.ndarray, np.ndarray] | None = None,
+    credit_horizon: int | None = None,
 ) -> RewardTable:
     """Compute the reward fields of every frame of one dataset (vectorised over its parquet files).
 
     `signal` chooses the return signal G; `chunk_advantage` needs `values`, the (frame index, V(s)) of
-    every frame of the dataset from a checked value file (`value_fit.load_values`).
+    every frame of the dataset from a checked value file (`value_fit.load_values`). The per-chunk
+    signals look `credit_horizon` steps ahead (None: the action chunk, `spec.chunk_size`).
     """
+    horizon = spec.horizon(credit_horizon)
     data_dir = row.root / "data"
     parquet = pads.dataset(data_dir, format="parquet")
     wanted = [c for c in ("index", "episode_index", "next.reward", "next.success") if c in parquet.schema.names]
@@ -107,11 +113,11 @@ def annotate(
     if signal == "outcome":
         g = ep_reward[ep_pos]
     elif signal == "oracle":
-        g = rewards.damage_free_chunks(step, ep, spec.chunk_size)
+        g = rewards.damage_free_chunks(step, ep, horizon)
     else:
         if values is None or not np.array_equal(values[0], index):
             raise ManifestError(f"dataset {row.name!r}: the value file does not hold a value for each of its frames")
-        g = rewards.chunk_advantages(step, values[1], ep, spec.chunk_size, spec.gamma)
+        g = rewards.chunk_advantages(step, values[1], ep, horizon, spec.gamma)
     return RewardTable(
         index=index,
         episode_index=ep,
@@ -174,7 +180,8 @@ class CrabDataset(Dataset):
     `episodes` optionally restricts each dataset (by name) to a list of episode indices. With `cache`,
     each item is decoded once and then served from memory (a copy of its dict, sharing the tensors).
     `signal` chooses the return signal G of every item; `chunk_advantage` needs `state_values`, the
-    checked value file's {dataset name: (frame index, V)} (`value_fit.load_values`; see `annotate`).
+    checked value file's {dataset name: (frame index, V)} (`value_fit.load_values`; see `annotate`, also
+    for `credit_horizon`).
     With `frame_cache` (a folder built by `python -m crab.data.frame_cache`) the cameras' frames come from
     that cache, which must have been built for `resolution`, the policy's `resize_imgs_with_padding`.
     """
@@ -188,6 +195,7 @@ class CrabDataset(Dataset):
         cache: bool = False,
         signal: str = "outcome",
         state_values: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        credit_horizon: int | None = None,
         frame_cache: str | Path | None = None,
         resolution: tuple[int, int] | None = None,
     ):
@@ -218,7 +226,8 @@ class CrabDataset(Dataset):
                 video_backend=video_backend,
                 frame_cache=None if frame_cache is None else open_cached_frames(frame_cache, row, resolution, cameras),
             )
-            table = annotate(row, spec, signal, None if state_values is None else state_values.get(row.name))
+            own_values = None if state_values is None else state_values.get(row.name)
+            table = annotate(row, spec, signal, own_values, credit_horizon)
             # Reward fields of every item this dataset serves, in its own (possibly episode-filtered) order.
             pos = np.searchsorted(table.index, ds.index)
             values = np.stack([getattr(table, name)[pos] for name in rewards.REWARD_FIELDS], axis=1)

@@ -2,15 +2,16 @@
 
     python -m crab.training.reward_stats --manifest crab/training/docs/dataset_manifest_cycle1_clean.csv \
         --out crab/training/docs/reward_weighting_stats_cycle1_clean.json [--data-root data] [--chunk-size 50] \
-        [--signal chunk_advantage --value-file data/values.parquet] [--plot signal.png]
+        [--signal chunk_advantage --value-file data/values.parquet [--credit-horizon 20]] [--plot signal.png]
 
 The JSON holds counts, mean, std and percentiles per dataset and overall of the return signal G of kind
 `--signal` (and of the other reward fields), alpha, the reward spec, the signal's kind (with the value
-file's fingerprint for `chunk_advantage`) and a fingerprint of the manifest and the data. Training refuses
-statistics whose fingerprint, spec or signal does not match what it loads. It also prints each dataset's
-share of the RWFM weight at `--alpha`, `--clip-min` and `--std-floor` (default clip max), the share of bad
-data that the weighted loss still imitates, and the share of the chunks that lead into damage; `--plot`
-draws the normalised signal over time for a few episodes of each dataset.
+file's fingerprint for `chunk_advantage`, and the credit horizon of the per-chunk signals) and a fingerprint
+of the manifest and the data. Training refuses statistics whose fingerprint, spec, signal or credit horizon
+does not match what it loads. It also prints each dataset's share of the RWFM weight at `--alpha`,
+`--clip-min` and `--std-floor` (default clip max), the share of bad data that the weighted loss still
+imitates, and the share of the chunks that lead into damage; `--plot` draws the normalised signal over time
+for a few episodes of each dataset.
 """
 
 from __future__ import annotations
@@ -82,14 +83,16 @@ def compute_stats(
     alpha: float,
     signal: str = "outcome",
     value_meta: dict | None = None,
+    credit_horizon: int | None = None,
 ) -> dict:
     """The statistics JSON; `value_meta` is the value file's metadata (`value_fit.load_values`) when the
-    signal is `chunk_advantage`."""
+    signal is `chunk_advantage`. The per-chunk signals record their credit horizon (`outcome` has none)."""
     stats = {
         "manifest": Path(manifest).as_posix(),
         "fingerprint": fingerprint(rows, tables, spec, signal),
         "spec": asdict(spec),
         "signal_type": signal,
+        **({} if signal == "outcome" else {"credit_horizon": spec.horizon(credit_horizon)}),
         "alpha": alpha,
         "overall": _summary(tables),
         "per_dataset": {row.name: _summary([t]) for row, t in zip(rows, tables, strict=True)},
@@ -115,12 +118,14 @@ def recompute_command(
     spec: RewardSpec,
     signal: str = "outcome",
     value_file: str | Path | None = None,
+    credit_horizon: int | None = None,
 ) -> str:
     """The command line that (re)writes `out` for `manifest` with the data under `data_root`, quoted so it
     runs verbatim in a POSIX shell."""
     args = ["--manifest", manifest, "--out", out, "--data-root", data_root, "--chunk-size", spec.chunk_size]
     if signal != "outcome":
         args += ["--signal", signal] + (["--value-file", value_file] if value_file is not None else [])
+        args += ["--credit-horizon", credit_horizon] if credit_horizon is not None else []
     return "python -m crab.training.reward_stats " + " ".join(shlex.quote(str(a)) for a in args)
 
 
@@ -132,16 +137,22 @@ def load_checked(
     data_root: str | Path,
     signal: str = "outcome",
     value_file: str | Path | None = None,
+    credit_horizon: int | None = None,
 ) -> dict:
     """Load a statistics JSON and refuse it, with the command to fix it, if it is stale."""
     path = Path(path)
-    fix = f"recompute with: {recompute_command(manifest, path, data_root, spec, signal, value_file)}"
+    fix = f"recompute with: {recompute_command(manifest, path, data_root, spec, signal, value_file, credit_horizon)}"
     if not path.is_file():
         raise ManifestError(f"reward statistics not found: {path}; {fix}")
     stats = json.loads(path.read_text(encoding="utf-8"))
     written_for = stats.get("signal_type", "outcome")  # statistics from before signal kinds were outcome's
     if written_for != signal:
         raise ManifestError(f"{path}: computed for signal {written_for!r}, training uses {signal!r}; {fix}")
+    horizon = None if signal == "outcome" else spec.horizon(credit_horizon)
+    if stats.get("credit_horizon") != horizon:
+        raise ManifestError(
+            f"{path}: computed with credit horizon {stats.get('credit_horizon')}, training uses {horizon}; {fix}"
+        )
     if stats.get("spec") != asdict(spec):
         raise ManifestError(f"{path}: computed for reward spec {stats.get('spec')}, training uses {asdict(spec)}; {fix}")
     if stats.get("fingerprint") != expected_fingerprint:
@@ -152,9 +163,9 @@ def load_checked(
     return stats
 
 
-def damage_chunks(tables: list[RewardTable], spec: RewardSpec) -> list[np.ndarray]:
-    """Per table: which frames start a chunk whose H steps include a damage step (a negative reward)."""
-    return [damage_free_chunks(t.step_reward, t.episode_index, spec.chunk_size) == 0 for t in tables]
+def damage_chunks(tables: list[RewardTable], horizon: int) -> list[np.ndarray]:
+    """Per table: which frames start a chunk whose `horizon` steps include a damage step (a negative reward)."""
+    return [damage_free_chunks(t.step_reward, t.episode_index, horizon) == 0 for t in tables]
 
 
 def plot_signal(
@@ -164,11 +175,11 @@ def plot_signal(
     overall: dict,
     std_floor: float,
     path: Path,
-    spec: RewardSpec,
+    horizon: int,
     episodes_per_dataset: int = 3,
 ) -> None:
     """One panel per dataset: the normalised signal (the advantage A, or the oracle's 0/1 weight) over
-    each of its first episodes, damage steps marked."""
+    each of its first episodes, damage steps and the chunks whose credit `horizon` reaches them marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +191,7 @@ def plot_signal(
         centre, scale = normaliser(signal, overall["mean"], overall["std"])
         scale, label = max(scale, std_floor), "advantage A (normalised)"
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), sharex=True, squeeze=False)
-    for ax, row, t, damaged in zip(axes[:, 0], rows, tables, damage_chunks(tables, spec), strict=True):
+    for ax, row, t, damaged in zip(axes[:, 0], rows, tables, damage_chunks(tables, horizon), strict=True):
         for e in np.unique(t.episode_index)[:episodes_per_dataset]:
             of = t.episode_index == e
             y = (t.signal[of] - centre) / scale
@@ -193,7 +204,7 @@ def plot_signal(
         ax.set_ylabel(label, fontsize=7)
         ax.legend(fontsize=6)
     axes[-1, 0].set_xlabel("frame of the episode")
-    fig.suptitle(f"return signal {signal!r} (H = {spec.chunk_size})", fontsize=9)
+    fig.suptitle(f"return signal {signal!r} (credit horizon H = {horizon})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -207,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", default="data")
     p.add_argument("--chunk-size", type=int, default=RewardSpec.chunk_size)
     p.add_argument("--signal", choices=SIGNALS, default="outcome", help="the return signal G (reward_weighting.signal)")
+    p.add_argument("--credit-horizon", type=int, help="steps the per-chunk signals look ahead "
+                   "(reward_weighting.credit_horizon; default: --chunk-size)")  # fmt: skip
     p.add_argument("--value-file", help="the manifest's value file (crab.training.value_fit), for chunk_advantage")
     p.add_argument("--plot", type=Path, help="PNG to draw the signal over time of a few episodes of each dataset")
     p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
@@ -217,17 +230,23 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.phase_bins is not None and args.phase_bins < 1:
         p.error("--phase-bins must be >= 1")
+    if args.credit_horizon is not None and (args.credit_horizon < 1 or args.signal == "outcome"):
+        p.error("--credit-horizon must be >= 1 and goes with a per-chunk --signal (chunk_advantage, oracle)")
     spec = RewardSpec(chunk_size=args.chunk_size)
+    horizon = spec.horizon(args.credit_horizon)
     try:
         rows = load_manifest(args.manifest, args.data_root)
         check_roots(rows)
         values, value_meta = None, None
         if args.signal == "chunk_advantage":
             values, value_meta = load_values(args.value_file, rows, spec, args.manifest, args.data_root)
-        tables = [annotate(row, spec, args.signal, None if values is None else values[row.name]) for row in rows]
+        tables = [
+            annotate(row, spec, args.signal, None if values is None else values[row.name], args.credit_horizon)
+            for row in rows
+        ]
     except ManifestError as e:  # bad input: the message names the file, row and column
         sys.exit(f"error: {e}")
-    stats = compute_stats(args.manifest, rows, tables, spec, args.alpha, args.signal, value_meta)
+    stats = compute_stats(args.manifest, rows, tables, spec, args.alpha, args.signal, value_meta, args.credit_horizon)
     write_json_atomic(stats, Path(args.out))
     o = stats["overall"]
     print(
@@ -250,9 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(float(w.sum()) for w in weights)
     print(
         f"RWFM weight, signal {args.signal!r}, alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], "
-        f"std floor {rw.std_floor:g}); chunks into damage: those whose {spec.chunk_size} steps include a negative reward:"
+        f"std floor {rw.std_floor:g}); chunks into damage: those whose {horizon} steps include a negative reward:"
     )
-    for row, w, damaged in zip(rows, weights, damage_chunks(tables, spec), strict=True):
+    for row, w, damaged in zip(rows, weights, damage_chunks(tables, horizon), strict=True):
         s = shares[row.name]
         into_damage = (
             f"; chunks into damage: {damaged.mean():.1%} of its frames, {w[damaged].sum() / total:.2%} of the weight"
@@ -270,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"normalised per phase ({args.phase_bins} parts of each episode), share of its task's: "
               + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))  # fmt: skip
     if args.plot is not None:
-        plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, spec)
+        plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, horizon)
         print(f"plot: {args.plot}")
 
 

@@ -25,8 +25,10 @@ REWARD_FIELDS = ("step_reward", "chunk_return", "episode_reward", "episode_succe
 # - outcome: G = R_e, the episode's reward on each of its frames;
 # - chunk_advantage: G = A_t, the chunk's reward plus the bootstrapped value after it, minus the value
 #   before it, with an out-of-episode value model (crab.training.value_fit);
-# - oracle: G = 0 for the chunks whose steps include a damage step (a negative step reward), 1 elsewhere;
-#   G is then the weight itself (for benchmarks that know where the damage happens).
+# - oracle: G = 0 for the chunks whose steps (up to the credit horizon) include a damage step (a negative
+#   step reward), 1 elsewhere; G is then the weight itself (for benchmarks that know where the damage is).
+# Both per-chunk signals look `credit_horizon` steps ahead (`reward_weighting.credit_horizon`, by default
+# the action chunk).
 SIGNALS = ("outcome", "chunk_advantage", "oracle")
 
 
@@ -37,6 +39,11 @@ class RewardSpec:
     chunk_size: int = 50  # H: the policy's action chunk (SmolVLA's default chunk_size)
     gamma: float = 1.0  # discount inside a chunk
     damage_penalty: float = 1.0  # lambda_d in R_e = success - lambda_d * damage
+
+    def horizon(self, credit_horizon: int | None) -> int:
+        """The per-chunk signals' credit horizon: `reward_weighting.credit_horizon`, else the action chunk.
+        (A setting of the signal, not of the reward: `outcome` statistics do not depend on it.)"""
+        return credit_horizon or self.chunk_size
 
 
 QUALITY_LABELS = {
@@ -92,26 +99,29 @@ def returns_to_go(step_reward: np.ndarray, episode_index: np.ndarray, gamma: flo
 
 
 def chunk_advantages(
-    step_reward: np.ndarray, value: np.ndarray, episode_index: np.ndarray, chunk_size: int, gamma: float
+    step_reward: np.ndarray, value: np.ndarray, episode_index: np.ndarray, horizon: int, gamma: float
 ) -> np.ndarray:
     """A_t = sum_{k<H} gamma^k r_{t+k} + gamma^H V(s_{t+H}) - V(s_t), with V = 0 past t's episode end.
 
     The H-step advantage of the action chunk that starts at t: what the chunk earned plus what is still
-    expected after it, against what was expected before it. Vectorised like `chunk_returns`.
+    expected after it, against what was expected before it. H is the credit horizon (by default the
+    action chunk; longer when a chunk's harm shows only after it, docs/reward_weighting.md). Vectorised
+    like `chunk_returns`.
     """
-    n, h = len(step_reward), chunk_size
+    n, h = len(step_reward), horizon
     bootstrap = np.zeros(n, dtype=np.float64)
     if h < n:
         same_episode = episode_index[h:] == episode_index[: n - h]
         bootstrap[: n - h] = np.where(same_episode, (gamma**h) * value[h:], 0.0)
-    return chunk_returns(step_reward, episode_index, chunk_size, gamma) + bootstrap - value
+    return chunk_returns(step_reward, episode_index, horizon, gamma) + bootstrap - value
 
 
-def damage_free_chunks(step_reward: np.ndarray, episode_index: np.ndarray, chunk_size: int) -> np.ndarray:
-    """1.0 where none of the chunk's steps t..t+H-1 (inside t's episode) has a negative reward, else 0.0."""
+def damage_free_chunks(step_reward: np.ndarray, episode_index: np.ndarray, horizon: int) -> np.ndarray:
+    """1.0 where none of the steps t..t+H-1 (inside t's episode) has a negative reward, else 0.0; H is the
+    credit horizon, as in `chunk_advantages`."""
     n = len(step_reward)
     free = np.ones(n, dtype=np.float64)
-    for k in range(min(chunk_size, n)):
+    for k in range(min(horizon, n)):
         damaged = (episode_index[k:] == episode_index[: n - k]) & (step_reward[k:] < 0)
         free[: n - k][damaged] = 0.0
     return free

@@ -121,7 +121,9 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     values = None  # out-of-episode values V(s), for chunk advantages only
     if kind == "chunk_advantage":
         values, _ = load_values(cfg.data.value_file, rows, spec, cfg.data.manifest, cfg.data.data_root)
+    horizon = cfg.reward_weighting.credit_horizon  # None: the action chunk; only for the per-chunk signals
     data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items, "signal": kind, "state_values": values}
+    data_kw |= {"credit_horizon": horizon}
     data_kw |= {"frame_cache": cfg.data.frame_cache, "resolution": smolvla_cfg.resize_imgs_with_padding}
     train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
@@ -131,14 +133,15 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     if cfg.data.reward_stats:
         reward_stats = load_checked(
             cfg.data.reward_stats, cfg.data.manifest, train_ds.fingerprint, spec, cfg.data.data_root,
-            kind, cfg.data.value_file,
+            kind, cfg.data.value_file, horizon,
         )  # fmt: skip
     signal = reward_stats.get("overall", {}).get("signal", {})
 
     weight_mean, frame_weight = rwfm_normaliser(cfg, train_ds, signal, log) if cfg.reward_weighting.enabled else (1.0, None)
     if main_process and cfg.reward_weighting.enabled:  # the signal over a few episodes of each dataset
         plot_path = run_dir / "plots" / "signal.png"
-        plot_signal(train_ds.rows, train_ds.tables, kind, signal, cfg.reward_weighting.std_floor, plot_path, spec)
+        floor, plot_horizon = cfg.reward_weighting.std_floor, spec.horizon(horizon)
+        plot_signal(train_ds.rows, train_ds.tables, kind, signal, floor, plot_path, plot_horizon)
     # Actions and states are normalised with the training episodes' statistics; with weighting on, each
     # episode counts by its weight mass, so suppressed data does not set the scale the flow is learned in.
     dataset_stats = train_ds.normalization_stats(frame_weight)
@@ -474,7 +477,8 @@ def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabData
 def unweighted_dataset(rows, spec: RewardSpec, episodes: dict[str, list[int]], data_kw: dict) -> CrabDataset:
     """A dataset whose items are never weighted (retention validation, anchor replay): read like the
     training data, but with the outcome signal, which needs no value model for these datasets."""
-    return CrabDataset(rows, spec, episodes=episodes, **{**data_kw, "signal": "outcome", "state_values": None})
+    outcome = {"signal": "outcome", "state_values": None, "credit_horizon": None}
+    return CrabDataset(rows, spec, episodes=episodes, **{**data_kw, **outcome})
 
 
 def batch_loader(cfg: CrabConfig, ds: CrabDataset, batch_size: int, seed: int, accelerator, source: str, weights=None):
