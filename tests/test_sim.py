@@ -49,7 +49,8 @@ def test_spaces_and_task_action_dims():
     assert obs[STATE_KEY].shape == (len(STATE_NAMES),) and len(STATE_NAMES) <= 8
     assert env.action_space.shape == (len(ACTION_NAMES),) and len(ACTION_NAMES) <= 8
     assert info == {
-        "success": False, "cracked": False, "crack_cause": None, "crack_held": None, "egg_held": False, "task": PUT_EGG
+        "success": False, "cracked": False, "crack_cause": None, "crack_held": None, "crack_over_tray": None,
+        "egg_held": False, "task": PUT_EGG,
     }  # fmt: skip
     assert set(TASK_ACTION_DIMS) == set(TASKS)
     assert TASK_ACTION_DIMS[PUT_EGG] == [0, 1, 2, 3] and TASK_ACTION_DIMS[OPEN_CARTON] == [0, 1, 2]
@@ -250,23 +251,28 @@ def test_egg_outcome_hand_checked():
     assert egg_outcome(let_go, False, None) == "dropped / not in tray"
     # A crack decides, whatever the fingers did: the crack categories add up to the crack rate.
     assert egg_outcome(held, False, "grip") == "cracked by the grip"
-    assert egg_outcome(let_go, False, "impact") == egg_outcome(never, False, "impact") == "cracked at impact"
-    assert egg_outcome(held, False, "impact") == "cracked at impact"  # a hard set-down, still held
+    assert egg_outcome(let_go, False, "impact", True) == egg_outcome(never, False, "impact", True) == (
+        "cracked at impact over the tray"
+    )
+    assert egg_outcome(held, False, "impact", True) == "cracked at impact over the tray"  # a hard set-down, still held
+    assert egg_outcome(let_go, False, "impact", False) == "cracked at impact elsewhere"  # lost on the way
 
 
 CAREFUL_CARRY_PHASE = 4  # the careful script's move from the lift to over the tray
 
 
-def _demonstrator_episode(style: str, seed: int, stop_at_carry: bool = False) -> tuple[str, dict]:
-    """A PUT_EGG demonstrator run closed loop by `run_episode`: (its outcome, the env's last info). With
-    `stop_at_carry` it stands still, grip kept, once the egg is lifted."""
+def _demonstrator_episode(style: str, seed: int, at_carry: str | None = None) -> tuple[str, dict]:
+    """A PUT_EGG demonstrator run closed loop by `run_episode`: (its outcome, the env's last info). Once the
+    egg is lifted, `at_carry` "stop" stands still, grip kept; "drop" opens the fingers on the way."""
     env = EggEnv(PUT_EGG, render_images=False)
     demo = make_demonstrator(PUT_EGG, style, seed)
 
     def policy(obs):
         action = demo(env)
-        if stop_at_carry and demo._phase >= CAREFUL_CARRY_PHASE:
+        if at_carry == "stop" and demo._phase >= CAREFUL_CARRY_PHASE:
             action[:3] = 0.0
+        if at_carry == "drop" and demo._phase >= CAREFUL_CARRY_PHASE:
+            action[3] = -1.0
         return action[None]
 
     *_, outcome = run_episode(policy, env, seed, n_action_steps=1)
@@ -276,12 +282,16 @@ def _demonstrator_episode(style: str, seed: int, stop_at_carry: bool = False) ->
 def test_demonstrators_end_where_their_style_says():
     for seed in range(4):
         assert _demonstrator_episode("careful", seed)[0] == "success"
-        assert _demonstrator_episode("careful", seed, stop_at_carry=True)[0] == "timed out holding"
+        assert _demonstrator_episode("careful", seed, at_carry="stop")[0] == "timed out holding"
+        outcome, info = _demonstrator_episode("careful", seed, at_carry="drop")
+        assert outcome == "cracked at impact elsewhere" and info["crack_over_tray"] is False, (seed, outcome)
     # The failing attempts miss the egg or lose it on the way (weak grip, early release), uncracked.
     failing = {_demonstrator_episode("failing", seed)[0] for seed in range(4)}
     assert failing == {"never grasped", "dropped / not in tray"}
     # Squeezing cracks at the grasp, still holding; sloppy at the release, the falling egg no longer held.
-    for style, cracked_as, held in (("squeezing", "cracked by the grip", True), ("sloppy", "cracked at impact", False)):
+    for style, cracked_as, held in (
+        ("squeezing", "cracked by the grip", True), ("sloppy", "cracked at impact over the tray", False)
+    ):  # fmt: skip
         outcomes = []
         for seed in range(4):
             outcome, info = _demonstrator_episode(style, seed)

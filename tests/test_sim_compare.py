@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def summary(n: int, k_s: int, k_c: int, ret: float = 0.0, ci=(0.0, 0.0)) -> dict:
-    """An evaluation summary whose failures all crack at impact or are never grasped."""
+    """An evaluation summary whose failures all crack at impact over the tray or are never grasped."""
     outcomes = dict.fromkeys(EGG_OUTCOMES, 0) | {
-        "success": k_s, "cracked at impact": k_c, "never grasped": n - k_s - k_c
+        "success": k_s, "cracked at impact over the tray": k_c, "never grasped": n - k_s - k_c
     }  # fmt: skip
     return {
         "episodes": n,
@@ -36,7 +36,7 @@ def summary(n: int, k_s: int, k_c: int, ret: float = 0.0, ci=(0.0, 0.0)) -> dict
 def test_pool_sums_episodes_over_seeds():
     p = compare.pool([summary(10, 3, 1, 0.2), summary(20, 10, 0, 0.5)])
     assert (p["episodes"], p["successes"], p["cracks"]) == (30, 13, 1)
-    outcomes = {"success": 13, "cracked at impact": 1, "never grasped": 16}
+    outcomes = {"success": 13, "cracked at impact over the tray": 1, "never grasped": 16}
     assert p["outcomes"] == dict.fromkeys(EGG_OUTCOMES, 0) | outcomes
     assert p["success_rate"] == pytest.approx(13 / 30)
     assert p["success_ci95"] == wilson_interval(13, 30)
@@ -225,11 +225,17 @@ def test_an_evaluation_saved_without_outcomes_is_redone(tmp_path, monkeypatch, c
     del old["outcomes"]
     saved.write_text(json.dumps({"tasks": {PUT_EGG: old}}))
     result = compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,))
-    assert calls == [(PUT_EGG,)] and result["tasks"][PUT_EGG]["outcomes"]["cracked at impact"] == 2
+    assert calls == [(PUT_EGG,)] and result["tasks"][PUT_EGG]["outcomes"]["cracked at impact over the tray"] == 2
     assert "(1, 2) differ from the saved (1, 3)" in capsys.readouterr().out
     # Saved with its outcomes: reused as it is.
     reused = compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,))
     assert reused == json.loads(json.dumps(result)) and len(calls) == 1
+    # Saved with an older breakdown (impacts not yet split into the release's and the carry's): redone.
+    old = summary(4, 1, 2)
+    old["outcomes"] = {k.removesuffix(" over the tray"): v for k, v in old["outcomes"].items() if k != "cracked at impact elsewhere"}
+    saved.write_text(json.dumps({"tasks": {PUT_EGG: old}}))
+    compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,))
+    assert len(calls) == 2
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

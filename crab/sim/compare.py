@@ -49,7 +49,7 @@ import numpy as np
 import yaml
 
 from crab.sim.egg_env import CRACK_FORCE, CRACK_SPEED, OPEN_CARTON, PUT_EGG
-from crab.sim.evaluate import EGG_OUTCOMES, mean_interval, wilson_interval
+from crab.sim.evaluate import EGG_OUTCOMES, mean_interval, outcome_categories, wilson_interval
 
 CONFIG_DIR = Path("crab/training/configs")
 MANIFEST_DIR = Path("crab/training/docs")
@@ -631,8 +631,10 @@ def evaluate_or_reuse(
     saved = None
     if path.is_file() and path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime:
         saved = json.loads(path.read_text())
-        # An evaluation saved before the outcome breakdown is redone: it is deterministic given the seeds.
-        if set(tasks) <= set(saved["tasks"]) and all("outcomes" in saved["tasks"][t] for t in tasks):
+        # An evaluation saved before today's outcome breakdown is redone: it is deterministic given the seeds.
+        if set(tasks) <= set(saved["tasks"]) and all(
+            list(saved["tasks"][t].get("outcomes", {})) == list(outcome_categories(t)) for t in tasks
+        ):
             return saved
     result = evaluate_checkpoint(checkpoint, episodes, seed, n_action_steps, image_size, tasks=tuple(tasks))
     print(format_results(result), flush=True)
@@ -850,9 +852,10 @@ def regime_section(
         f"### Where the egg episodes end ({egg[methods[0].name]['episodes']} episodes per row, pooled)",
         "",
         "Each egg-transfer episode counts once (`crab.sim.evaluate.egg_outcome`): a success; else a crack, by "
-        f"the grip (squeezed over {CRACK_FORCE:g} N) or at an impact (hit at over {CRACK_SPEED:g} m/s: a drop "
-        "or a hard set-down); else, at the step limit, the egg never held by both fingers, let go anywhere but "
-        "at rest in the tray, or still held.",
+        f"the grip (squeezed over {CRACK_FORCE:g} N) or at an impact (hit at over {CRACK_SPEED:g} m/s), over "
+        "the tray (the release: a drop or a hard set-down) or elsewhere (the carry: the egg lost on the way); "
+        "else, at the step limit, the egg never held by both fingers, let go anywhere but at rest in the tray, "
+        "or still held.",
         "",
         markdown_table(
             ["run", *EGG_OUTCOMES],

@@ -265,9 +265,12 @@ class EggEnv(gym.Env):
                 others.add(int(other))
         return grip / 2, others, fingers
 
-    def _egg_in_tray(self) -> bool:
+    def _egg_over_tray(self) -> bool:
         rel = self.egg_pos - self.tray_pos
-        return bool(abs(rel[0]) < TRAY_HALF[0] and abs(rel[1]) < TRAY_HALF[1] and rel[2] < EGG_HALF_HEIGHT + 0.01)
+        return bool(abs(rel[0]) < TRAY_HALF[0] and abs(rel[1]) < TRAY_HALF[1])
+
+    def _egg_in_tray(self) -> bool:
+        return self._egg_over_tray() and bool(self.egg_pos[2] - self.tray_pos[2] < EGG_HALF_HEIGHT + 0.01)
 
     def _egg_at_rest(self) -> bool:
         return float(np.linalg.norm(self.data.qvel[self._egg_dadr : self._egg_dadr + 3])) < 0.03
@@ -303,6 +306,9 @@ class EggEnv(gym.Env):
         self.cracked = False
         self.crack_cause: str | None = None  # "grip" or "impact" once cracked (`egg_cracks`' two limits)
         self.crack_held: bool | None = None  # `egg_held` at the end of the crack step
+        # Whether the egg was over the tray (inside its rim, any height) at the end of the crack step: an
+        # impact there is the release going wrong, elsewhere the carry (an egg dropped on the way).
+        self.crack_over_tray: bool | None = None
         self.egg_held = False  # both fingers touch the egg (`_egg_contacts`)
         self.succeeded = False
         self.steps = 0
@@ -336,6 +342,7 @@ class EggEnv(gym.Env):
             # squeezed over the limit whatever it hit meanwhile.
             self.crack_cause = "grip" if peak_grip > CRACK_FORCE else "impact"
             self.crack_held = self.egg_held
+            self.crack_over_tray = self._egg_over_tray()
             self.model.geom_rgba[self._egg_geom] = CRACKED_RGBA
             reward -= 1.0
         self.steps += 1
@@ -366,6 +373,7 @@ class EggEnv(gym.Env):
             "cracked": self.cracked,
             "crack_cause": self.crack_cause,
             "crack_held": self.crack_held,
+            "crack_over_tray": self.crack_over_tray,
             "egg_held": self.egg_held,
             "task": self.task,
         }

@@ -54,27 +54,36 @@ EGG_OUTCOMES = (
     "success",
     "never grasped",
     "cracked by the grip",
-    "cracked at impact",
+    "cracked at impact over the tray",
+    "cracked at impact elsewhere",
     "dropped / not in tray",
     "timed out holding",
 )
 OTHER_OUTCOMES = ("success", "failure")
 
 
-def egg_outcome(held: Sequence[bool], success: bool, crack_cause: str | None) -> str:
+def outcome_categories(task: str) -> tuple[str, ...]:
+    return EGG_OUTCOMES if task == PUT_EGG else OTHER_OUTCOMES
+
+
+def egg_outcome(held: Sequence[bool], success: bool, crack_cause: str | None, crack_over_tray: bool | None = None) -> str:
     """The one `EGG_OUTCOMES` category of a "Put the egg into the tray." episode.
 
     `held`: the env's `info["egg_held"]` (both fingers touch the egg) of every step, the reset's first;
     not the state's `egg_grasped` flag, which is always 0 (see `EggEnv.step`).
-    `crack_cause`: `info["crack_cause"]` at the end ("grip", "impact" or None). A crack decides the
-    category whatever the fingers did, so the two crack categories add up to the crack rate. An uncracked
+    `crack_cause`: `info["crack_cause"]` at the end ("grip", "impact" or None); `crack_over_tray`:
+    `info["crack_over_tray"]`, which splits the impacts into the release's (a drop or a hard set-down over
+    the tray) and the carry's (the egg lost on the way). A crack decides the category whatever the fingers
+    did, so the three crack categories add up to the crack rate. An uncracked
     failure runs to the step limit (the env ends an episode early only once the egg rests in the tray):
     the fingers never held the egg, still hold it, or let it go somewhere other than into the tray.
     """
     if success:
         return "success"
-    if crack_cause is not None:
-        return {"grip": "cracked by the grip", "impact": "cracked at impact"}[crack_cause]
+    if crack_cause == "grip":
+        return "cracked by the grip"
+    if crack_cause == "impact":
+        return "cracked at impact over the tray" if crack_over_tray else "cracked at impact elsewhere"
     if not any(held):
         return "never grasped"
     return "timed out holding" if held[-1] else "dropped / not in tray"
@@ -91,7 +100,7 @@ class TaskResult:
 
     def summary(self) -> dict:
         n = len(self.successes)
-        categories = EGG_OUTCOMES if self.task == PUT_EGG else OTHER_OUTCOMES
+        categories = outcome_categories(self.task)
         k_s, k_c = sum(self.successes), sum(self.cracks)
         mean, lo, hi = mean_interval(self.returns)
         return {
@@ -133,7 +142,7 @@ def run_episode(
                 break
     success = bool(info["success"])
     if env.task == PUT_EGG:
-        outcome = egg_outcome(held, success, info["crack_cause"])
+        outcome = egg_outcome(held, success, info["crack_cause"], info["crack_over_tray"])
     else:
         outcome = "success" if success else "failure"
     return success, bool(info["cracked"]), total, frames, outcome
