@@ -105,9 +105,10 @@ def test_regime_and_method_selection():
         "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",
         "rwfm_anchor_sample_uncapped_mixed", "rwfm_chunk_adv_sample_uncapped_mixed",
         "rwfm_chunk_adv_sample_phase_mixed", "oracle_sample_phase_mixed", "rwfm_sample_uncapped_phase_mixed",
-        "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed",
+        "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed",
+        "oracle_sample_h20_phase_mixed",
     ]  # fmt: skip
-    phase = compare.run_config(plan[1][1][-3], 0, args_of(), plan[1][0]).reward_weighting
+    phase = compare.run_config(plan[1][1][-5], 0, args_of(), plan[1][0]).reward_weighting
     assert (phase.normalize, phase.apply, phase.clip_max) == ("phase", "sample", 1000000)
     assert {"rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_clean", "rwfm_anchor_sample_uncapped_mixed"} <= {m.name for m in plan[0][1]}
     plan = compare.select(args_of("--regimes", "scarce", "--methods", "il_clean", "rwfm_chunk_adv_mixed"))

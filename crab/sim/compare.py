@@ -173,6 +173,8 @@ SAMPLE_METHODS = (
     per_phase(RWFM_SAMPLE_UNCAPPED_MIXED),
     with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
     with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
+    per_phase(with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON)),
+    per_phase(with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON)),
 )
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
