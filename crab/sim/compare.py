@@ -131,7 +131,8 @@ def with_horizon(method: Method, horizon: int) -> Method:
     (`credit_horizon`). A sloppy transfer slows its descent to a stop 2-6 cm too high in the last steps
     before it lets go and the egg cracks: the chunks that start a little more than one chunk before the
     crack imitate that slowing but end before the crack, so with the chunk as the horizon they keep
-    their weight (docs/sim_benchmark.md)."""
+    their weight. (Measured: the longer horizon alone does not help; with per-phase draws it does,
+    docs/sim_benchmark.md.)"""
     return dataclasses.replace(
         method,
         name=method.name.removesuffix("_mixed") + f"_h{horizon}_mixed",
@@ -633,7 +634,7 @@ def evaluate_or_reuse(
     saved = None
     if path.is_file() and path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime:
         saved = json.loads(path.read_text())
-        # An evaluation saved before today's outcome breakdown is redone: it is deterministic given the seeds.
+        # An evaluation saved with an older outcome breakdown is redone: it is deterministic given the seeds.
         if set(tasks) <= set(saved["tasks"]) and all(
             list(saved["tasks"][t].get("outcomes", {})) == list(outcome_categories(t)) for t in tasks
         ):

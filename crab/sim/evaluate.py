@@ -74,9 +74,9 @@ def egg_outcome(held: Sequence[bool], success: bool, crack_cause: str | None, cr
     `crack_cause`: `info["crack_cause"]` at the end ("grip", "impact" or None); `crack_over_tray`:
     `info["crack_over_tray"]`, which splits the impacts into the release's (a drop or a hard set-down over
     the tray) and the carry's (the egg lost on the way). A crack decides the category whatever the fingers
-    did, so the three crack categories add up to the crack rate. An uncracked
-    failure runs to the step limit (the env ends an episode early only once the egg rests in the tray):
-    the fingers never held the egg, still hold it, or let it go somewhere other than into the tray.
+    did, so the three crack categories add up to the crack rate. An uncracked failure runs to the step
+    limit (the env ends an episode early only once the egg rests in the tray): the fingers never held the
+    egg, still hold it, or let it go somewhere other than into the tray.
     """
     if success:
         return "success"
