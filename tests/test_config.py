@@ -73,7 +73,13 @@ def test_unknown_key_names_key_and_file(tmp_path):
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, signal: oracle, credit_horizon: 0}\n",
          "`reward_weighting.credit_horizon` must be >= 1"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, credit_horizon: 20}\n",
-         r"`reward_weighting.credit_horizon` applies to the per-chunk signals \(`chunk_advantage`, `oracle`\)"),
+         r"`reward_weighting.credit_horizon` applies to the per-chunk signals \(`chunk_advantage`, `chunk_q`, `oracle`\)"),
+        ("run_name: x\ndata: {manifest: m.csv, reward_stats: s.json, value_file: v.parquet}\n"
+         "reward_weighting: {signal: chunk_q, apply: sample}\n",
+         "`reward_weighting.signal: chunk_q` needs `reward_weighting.normalize: phase`"),
+        ("run_name: x\ndata: {manifest: m.csv, reward_stats: s.json}\n"
+         "reward_weighting: {signal: chunk_q, apply: sample, normalize: phase}\n",
+         "`data.value_file` is required by `reward_weighting.signal: chunk_q`"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\ntrain: {val_every_epochs: 0}\n",
          "`train.val_every_epochs` must be >= 1"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\nanchor: {replay_manifest: r.csv}\n",

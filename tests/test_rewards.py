@@ -162,6 +162,30 @@ def test_credit_horizon_worked_example():
     assert rewards.damage_free_chunks(r, ep, 4).tolist() == [1, 0, 0, 0, 0, 1]
 
 
+def test_chunk_q_worked_example():
+    """docs/reward_weighting.md, "Chunk values per phase": a value model that foresees the sloppy descent
+    excuses it under `chunk_advantage`; `chunk_q`, compared within the phase, does not."""
+    ep, horizon = np.zeros(6, dtype=int), 2
+    r_clean, v_clean = np.array([0, 0, 0, 0, 0, 1.0]), np.array([0, 0, 0, 1, 1, 1.0])
+    r_sloppy, v_sloppy = np.array([0, 0, 0, 0, -1, 0.0]), np.array([0, 0, 0, -1, -1, 0.0])
+    q_clean = rewards.chunk_q(r_clean, v_clean, ep, horizon, 1.0)
+    q_sloppy = rewards.chunk_q(r_sloppy, v_sloppy, ep, horizon, 1.0)
+    np.testing.assert_allclose(q_clean, [0, 1, 1, 1, 1, 1], atol=1e-12)
+    np.testing.assert_allclose(q_sloppy, [0, -1, -1, -1, -1, 0], atol=1e-12)
+    a_clean = rewards.chunk_advantages(r_clean, v_clean, ep, horizon, 1.0)
+    a_sloppy = rewards.chunk_advantages(r_sloppy, v_sloppy, ep, horizon, 1.0)
+    np.testing.assert_allclose(a_clean, [0, 1, 1, 0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(a_sloppy, [0, -1, -1, 0, 0, 0], atol=1e-12)
+    assert rewards.normaliser("chunk_q", 0.3, 0.7) == (0.3, 0.7)
+    groups = np.r_[rewards.progress_bins(ep, 3), rewards.progress_bins(ep, 3)]  # [0, 0, 1, 1, 2, 2] twice
+    last = {}
+    for kind, g in (("chunk_advantage", np.r_[a_clean, a_sloppy]), ("chunk_q", np.r_[q_clean, q_sloppy])):
+        w = rewards.per_group_normalised(rewards.frame_weights(g, g.mean(), g.std(), 2.0, (0.0, 1e6), 0.1, kind), groups)
+        last[kind] = w[10:].sum() / (w[4:6].sum() + w[10:].sum())  # the sloppy share of the last phase
+    assert last["chunk_advantage"] == pytest.approx(0.5)
+    assert last["chunk_q"] == pytest.approx(0.0512, abs=1e-4)
+
+
 def test_chunk_advantage_worked_example_weights():
     a = np.array([-0.8, -0.3, 0.5, 0.6, 0.2])
     # not centred: scale = root mean square of A = sqrt(mean^2 + std^2)

@@ -106,10 +106,16 @@ def test_regime_and_method_selection():
         "rwfm_anchor_sample_uncapped_mixed", "rwfm_chunk_adv_sample_uncapped_mixed",
         "rwfm_chunk_adv_sample_phase_mixed", "oracle_sample_phase_mixed", "rwfm_sample_uncapped_phase_mixed",
         "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed",
-        "oracle_sample_h20_phase_mixed",
+        "oracle_sample_h20_phase_mixed", "rwfm_chunk_q_sample_h20_phase_mixed",
+        "rwfm_chunk_q_sample_uncapped_h20_phase_mixed",
     ]  # fmt: skip
-    phase = compare.run_config(plan[1][1][-5], 0, args_of(), plan[1][0]).reward_weighting
-    assert (phase.normalize, phase.apply, phase.clip_max) == ("phase", "sample", 1000000)
+    assert compare.run_config(plan[1][1][-2], 0, args_of(), plan[1][0]).reward_weighting.clip_max == 10.0
+    for method in (plan[1][1][-7], plan[1][1][-1]):
+        cfg = compare.run_config(method, 0, args_of(), plan[1][0])
+        phase = cfg.reward_weighting
+        assert (phase.normalize, phase.apply, phase.clip_max) == ("phase", "sample", 1000000)
+    assert (phase.signal, phase.credit_horizon, phase.std_floor) == ("chunk_q", 20, 0.1)
+    assert cfg.data.value_file.endswith("values_scarce_mixed.parquet")
     assert {"rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_clean", "rwfm_anchor_sample_uncapped_mixed"} <= {m.name for m in plan[0][1]}
     plan = compare.select(args_of("--regimes", "scarce", "--methods", "il_clean", "rwfm_chunk_adv_mixed"))
     assert [(r.name, [m.name for m in ms]) for r, ms in plan] == [("scarce", ["il_clean", "rwfm_chunk_adv_mixed"])]

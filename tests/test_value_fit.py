@@ -111,6 +111,8 @@ def test_items_carry_the_chosen_signal(roots, fitted):
     outcome = CrabDataset(rows, SPEC)
     chunk = CrabDataset(rows, SPEC, signal="chunk_advantage", state_values=values)
     oracle = CrabDataset(rows, SPEC, signal="oracle")
+    q = CrabDataset(rows, SPEC, signal="chunk_q", state_values=values)
+    np.testing.assert_allclose(q.tables[0].signal - values["dense"][1], chunk.tables[0].signal, atol=1e-12)
     item, item_a, item_o = outcome[6], chunk[6], oracle[6]  # dense episode 1, t = 1: the crack at t = 2 ahead
     assert torch.equal(item["signal"], item["episode_reward"])  # outcome: G = R_e, as before
     assert item_o["signal"].item() == 0.0 and oracle[9]["signal"].item() == 1.0
@@ -123,7 +125,7 @@ def test_items_carry_the_chosen_signal(roots, fitted):
         h.update(json.dumps([row.name, row.repo_id, row.task, row.quality, list(row.cycles)]).encode())
         h.update(np.round(table.episode_reward, 9).astype(np.float64).tobytes())
     assert outcome.fingerprint == h.hexdigest()[:16]
-    assert len({outcome.fingerprint, chunk.fingerprint, oracle.fingerprint}) == 3
+    assert len({outcome.fingerprint, chunk.fingerprint, oracle.fingerprint, q.fingerprint}) == 4
     with pytest.raises(ManifestError, match="does not hold a value for each of its frames"):
         annotate(rows[0], SPEC, "chunk_advantage", (values["dense"][0][:-1], values["dense"][1][:-1]))
 

@@ -50,6 +50,7 @@ import yaml
 
 from crab.sim.egg_env import CRACK_FORCE, CRACK_SPEED, OPEN_CARTON, PUT_EGG
 from crab.sim.evaluate import EGG_OUTCOMES, mean_interval, outcome_categories, wilson_interval
+from crab.training.rewards import VALUE_SIGNALS
 
 CONFIG_DIR = Path("crab/training/configs")
 MANIFEST_DIR = Path("crab/training/docs")
@@ -57,7 +58,7 @@ TASKS = (PUT_EGG, OPEN_CARTON)  # the cycle-1 manifests' tasks (the simulator ha
 NOTES_MARKER = "<!-- notes: everything below this line is hand-written and kept when the report is regenerated -->"
 IL_CONFIG = "train_cycle1_baseline_il.yaml"
 CRACKED_FACTOR_CONFIG = "train_cycle1_rwfm_anchor_cracked_factor.yaml"
-# README section 2b: with chunk advantages, a floor below their RMS (docs/reward_weighting.md).
+# README section 2b: with the value signals, a floor below their scale (docs/reward_weighting.md).
 CHUNK_ADVANTAGE_STD_FLOOR = 0.1
 
 
@@ -95,6 +96,15 @@ CHUNK_ADVANTAGE_MIXED = Method(
     "out-of-episode value model)",
     anchor=False,
     signal="chunk_advantage",
+)
+CHUNK_Q_MIXED = Method(
+    "rwfm_chunk_q_mixed",
+    CRACKED_FACTOR_CONFIG,
+    "mixed",
+    f"RWFM `chunk_q`, mixed (cracked-factor config, anchor off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g}, "
+    "out-of-episode value model)",
+    anchor=False,
+    signal="chunk_q",
 )
 ORACLE_MIXED = Method(
     "oracle_mixed",
@@ -154,6 +164,11 @@ def per_phase(method: Method) -> Method:
     )
 
 
+# chunk_q is drawn per phase only (config validation). Without the cap its centre cancels in each phase
+# and the phase's best chunks take its draw; capped (the ablation row, scarce regimes), the chunks above
+# the manifest's mean all weigh about the cap, and the sloppy releases kept 6% of the last tenths' draw
+# and cracked 15% of the eggs at the release against 4% (docs/sim_benchmark.md, 2026-12-04).
+CHUNK_Q_PHASE_MIXED = per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED, uncapped=True), LONG_CREDIT_HORIZON))
 # Rows of the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in
 # today's). Without the cap, chunk advantages (spread over several RMS units) collapse onto a few chunks.
 RWFM_SAMPLE_MIXED = as_sampling(RWFM_MIXED)
@@ -176,6 +191,8 @@ SAMPLE_METHODS = (
     with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
     per_phase(with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON)),
     per_phase(with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON)),
+    per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED), LONG_CREDIT_HORIZON)),
+    CHUNK_Q_PHASE_MIXED,
 )
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
@@ -189,6 +206,7 @@ METHODS = (
     ORACLE_MIXED,
     RWFM_SAMPLE_UNCAPPED_MIXED,
     RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED,
+    CHUNK_Q_PHASE_MIXED,
 )
 SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS)
 
@@ -511,7 +529,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
     if method.apply is not None:
         overrides.append(f"reward_weighting.apply={method.apply}")
     overrides += method.extra
-    if method.signal == "chunk_advantage":
+    if method.signal in VALUE_SIGNALS:
         overrides += [
             f"reward_weighting.std_floor={CHUNK_ADVANTAGE_STD_FLOOR}",
             f"data.value_file={value_path(data_root, stem)}",
@@ -571,7 +589,7 @@ def ensure_stats(regime: Regime, methods: Sequence[Method], args: argparse.Names
                 "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min), "--std-floor", str(rw.std_floor)]  # fmt: skip
         if horizon is not None:
             argv += ["--credit-horizon", str(horizon)]
-        if signal == "chunk_advantage":
+        if signal in VALUE_SIGNALS:
             if stem != regime.mixed:
                 raise ValueError(f"{regime.name}: the value model is fitted on the mixed manifest only, not {stem}")
             path, seconds = ensure_values(regime, args, chunk_size)
@@ -716,7 +734,7 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
         if not rw.enabled or m.data != "mixed" or name in out:
             continue
         values = None
-        if rw.signal == "chunk_advantage":
+        if rw.signal in VALUE_SIGNALS:
             values, _ = load_values(cfg.data.value_file, rows, spec, manifest, data_root)
         tables = [
             annotate(row, spec, rw.signal, None if values is None else values[row.name], rw.credit_horizon)
@@ -748,7 +766,7 @@ def value_model_error(regime: Regime, methods: Sequence[Method], args: argparse.
     file) and its settings; None when no method of the regime uses it."""
     from crab.training.value_fit import read_meta
 
-    if not any(m.signal == "chunk_advantage" for m in methods):
+    if not any(m.signal in VALUE_SIGNALS for m in methods):
         return None
     meta = read_meta(value_path(args.work_dir / regime.data_dir, regime.mixed))
     return {"heldout": meta["heldout"], "settings": meta["settings"], "epochs_kept": meta["epochs_kept"]}

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from crab.training.rewards import VALUE_SIGNALS
+
 
 class ConfigError(ValueError):
     pass
@@ -27,7 +29,7 @@ class DataConfig:
     # Statistics JSON recomputed for that manifest (reward_stats.py); needed when weighting is on.
     reward_stats: str | None = None
     # Out-of-episode values V(s) of every frame (crab.training.value_fit); needed by
-    # `reward_weighting.signal: chunk_advantage`.
+    # `reward_weighting.signal: chunk_advantage` and `chunk_q`.
     value_file: str | None = None
     data_root: str = "data"  # relative dataset roots in the manifest resolve against this
     batch_size: int = 8
@@ -64,9 +66,10 @@ class PolicyConfig:
 class RewardWeightingConfig:
     enabled: bool = True
     # The return signal G the weights come from (docs/reward_weighting.md): the episode's outcome R_e,
-    # the action chunk's advantage under a learned value baseline, or the oracle's 0/1 (damage known).
-    signal: Literal["outcome", "chunk_advantage", "oracle"] = "outcome"
-    # Steps the per-chunk signals (chunk_advantage, oracle) look ahead from a chunk's start; null: the
+    # the action chunk's advantage under a learned value baseline, the chunk's bootstrapped return
+    # compared within its phase (`chunk_q`, needs `normalize: phase`), or the oracle's 0/1 (damage known).
+    signal: Literal["outcome", "chunk_advantage", "chunk_q", "oracle"] = "outcome"
+    # Steps the per-chunk signals (chunk_advantage, chunk_q, oracle) look ahead from a chunk's start; null: the
     # policy's action chunk. Longer when a chunk's harm shows only after it ends, e.g. a descent stopped
     # too high whose drop cracks the egg a chunk later (docs/reward_weighting.md, "Credit horizon").
     credit_horizon: int | None = None
@@ -239,12 +242,15 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
     rw, anchor = cfg.reward_weighting, cfg.anchor
     checks = [
         (rw.enabled and not cfg.data.reward_stats, "`data.reward_stats` is required when `reward_weighting.enabled`"),
-        (rw.enabled and rw.signal == "chunk_advantage" and not cfg.data.value_file,
-         "`data.value_file` is required by `reward_weighting.signal: chunk_advantage` "
+        (rw.enabled and rw.signal in VALUE_SIGNALS and not cfg.data.value_file,
+         f"`data.value_file` is required by `reward_weighting.signal: {rw.signal}` "
          "(fit it with `python -m crab.training.value_fit`)"),
+        (rw.enabled and rw.signal == "chunk_q" and rw.normalize != "phase",
+         "`reward_weighting.signal: chunk_q` needs `reward_weighting.normalize: phase`: its values are not "
+         "centred per state, so only the chunks of one phase are comparable"),
         (rw.credit_horizon is not None and rw.credit_horizon < 1, "`reward_weighting.credit_horizon` must be >= 1"),
         (rw.credit_horizon is not None and rw.signal == "outcome",
-         "`reward_weighting.credit_horizon` applies to the per-chunk signals (`chunk_advantage`, `oracle`), "
+         "`reward_weighting.credit_horizon` applies to the per-chunk signals (`chunk_advantage`, `chunk_q`, `oracle`), "
          "not to `outcome`"),
         (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),
         (rw.std_floor <= 0, "`reward_weighting.std_floor` must be > 0"),

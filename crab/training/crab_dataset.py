@@ -75,7 +75,7 @@ def annotate(
 ) -> RewardTable:
     """Compute the reward fields of every frame of one dataset (vectorised over its parquet files).
 
-    `signal` chooses the return signal G; `chunk_advantage` needs `values`, the (frame index, V(s)) of
+    `signal` chooses the return signal G; `chunk_advantage` and `chunk_q` need `values`, the (frame index, V(s)) of
     every frame of the dataset from a checked value file (`value_fit.load_values`). The per-chunk
     signals look `credit_horizon` steps ahead (None: the action chunk, `spec.chunk_size`).
     """
@@ -117,7 +117,8 @@ def annotate(
     else:
         if values is None or not np.array_equal(values[0], index):
             raise ManifestError(f"dataset {row.name!r}: the value file does not hold a value for each of its frames")
-        g = rewards.chunk_advantages(step, values[1], ep, horizon, spec.gamma)
+        per_chunk = rewards.chunk_advantages if signal == "chunk_advantage" else rewards.chunk_q
+        g = per_chunk(step, values[1], ep, horizon, spec.gamma)
     return RewardTable(
         index=index,
         episode_index=ep,
@@ -179,7 +180,7 @@ class CrabDataset(Dataset):
 
     `episodes` optionally restricts each dataset (by name) to a list of episode indices. With `cache`,
     each item is decoded once and then served from memory (a copy of its dict, sharing the tensors).
-    `signal` chooses the return signal G of every item; `chunk_advantage` needs `state_values`, the
+    `signal` chooses the return signal G of every item; `chunk_advantage` and `chunk_q` need `state_values`, the
     checked value file's {dataset name: (frame index, V)} (`value_fit.load_values`; see `annotate`, also
     for `credit_horizon`).
     With `frame_cache` (a folder built by `python -m crab.data.frame_cache`) the cameras' frames come from

@@ -32,6 +32,7 @@ from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
 from crab.training.rewards import (
     SIGNALS,
+    VALUE_SIGNALS,
     RewardSpec,
     damage_free_chunks,
     frame_task_shares,
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--signal", choices=SIGNALS, default="outcome", help="the return signal G (reward_weighting.signal)")
     p.add_argument("--credit-horizon", type=int, help="steps the per-chunk signals look ahead "
                    "(reward_weighting.credit_horizon; default: --chunk-size)")  # fmt: skip
-    p.add_argument("--value-file", help="the manifest's value file (crab.training.value_fit), for chunk_advantage")
+    p.add_argument("--value-file", help="the manifest's value file (crab.training.value_fit), for chunk_advantage and chunk_q")
     p.add_argument("--plot", type=Path, help="PNG to draw the signal over time of a few episodes of each dataset")
     p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
     p.add_argument("--clip-min", type=float, default=RewardWeightingConfig.clip_min, help="for the printed shares")
@@ -231,14 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase_bins is not None and args.phase_bins < 1:
         p.error("--phase-bins must be >= 1")
     if args.credit_horizon is not None and (args.credit_horizon < 1 or args.signal == "outcome"):
-        p.error("--credit-horizon must be >= 1 and goes with a per-chunk --signal (chunk_advantage, oracle)")
+        p.error("--credit-horizon must be >= 1 and goes with a per-chunk --signal (chunk_advantage, chunk_q, oracle)")
     spec = RewardSpec(chunk_size=args.chunk_size)
     horizon = spec.horizon(args.credit_horizon)
     try:
         rows = load_manifest(args.manifest, args.data_root)
         check_roots(rows)
         values, value_meta = None, None
-        if args.signal == "chunk_advantage":
+        if args.signal in VALUE_SIGNALS:
             values, value_meta = load_values(args.value_file, rows, spec, args.manifest, args.data_root)
         tables = [
             annotate(row, spec, args.signal, None if values is None else values[row.name], args.credit_horizon)

@@ -25,11 +25,14 @@ REWARD_FIELDS = ("step_reward", "chunk_return", "episode_reward", "episode_succe
 # - outcome: G = R_e, the episode's reward on each of its frames;
 # - chunk_advantage: G = A_t, the chunk's reward plus the bootstrapped value after it, minus the value
 #   before it, with an out-of-episode value model (crab.training.value_fit);
+# - chunk_q: G = Q_t, the chunk's reward plus the bootstrapped value after it, with no baseline subtracted:
+#   with per-phase draws each (task, part of the episode)'s chunks are compared with one another;
 # - oracle: G = 0 for the chunks whose steps (up to the credit horizon) include a damage step (a negative
 #   step reward), 1 elsewhere; G is then the weight itself (for benchmarks that know where the damage is).
-# Both per-chunk signals look `credit_horizon` steps ahead (`reward_weighting.credit_horizon`, by default
+# The per-chunk signals look `credit_horizon` steps ahead (`reward_weighting.credit_horizon`, by default
 # the action chunk).
-SIGNALS = ("outcome", "chunk_advantage", "oracle")
+SIGNALS = ("outcome", "chunk_advantage", "chunk_q", "oracle")
+VALUE_SIGNALS = ("chunk_advantage", "chunk_q")  # the signals that need a value file (crab.training.value_fit)
 
 
 @dataclass(frozen=True)
@@ -98,22 +101,29 @@ def returns_to_go(step_reward: np.ndarray, episode_index: np.ndarray, gamma: flo
     return out
 
 
-def chunk_advantages(
+def chunk_q(
     step_reward: np.ndarray, value: np.ndarray, episode_index: np.ndarray, horizon: int, gamma: float
 ) -> np.ndarray:
-    """A_t = sum_{k<H} gamma^k r_{t+k} + gamma^H V(s_{t+H}) - V(s_t), with V = 0 past t's episode end.
+    """Q_t = sum_{k<H} gamma^k r_{t+k} + gamma^H V(s_{t+H}), with V = 0 past t's episode end.
 
-    The H-step advantage of the action chunk that starts at t: what the chunk earned plus what is still
-    expected after it, against what was expected before it. H is the credit horizon (by default the
-    action chunk; longer when a chunk's harm shows only after it, docs/reward_weighting.md). Vectorised
-    like `chunk_returns`.
+    The H-step return of the action chunk that starts at t: what the chunk earned plus what is still
+    expected after it. H is the credit horizon (by default the action chunk; longer when a chunk's harm
+    shows only after it, docs/reward_weighting.md). Vectorised like `chunk_returns`.
     """
     n, h = len(step_reward), horizon
     bootstrap = np.zeros(n, dtype=np.float64)
     if h < n:
         same_episode = episode_index[h:] == episode_index[: n - h]
         bootstrap[: n - h] = np.where(same_episode, (gamma**h) * value[h:], 0.0)
-    return chunk_returns(step_reward, episode_index, horizon, gamma) + bootstrap - value
+    return chunk_returns(step_reward, episode_index, horizon, gamma) + bootstrap
+
+
+def chunk_advantages(
+    step_reward: np.ndarray, value: np.ndarray, episode_index: np.ndarray, horizon: int, gamma: float
+) -> np.ndarray:
+    """A_t = Q_t - V(s_t) (`chunk_q`): what the chunk earned plus what is still expected after it, against
+    what was expected before it."""
+    return chunk_q(step_reward, value, episode_index, horizon, gamma) - value
 
 
 def damage_free_chunks(step_reward: np.ndarray, episode_index: np.ndarray, horizon: int) -> np.ndarray:
@@ -133,9 +143,10 @@ def normaliser(kind: str, mean: float, std: float) -> tuple[float, float]:
 
     `outcome` centres on the mean outcome. `chunk_advantage` is already centred per state by its value
     baseline, so it is not centred again (on data that is mostly bad the mean would make damage look
-    average); its scale is the root mean square of A, sqrt(mean^2 + std^2).
+    average); its scale is the root mean square of A, sqrt(mean^2 + std^2). `chunk_q` is normalised like
+    `outcome`; drawn per phase without an upper clip its centre cancels (`per_group_normalised`).
     """
-    if kind == "outcome":
+    if kind in ("outcome", "chunk_q"):
         return mean, std
     if kind == "chunk_advantage":
         return 0.0, float(np.hypot(mean, std))

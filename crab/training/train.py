@@ -37,6 +37,7 @@ from crab.training.monitoring import (
 from crab.training.plots import plot_run, read_step_log
 from crab.training.reward_stats import load_checked, plot_signal
 from crab.training.rewards import (
+    VALUE_SIGNALS,
     RewardSpec,
     frame_task_shares,
     frame_weights,
@@ -119,7 +120,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
     kind = cfg.reward_weighting.signal if cfg.reward_weighting.enabled else "outcome"  # unused when off
     values = None  # out-of-episode values V(s), for chunk advantages only
-    if kind == "chunk_advantage":
+    if kind in VALUE_SIGNALS:
         values, _ = load_values(cfg.data.value_file, rows, spec, cfg.data.manifest, cfg.data.data_root)
     horizon = cfg.reward_weighting.credit_horizon  # None: the action chunk; only for the per-chunk signals
     data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items, "signal": kind, "state_values": values}
