@@ -107,10 +107,11 @@ def test_regime_and_method_selection():
         "rwfm_chunk_adv_sample_phase_mixed", "oracle_sample_phase_mixed", "rwfm_sample_uncapped_phase_mixed",
         "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed",
         "oracle_sample_h20_phase_mixed", "rwfm_chunk_q_sample_h20_phase_mixed",
-        "rwfm_chunk_q_sample_uncapped_h20_phase_mixed",
+        "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed",
     ]  # fmt: skip
-    assert compare.run_config(plan[1][1][-2], 0, args_of(), plan[1][0]).reward_weighting.clip_max == 10.0
-    for method in (plan[1][1][-7], plan[1][1][-1]):
+    assert compare.run_config(plan[1][1][-3], 0, args_of(), plan[1][0]).reward_weighting.clip_max == 10.0
+    assert compare.run_config(plan[1][1][-1], 0, args_of(), plan[1][0]).reward_weighting.alpha == 2.0
+    for method in (plan[1][1][-8], plan[1][1][-2]):
         cfg = compare.run_config(method, 0, args_of(), plan[1][0])
         phase = cfg.reward_weighting
         assert (phase.normalize, phase.apply, phase.clip_max) == ("phase", "sample", 1000000)
