@@ -75,18 +75,21 @@ def test_check_bar_passes_and_fails():
 
 
 def test_check_chunk_bar_per_regime():
+    row = compare.CHUNK_BAR_ROWS[1]  # chunk_q's row; each per-chunk row is checked alike
+
     def pooled_chunk(ca, il):  # (successes, cracks) out of 50
-        return {k: compare.pool([summary(50, *v)]) for k, v in zip(compare.CHUNK_BAR_METHODS, (ca, il), strict=True)}
+        return {k: compare.pool([summary(50, *v)]) for k, v in zip((row, "il_clean"), (ca, il), strict=True)}
 
     # Scarce: +10 points of success over filtering, and no more cracks.
-    ok = compare.check_chunk_bar("scarce", pooled_chunk(ca=(20, 5), il=(15, 5)))
+    ok = compare.check_chunk_bar("scarce", pooled_chunk(ca=(20, 5), il=(15, 5)), row)
     assert [passed for _, passed, _ in ok] == [True, True] and ok[0][2] == "+10 points (40% vs 30%)"
-    bad = compare.check_chunk_bar("scarce", pooled_chunk(ca=(19, 6), il=(15, 5)))
+    assert ok[0][0] == f"`{row}`, scarce: success >= filtering + 10 points"
+    bad = compare.check_chunk_bar("scarce", pooled_chunk(ca=(19, 6), il=(15, 5)), row)
     assert [passed for _, passed, _ in bad] == [False, False]
     # Today's data: level with filtering = inside its Wilson interval (15/50: [19%, 44%]) or above.
-    level = compare.check_chunk_bar("cycle1", pooled_chunk(ca=(10, 0), il=(15, 5)))
+    level = compare.check_chunk_bar("cycle1", pooled_chunk(ca=(10, 0), il=(15, 5)), row)
     assert [passed for _, passed, _ in level] == [True]
-    below = compare.check_chunk_bar("cycle1", pooled_chunk(ca=(9, 0), il=(15, 5)))
+    below = compare.check_chunk_bar("cycle1", pooled_chunk(ca=(9, 0), il=(15, 5)), row)
     assert [passed for _, passed, _ in below] == [False]
 
 
