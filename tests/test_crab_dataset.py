@@ -193,8 +193,11 @@ def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "40 frames, 5 episodes" in printed and "stepwise (clean):" in printed and "of its task's" in printed
     # Per phase, each task's datasets still share all of its draw: the placing ones between them.
-    phase = dict(re.findall(r"(\w+) ([\d.]+)%", printed.split("normalised per phase (2 parts of each episode)")[1]))
+    phase_lines = printed.split("normalised per phase (2 parts of each episode)")[1].splitlines()
+    phase = dict(re.findall(r"(\w+) ([\d.]+)%", phase_lines[0]))
     assert phase["stepwise"] == "100.00" and float(phase["clean"]) + float(phase["labelled"]) == pytest.approx(100, abs=0.02)
+    # and per part of the episodes: the only dataset of its task draws all of each part
+    assert "  stepwise: share of each part's draw, first to last: 100% 100%" in phase_lines
     stats = json.loads(out.read_text())
     assert stats["alpha"] == 0.25 and stats["overall"]["episodes"] == 5
     assert stats["per_dataset"]["stepwise"]["signal"]["mean"] == 0.0  # G = R_e = sum of next.reward

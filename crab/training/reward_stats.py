@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", type=Path, help="PNG to draw the signal over time of a few episodes of each dataset")
     p.add_argument("--alpha", type=float, default=RewardWeightingConfig.alpha)
     p.add_argument("--clip-min", type=float, default=RewardWeightingConfig.clip_min, help="for the printed shares")
+    p.add_argument("--clip-max", type=float, default=RewardWeightingConfig.clip_max, help="for the printed shares")
     p.add_argument("--std-floor", type=float, default=RewardWeightingConfig.std_floor, help="for the printed shares")
     p.add_argument("--phase-bins", type=int, help="also print the shares normalised per phase with this many "
                    "parts of each episode (reward_weighting.normalize: phase, phase_bins)")  # fmt: skip
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         h = value_meta["heldout"]
         print(f"value file {args.value_file}: held-out RMSE {h['rmse']:.4f} (a constant per task: "
               f"{h['rmse_constant_per_task']:.4f}), fingerprint {value_meta['fingerprint']}")  # fmt: skip
-    rw = RewardWeightingConfig(clip_min=args.clip_min, std_floor=args.std_floor)
+    rw = RewardWeightingConfig(clip_min=args.clip_min, clip_max=args.clip_max, std_floor=args.std_floor)
     clip, mean, std = (rw.clip_min, rw.clip_max), o["signal"]["mean"], o["signal"]["std"]
     shares = weight_shares(
         {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, mean, std, args.alpha, clip, rw.std_floor,
@@ -289,6 +290,12 @@ def main(argv: list[str] | None = None) -> None:
         of_task = frame_task_shares(w, frames, {row.name: row.task for row in rows})
         print(f"normalised per phase ({args.phase_bins} parts of each episode), share of its task's: "
               + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))  # fmt: skip
+        # Per part: where a moment that only the good episodes do well gets its draw from.
+        every, start = np.concatenate(groups), 0
+        for row, group in zip(rows, groups, strict=True):
+            mine, start = w[start : start + len(group)], start + len(group)
+            parts = [mine[group == g].sum() / w[every == g].sum() for g in np.unique(group)]
+            print(f"  {row.name}: share of each part's draw, first to last: " + " ".join(f"{x:.0%}" for x in parts))
     if args.plot is not None:
         plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, horizon)
         print(f"plot: {args.plot}")
