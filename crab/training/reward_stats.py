@@ -179,7 +179,7 @@ def plot_signal(
     horizon: int,
     episodes_per_dataset: int = 3,
 ) -> None:
-    """One panel per dataset: the normalised signal (the advantage A, or the oracle's 0/1 weight) over
+    """One panel per dataset: the normalised signal (the advantage A or value Q, or the oracle's 0/1 weight) over
     each of its first episodes, damage steps and the chunks whose credit `horizon` reaches them marked."""
     import matplotlib
 
@@ -190,7 +190,8 @@ def plot_signal(
         centre, scale, label = 0.0, 1.0, "oracle weight"
     else:
         centre, scale = normaliser(signal, overall["mean"], overall["std"])
-        scale, label = max(scale, std_floor), "advantage A (normalised)"
+        scale = max(scale, std_floor)
+        label = "chunk value Q (normalised)" if signal == "chunk_q" else "advantage A (normalised)"
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), sharex=True, squeeze=False)
     for ax, row, t, damaged in zip(axes[:, 0], rows, tables, damage_chunks(tables, horizon), strict=True):
         for e in np.unique(t.episode_index)[:episodes_per_dataset]:
