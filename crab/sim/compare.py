@@ -171,8 +171,8 @@ def per_phase(method: Method) -> Method:
 CHUNK_Q_PHASE_MIXED = per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED, uncapped=True), LONG_CREDIT_HORIZON))
 # A milder temperature: alpha 4 over Q's std of about 0.5 turns the value model's noise among alike chunks
 # into a draw concentrated on a few of them (in the first half of the episodes, an effective sample size
-# of 4-17% of the frames); alpha 2 keeps 33-49% and still gives the last tenths' draw 96-99% to the clean
-# transfers (scarce regime, 2 clean transfers).
+# of 4-17% of the frames); alpha 2 keeps 21-49% and still gives the last tenths' draw 96-99% to the clean
+# transfers (scarce regime, 2 clean transfers). Measured: no difference in closed loop (docs/sim_benchmark.md).
 CHUNK_Q_PHASE_ALPHA2_MIXED = dataclasses.replace(
     CHUNK_Q_PHASE_MIXED,
     name=CHUNK_Q_PHASE_MIXED.name.removesuffix("_mixed") + "_alpha2_mixed",
