@@ -239,6 +239,18 @@ def test_training_weighs_by_chunk_advantages_and_refuses_mismatched_inputs(roots
     ])  # fmt: skip
     run = train.train(cfg(run_name="h20", **longer))
     assert json.loads((run / "step_000002" / "reward_stats.json").read_text())["credit_horizon"] == 20
+    # chunk_q: the same value file, drawn per phase without an upper clip
+    q_stats = tmp_path / "q.json"
+    reward_stats.main([
+        "--manifest", str(manifest), "--out", str(q_stats), "--data-root", str(root), "--chunk-size", "10",
+        "--signal", "chunk_q", "--value-file", str(value_file), "--clip-max", "1000000", "--phase-bins", "2",
+    ])  # fmt: skip
+    assert "share of each part's draw" in capsys.readouterr().out
+    drawn = {"reward_weighting.apply": "sample", "reward_weighting.normalize": "phase", "reward_weighting.clip_max": 1000000}
+    with pytest.raises(ConfigError, match="`reward_weighting.signal: chunk_q` needs `reward_weighting.normalize: phase`"):
+        cfg(**{"reward_weighting.signal": "chunk_q", "reward_weighting.apply": "sample"})
+    run = train.train(cfg(run_name="q", **{"reward_weighting.signal": "chunk_q", "data.reward_stats": q_stats}, **drawn))
+    assert json.loads((run / "step_000002" / "reward_stats.json").read_text())["signal_type"] == "chunk_q"
 
 
 def test_expectile_loss_by_hand():
