@@ -59,7 +59,7 @@ NOTES_MARKER = "<!-- notes: everything below this line is hand-written and kept 
 IL_CONFIG = "train_cycle1_baseline_il.yaml"
 CRACKED_FACTOR_CONFIG = "train_cycle1_rwfm_anchor_cracked_factor.yaml"
 # README section 2b: with the value signals, a floor below their scale (docs/reward_weighting.md).
-CHUNK_ADVANTAGE_STD_FLOOR = 0.1
+VALUE_SIGNAL_STD_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ CHUNK_ADVANTAGE_MIXED = Method(
     "rwfm_chunk_adv_mixed",
     CRACKED_FACTOR_CONFIG,
     "mixed",
-    f"RWFM `chunk_advantage`, mixed (cracked-factor config, anchor off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g}, "
+    f"RWFM `chunk_advantage`, mixed (cracked-factor config, anchor off, std floor {VALUE_SIGNAL_STD_FLOOR:g}, "
     "out-of-episode value model)",
     anchor=False,
     signal="chunk_advantage",
@@ -101,7 +101,7 @@ CHUNK_Q_MIXED = Method(
     "rwfm_chunk_q_mixed",
     CRACKED_FACTOR_CONFIG,
     "mixed",
-    f"RWFM `chunk_q`, mixed (cracked-factor config, anchor off, std floor {CHUNK_ADVANTAGE_STD_FLOOR:g}, "
+    f"RWFM `chunk_q`, mixed (cracked-factor config, anchor off, std floor {VALUE_SIGNAL_STD_FLOOR:g}, "
     "out-of-episode value model)",
     anchor=False,
     signal="chunk_q",
@@ -543,7 +543,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
     overrides += method.extra
     if method.signal in VALUE_SIGNALS:
         overrides += [
-            f"reward_weighting.std_floor={CHUNK_ADVANTAGE_STD_FLOOR}",
+            f"reward_weighting.std_floor={VALUE_SIGNAL_STD_FLOOR}",
             f"data.value_file={value_path(data_root, stem)}",
         ]
     return load_config([CONFIG_DIR / method.config], overrides)
@@ -598,7 +598,8 @@ def ensure_stats(regime: Regime, methods: Sequence[Method], args: argparse.Names
     for (stem, signal, horizon), rw in jobs.items():
         argv = ["--manifest", str(manifest_path(stem)), "--data-root", str(data_root), "--chunk-size",
                 str(chunk_size), "--out", str(stats_path(data_root, stem, signal, horizon)), "--signal", signal,
-                "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min), "--std-floor", str(rw.std_floor)]  # fmt: skip
+                "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min), "--clip-max", str(rw.clip_max),
+                "--std-floor", str(rw.std_floor)]  # fmt: skip
         if horizon is not None:
             argv += ["--credit-horizon", str(horizon)]
         if signal in VALUE_SIGNALS:
@@ -988,7 +989,7 @@ def report(args: argparse.Namespace, plan, outcome: dict[str, dict], timings: di
         f"else is the cycle configs' (alpha {rw.alpha:g}, clip [{rw.clip_min:g}, {rw.clip_max:g}], std floor "
         f"{rw.std_floor:g}, lambda_anchor {anchor.lambda_anchor:g}, weights divided by the training frames' mean "
         f"weight, `G = R_e`), except where a row says otherwise (`chunk_advantage`: std floor "
-        f"{CHUNK_ADVANTAGE_STD_FLOOR:g}, README section 2b).",
+        f"{VALUE_SIGNAL_STD_FLOOR:g}, README section 2b).",
         f"- Training seeds: {seeds} (1000, 1001, ...); evaluation: {args.episodes} episodes per task per seed, "
         "the same initial scenes for every method of a seed (evaluation seed = seed index). Rates pool all "
         "seeds' episodes (Wilson 95% interval); 'per seed' lists each seed's rate.",
