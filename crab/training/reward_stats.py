@@ -293,9 +293,10 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))  # fmt: skip
         # Per part: where a moment that only the good episodes do well gets its draw from.
         every, start = np.concatenate(groups), 0
+        part_total = {g: w[every == g].sum() for g in np.unique(every)}
         for row, group in zip(rows, groups, strict=True):
             mine, start = w[start : start + len(group)], start + len(group)
-            parts = [mine[group == g].sum() / w[every == g].sum() for g in np.unique(group)]
+            parts = [mine[group == g].sum() / part_total[g] for g in np.unique(group)]
             print(f"  {row.name}: share of each part's draw, first to last: " + " ".join(f"{x:.0%}" for x in parts))
     if args.plot is not None:
         plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, horizon)
