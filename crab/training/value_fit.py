@@ -47,7 +47,7 @@ from torch import nn
 
 from crab.training.crab_dataset import RewardTable, annotate
 from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
-from crab.training.rewards import RewardSpec, returns_to_go
+from crab.training.rewards import VALUE_SIGNALS, RewardSpec, returns_to_go
 
 METADATA_KEY = b"crab_value_fit"
 
@@ -340,9 +340,10 @@ def load_values(
     Refuses, with the command that fixes it, a missing file, one fitted with another discount, and a
     stale one (its data fingerprint differs from that of the data now under `data_root`).
     """
-    fix = f"fit it with: {fix_command(manifest, data_root, path)}"
+    fix = f"fit it with: {fix_command(manifest, data_root, 'values.parquet' if path is None else path)}"
     if path is None or not Path(path).is_file():
-        raise ManifestError(f"value file not found: {path} (needed by signal chunk_advantage); {fix}")
+        given = "none given (--value-file, data.value_file)" if path is None else path
+        raise ManifestError(f"value file not found: {given} (needed by the signals {', '.join(VALUE_SIGNALS)}); {fix}")
     path = Path(path)
     meta = read_meta(path)
     settings = ValueFitSettings(**meta["settings"])
