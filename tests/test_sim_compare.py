@@ -75,7 +75,7 @@ def test_check_bar_passes_and_fails():
 
 
 def test_check_chunk_bar_per_regime():
-    row = compare.CHUNK_BAR_ROWS[1]  # chunk_q's row; each per-chunk row is checked alike
+    row = compare.CHUNK_BAR_ROWS[-1]  # chunk_q's row; each per-chunk row is checked alike
 
     def pooled_chunk(ca, il):  # (successes, cracks) out of 50
         return {k: compare.pool([summary(50, *v)]) for k, v in zip((row, "il_clean"), (ca, il), strict=True)}
@@ -98,7 +98,11 @@ def args_of(*argv: str):
 
 
 def test_regime_and_method_selection():
+    # The default: the table's rows in its regimes, in every one of them.
     plan = compare.select(args_of())
+    assert [r.name for r, _ in plan] == ["cycle1", "scarce_eggonly", "scarce_eggonly_nofailed"]
+    assert [{m.name for m in ms} for _, ms in plan] == [{m.name for m in compare.TABLE_ROWS}] * 3
+    plan = compare.select(args_of("--regimes", "all", "--methods", "all"))
     assert [r.name for r, _ in plan] == [
         "cycle1", "scarce", "scarce_grasp", "scarce_eggonly", "scarce_grasp_eggonly", "scarce_eggonly_nofailed",
         "scarce_grasp_eggonly_nofailed",
@@ -124,16 +128,15 @@ def test_regime_and_method_selection():
     plan = compare.select(args_of("--regimes", "scarce", "--methods", "il_clean", "rwfm_chunk_adv_mixed"))
     assert [(r.name, [m.name for m in ms]) for r, ms in plan] == [("scarce", ["il_clean", "rwfm_chunk_adv_mixed"])]
     # A row of one regime only runs where it is; extra alphas join today's regime.
-    plan = compare.select(args_of("--methods", "il_clean", "rwfm_clean", "--extra-alpha", "1"))
-    assert [[m.name for m in ms] for _, ms in plan] == [["il_clean", "rwfm_clean"], *[["il_clean"]] * 6]
-    assert [m.name for m in compare.select(args_of("--regimes", "cycle1", "--extra-alpha", "1"))[0][1]][-1] == (
-        "rwfm_anchor_mixed_alpha1"
-    )
+    plan = compare.select(args_of("--regimes", "all", "--methods", "il_clean", "rwfm_clean", "--extra-alpha", "1"))
+    assert [[m.name for m in ms] for _, ms in plan] == [
+        ["il_clean", "rwfm_clean", "rwfm_anchor_mixed_alpha1"], *[["il_clean"]] * 6
+    ]
     for argv, message in [
         (("--regimes", "sparse"), "unknown regime.*sparse"),
         (("--methods", "il_typo"), "unknown method.*il_typo"),
         (("--regimes", "scarce", "--methods", "rwfm_clean"), "unknown method.*rwfm_clean"),
-        (("--methods", "rwfm_clean"), "regime.*scarce.*leave them out"),
+        (("--regimes", "all", "--methods", "rwfm_clean"), "regime.*scarce.*leave them out"),
     ]:
         with pytest.raises(SystemExit, match=message):
             compare.select(args_of(*argv))

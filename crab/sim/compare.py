@@ -187,6 +187,10 @@ ORACLE_SAMPLE_MIXED = as_sampling(ORACLE_MIXED)
 RWFM_SAMPLE_UNCAPPED_MIXED = as_sampling(RWFM_MIXED, uncapped=True)
 RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED = as_sampling(RWFM_ANCHOR_MIXED, uncapped=True)
 CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED = as_sampling(CHUNK_ADVANTAGE_MIXED, uncapped=True)
+# The per-chunk rows at the settings `chunk_q` needs (two-chunk horizon, per-phase draws, as sampling):
+# `chunk_advantage` and the oracle as the same kind of row, so that the three differ in the signal alone.
+CHUNK_ADVANTAGE_PHASE_MIXED = per_phase(with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON))
+ORACLE_PHASE_MIXED = per_phase(with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON))
 SAMPLE_METHODS = (
     RWFM_SAMPLE_MIXED,
     CHUNK_ADVANTAGE_SAMPLE_MIXED,
@@ -199,8 +203,8 @@ SAMPLE_METHODS = (
     per_phase(RWFM_SAMPLE_UNCAPPED_MIXED),
     with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
     with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
-    per_phase(with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON)),
-    per_phase(with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON)),
+    CHUNK_ADVANTAGE_PHASE_MIXED,
+    ORACLE_PHASE_MIXED,
     per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED), LONG_CREDIT_HORIZON)),
     CHUNK_Q_PHASE_MIXED,
     CHUNK_Q_PHASE_ALPHA2_MIXED,
@@ -217,6 +221,8 @@ METHODS = (
     ORACLE_MIXED,
     RWFM_SAMPLE_UNCAPPED_MIXED,
     RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED,
+    CHUNK_ADVANTAGE_PHASE_MIXED,
+    ORACLE_PHASE_MIXED,
     CHUNK_Q_PHASE_MIXED,
 )
 SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS)
@@ -283,6 +289,15 @@ for _name in ("scarce", "scarce_grasp"):
     REGIMES[f"{_name}_eggonly"] = egg_only(REGIMES[_name])
 for _name in ("scarce_eggonly", "scarce_grasp_eggonly"):
     REGIMES[f"{_name}_nofailed"] = without_failed(REGIMES[_name])
+# What `python -m crab.sim.compare` runs without --regimes and --methods: the issue's rows (filtering, naive
+# mixing, RWFM `outcome` without and with the anchor as the configs set it, `chunk_advantage`, the oracle)
+# and the recommended `chunk_q`, in today's regime and the scarce one (at --scarce-clean 2, where filtering
+# is data-limited: docs/sim_benchmark.md), with and without the failed attempts. About 1.5 h on 2 cores.
+TABLE_REGIMES = ("cycle1", "scarce_eggonly", "scarce_eggonly_nofailed")
+TABLE_ROWS = (
+    IL_CLEAN, IL_MIXED, RWFM_MIXED, RWFM_ANCHOR_MIXED, CHUNK_ADVANTAGE_PHASE_MIXED, ORACLE_PHASE_MIXED,
+    CHUNK_Q_PHASE_MIXED,
+)  # fmt: skip
 # How each scarce regime's damaging transfers depart from the careful style (`crab.sim.demonstrators`).
 DAMAGE = {
     "egg_carton_to_tray_sloppy": "sloppy transfers that cracked the egg at the release (the careful style until "
@@ -305,28 +320,27 @@ def alpha_method(alpha: float) -> Method:
 
 
 def select(args: argparse.Namespace) -> list[tuple[Regime, list[Method]]]:
-    """The regimes of `--regimes` (in `REGIMES` order) with the methods of `--methods` each has (all by
-    default; `--extra-alpha` rows join `cycle1`); an unknown name is an error listing the choices."""
-    unknown = sorted(set(args.regimes) - set(REGIMES))
+    """The regimes of `--regimes` (in `REGIMES` order; `all`: every one) with the methods of `--methods`
+    each has (`all`: every row; `--extra-alpha` rows join `cycle1`); an unknown name is an error listing
+    the choices."""
+    regimes = list(REGIMES) if args.regimes == ["all"] else args.regimes
+    unknown = sorted(set(regimes) - set(REGIMES))
     if unknown:
-        raise SystemExit(f"unknown regime(s) {unknown}; choose from {list(REGIMES)}")
-    plan = [
-        (regime, [*regime.methods, *(alpha_method(a) for a in args.extra_alpha if name == "cycle1")])
-        for name, regime in REGIMES.items()
-        if name in args.regimes
-    ]
-    if args.methods:
+        raise SystemExit(f"unknown regime(s) {unknown}; choose from {list(REGIMES)} or all")
+    plan = [(regime, list(regime.methods)) for name, regime in REGIMES.items() if name in regimes]
+    if args.methods != ["all"]:
         every = {m.name for _, methods in plan for m in methods}
         unknown = sorted(set(args.methods) - every)
         if unknown:
-            raise SystemExit(f"unknown method(s) {unknown} in regime(s) {args.regimes}; choose from {sorted(every)}")
+            raise SystemExit(f"unknown method(s) {unknown} in regime(s) {regimes}; choose from {sorted(every)} or all")
         plan = [(regime, [m for m in methods if m.name in args.methods]) for regime, methods in plan]
         empty = [regime.name for regime, methods in plan if not methods]
         if empty:
             raise SystemExit(
                 f"none of --methods {args.methods} is a row of regime(s) {empty}; leave them out of --regimes"
             )
-    return plan
+    extra = [alpha_method(a) for a in args.extra_alpha]
+    return [(regime, methods + (extra if regime.name == "cycle1" else [])) for regime, methods in plan]
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
@@ -410,8 +424,8 @@ def check_bar(pooled: dict[str, dict]) -> list[tuple[str, bool, str]]:
 
 
 # The per-chunk rows the bar is checked for (each where the regime ran it): the issue's `chunk_advantage`
-# row and the recommended `chunk_q` one.
-CHUNK_BAR_ROWS = (CHUNK_ADVANTAGE_MIXED.name, CHUNK_Q_PHASE_MIXED.name)
+# rows and the recommended `chunk_q` one.
+CHUNK_BAR_ROWS = (CHUNK_ADVANTAGE_MIXED.name, CHUNK_ADVANTAGE_PHASE_MIXED.name, CHUNK_Q_PHASE_MIXED.name)
 SCARCE_GAIN = 0.10  # the scarce regime's bar: per-chunk credit beats filtering by this much egg success
 
 
@@ -437,6 +451,23 @@ def check_chunk_bar(regime: str, pooled: dict[str, dict], row: str) -> list[tupl
             f"{ca['success_rate']:.0%} vs {fmt_rate(il['success_rate'], il['success_ci95'])}",
         )
     ]
+
+
+def headline(plan, pooled: dict[str, dict]) -> str:
+    """The command's last line: per regime that ran both, the recommended `chunk_q` row's egg success and
+    cracks against filtering's (pooled point estimates)."""
+    q, il = CHUNK_Q_PHASE_MIXED.name, IL_CLEAN.name
+    parts = []
+    for regime, _ in plan:
+        egg = pooled[regime.name][PUT_EGG]
+        if {q, il} <= set(egg):
+            a, b = egg[q], egg[il]
+            parts.append(
+                f"{regime.name} {a['success_rate']:.0%} vs {b['success_rate']:.0%} "
+                f"({(a['success_rate'] - b['success_rate']) * 100:+.0f} points), cracks {a['crack_rate']:.0%} vs "
+                f"{b['crack_rate']:.0%}"
+            )
+    return "egg success of `chunk_q` vs filtering: " + "; ".join(parts) if parts else "no `chunk_q` row ran"
 
 
 # --- pipeline ---------------------------------------------------------------------------------------
@@ -1002,44 +1033,65 @@ def report(args: argparse.Namespace, plan, outcome: dict[str, dict], timings: di
         "they were trained.",
         "",
     ]
-    pooled = {}
+    pooled, sections = {}, []
     for regime, methods in plan:
         section, pooled[regime.name] = regime_section(
             args, regime, methods, outcome[regime.name], plot_path_of(args.out, regime)
         )
-        lines += section
+        sections += section
+    lines += [*egg_summary(plan, pooled), *sections]
     return "\n".join(lines), pooled
+
+
+def egg_summary(plan, pooled: dict[str, dict]) -> list[str]:
+    """The report's first table: every row's pooled egg-transfer success and cracks, one column pair per
+    regime (the regimes' sections below give the seeds, the carton and where the episodes end)."""
+    rows = {m.name: m.label for _, methods in plan for m in methods}  # first regime's order, each row once
+    header = ["run", "method"]
+    for regime, _ in plan:
+        header += [f"`{regime.name}` success", "cracks"]
+    table = []
+    for name, label in rows.items():
+        cells = [f"`{name}`", label]
+        for regime, _ in plan:
+            p = pooled[regime.name][PUT_EGG].get(name)
+            cells += [fmt_rate(p["success_rate"], p["success_ci95"]), f"{p['crack_rate']:.0%}"] if p else ["", ""]
+        table.append(cells)
+    return [f"## {PUT_EGG} (pooled over the seeds), every regime", "", markdown_table(header, table), ""]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("docs/sim_benchmark.md"))
-    p.add_argument("--regimes", nargs="+", default=list(REGIMES), help=f"a subset of {list(REGIMES)} (default: all)")
+    p.add_argument("--regimes", nargs="+", default=list(TABLE_REGIMES),
+                   help=f"a subset of {list(REGIMES)}, or all (default: the table's, {list(TABLE_REGIMES)})")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task per seed")
-    p.add_argument("--steps", type=int, default=2000, help="training steps per run")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=4000, help="training steps per run")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
     p.add_argument("--episodes-per-dataset", type=int, default=50)
-    p.add_argument("--scarce-clean", type=int, default=10, help="scarce regime: clean egg transfers for training")
+    p.add_argument("--scarce-clean", type=int, default=2, help="scarce regime: clean egg transfers for training")
     p.add_argument(
         "--scarce-damaging", type=int, default=40,
         help="scarce regimes: damaging transfers for training (sloppy: cracked at the release; squeezing: at the grasp)"
     )
     p.add_argument("--scarce-failed", type=int, default=10, help="scarce regime: failed attempts for training")
-    p.add_argument("--value-expectile", type=float, default=0.5,
+    p.add_argument("--value-expectile", type=float, default=0.9,
                    help="`value_fit --expectile` of the chunk_advantage rows' value models")  # fmt: skip
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--work-dir", type=Path, default=Path("outputs/sim_benchmark"))
-    p.add_argument("--methods", nargs="+", help="rows to run, in every regime of --regimes that has them "
-                   f"(default: all); cycle1: {[m.name for m in METHODS]}, scarce: {[m.name for m in SCARCE_METHODS]}")  # fmt: skip
+    p.add_argument("--methods", nargs="+", default=[m.name for m in TABLE_ROWS],
+                   help="rows to run, in every regime of --regimes that has them, or all (default: the table's, "
+                   f"{[m.name for m in TABLE_ROWS]}); cycle1: {[m.name for m in METHODS]}, scarce: "
+                   f"{[m.name for m in SCARCE_METHODS]}")  # fmt: skip
     p.add_argument("--extra-alpha", type=float, action="append", default=[],
                    help="also train the mixed RWFM + anchor run of regime cycle1 with this alpha (an extra row)")  # fmt: skip
     p.add_argument("--cache-items", action=argparse.BooleanOptionalAction, default=True,
                    help="keep decoded training items in RAM (`data.cache_items`); the small generated data fit")  # fmt: skip
-    p.add_argument("--jobs", type=int, default=1, help="trainings at a time, each in its own process")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per training")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at a time, each in its own process")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
     return p.parse_args(argv)
 
 
@@ -1107,7 +1159,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     plots = ", ".join(str(plot_path_of(args.out, regime)) for regime, _ in plan)
     print(f"\nwrote {args.out}, {plots}, {args.work_dir / 'results.json'}")
-    print(f"wall time {timings['wall_s'] / 60:.1f} min")
+    print(f"{headline(plan, pooled)}; wall time {timings['wall_s'] / 60:.1f} min")
     return summary
 
 
