@@ -1080,7 +1080,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--scarce-failed", type=int, default=10, help="scarce regime: failed attempts for training")
     p.add_argument("--value-expectile", type=float, default=0.9,
-                   help="`value_fit --expectile` of the chunk_advantage rows' value models")  # fmt: skip
+                   help="`value_fit --expectile` of the value models (rows `chunk_advantage`, `chunk_q`)")  # fmt: skip
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--work-dir", type=Path, default=Path("outputs/sim_benchmark"))
