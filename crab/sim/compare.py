@@ -293,7 +293,7 @@ for _name in ("scarce_eggonly", "scarce_grasp_eggonly"):
 # mixing, RWFM `outcome` without and with the anchor as the configs set it, `chunk_advantage`, the oracle)
 # and the recommended `chunk_q`, in today's regime and the scarce one (at --scarce-clean 2, where filtering
 # is data-limited: docs/sim_benchmark.md; egg task alone, so that filtering and the mixed rows draw it
-# alike). 42 runs, about 5 min each at 2 at a time on 2 cores: about 2 h. Without the failed attempts
+# alike). 42 runs, 5-7 min each at 2 at a time on 2 cores: about 2.4 h (measured). Without the failed attempts
 # (`scarce_eggonly_nofailed`) is one more regime and another hour, so it is not a default.
 TABLE_REGIMES = ("cycle1", "scarce_eggonly")
 TABLE_ROWS = (
