@@ -70,6 +70,8 @@ def test_unknown_key_names_key_and_file(tmp_path):
          "`reward_weighting.normalize: phase` needs `reward_weighting.apply: sample`"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, phase_bins: 0}\n",
          "`reward_weighting.phase_bins` must be >= 1"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, unlocated_failures: drop}\n",
+         "`reward_weighting.unlocated_failures: drop` needs `reward_weighting.apply: sample`"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, signal: oracle, credit_horizon: 0}\n",
          "`reward_weighting.credit_horizon` must be >= 1"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, credit_horizon: 20}\n",

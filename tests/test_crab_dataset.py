@@ -198,6 +198,12 @@ def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
     assert phase["stepwise"] == "100.00" and float(phase["clean"]) + float(phase["labelled"]) == pytest.approx(100, abs=0.02)
     # and per part of the episodes: the only dataset of its task draws all of each part
     assert "  stepwise: share of each part's draw, first to last: 100% 100%" in phase_lines
+    # Without the labelled dataset's failure nothing locates (7 of its 15 frames), it weighs less.
+    reward_stats.main([*argv, "--unlocated-failures", "drop"])
+    dropped = capsys.readouterr().out
+    pattern = r"(\w+) \(\w+\): [\d.]+% of frames, mean weight [\d.]+, ([\d.]+)% of the weight"
+    share, share_dropped = ({k: float(v) for k, v in re.findall(pattern, text)} for text in (printed, dropped))
+    assert share_dropped["labelled"] < share["labelled"] and share_dropped["clean"] > share["clean"]
     stats = json.loads(out.read_text())
     assert stats["alpha"] == 0.25 and stats["overall"]["episodes"] == 5
     assert stats["per_dataset"]["stepwise"]["signal"]["mean"] == 0.0  # G = R_e = sum of next.reward

@@ -257,6 +257,17 @@ def test_per_phase_normalisation_worked_example():
     assert w.mean() == 1.0
 
 
+def test_unlocated_failures_worked_example():
+    """docs/reward_weighting.md, "Failures nothing locates": a success, a damaged episode, two failures."""
+    r = np.array([0, 0, 1, 0, -1, 0, 0, 0, 0.0])
+    ep = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3])
+    success = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0.0])
+    assert rewards.unlocated_failures(r, ep, success).tolist() == [False] * 6 + [True] * 3
+    # A success label locates it even with no positive reward (labelled a success, and damaged).
+    assert not rewards.unlocated_failures(np.zeros(2), np.zeros(2, int), np.ones(2)).any()
+    assert rewards.unlocated_failures(np.zeros(0), np.zeros(0, int), np.zeros(0)).shape == (0,)
+
+
 def test_per_group_normalisation_leaves_a_zero_group_at_zero_and_others_at_mean_one():
     w = rewards.per_group_normalised(np.array([0, 0, 2, 6, 4.0]), np.array([7, 7, 3, 3, 3]))
     assert w.tolist() == [0, 0, 0.5, 1.5, 1.0]

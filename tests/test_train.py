@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_ROWS, train_until_first_checkpoint, write_manifest
+from conftest import ALL_ROWS, PLACE, train_until_first_checkpoint, write_manifest
 
 from crab.training import reward_stats, train
 from crab.training.checkpoint import CheckpointError, list_checkpoints
@@ -413,3 +413,32 @@ def test_weights_normalised_per_phase_choose_the_draw(setup, monkeypatch):
     np.testing.assert_allclose(seen["weights"], expected)
     # Globally the carton (G = 0, below the mean) is drawn less than its frame share; per phase it is not.
     assert not np.allclose(expected / expected.sum(), v / v.sum(), rtol=0.05)
+
+
+def test_dropped_unlocated_failures_are_never_drawn(setup, monkeypatch, tmp_path):
+    """`unlocated_failures: drop`: the frames of the failed episode nothing locates (the labelled dataset's
+    second, success 0 and damage 0) weigh 0 in the draw, the others as `keep` weighs them; a manifest of
+    nothing else is refused before any step."""
+    seen = []
+
+    def recording(*args):
+        seen.append(args[-1])
+        return batch_loader(*args)
+
+    batch_loader = train.batch_loader
+    monkeypatch.setattr(train, "batch_loader", recording)
+    rw = {"anchor.enabled": "false", "reward_weighting.apply": "sample", "train.steps": 2, "train.save_every": 2}
+    train.train(config(setup, "keep_failures", **rw))
+    train.train(config(setup, "drop_failures", **rw, **{"reward_weighting.unlocated_failures": "drop"}))
+    keep, drop = seen
+    assert (drop == 0).sum() == 7 and (keep == 0).sum() == 0  # the failed episode's 7 frames
+    np.testing.assert_array_equal(drop, np.where(drop == 0, 0.0, keep))
+
+    manifest = write_manifest(tmp_path / "failed.csv", [("clean", PLACE, "failed")])
+    stats = tmp_path / "failed_stats.json"
+    reward_stats.main(["--manifest", str(manifest), "--out", str(stats), "--data-root", str(setup["data_root"]),
+                       "--chunk-size", "10"])  # fmt: skip
+    only_failed = {**rw, "data.manifest": manifest.as_posix(), "data.reward_stats": stats.as_posix(),
+                   "reward_weighting.unlocated_failures": "drop"}  # fmt: skip
+    with pytest.raises(train.TrainingError, match=r"failed\.csv.*unlocated_failures: drop"):
+        train.train(config(setup, "only_failed", **only_failed))

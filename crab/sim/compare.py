@@ -179,6 +179,17 @@ CHUNK_Q_PHASE_ALPHA2_MIXED = dataclasses.replace(
     label=f"{CHUNK_Q_PHASE_MIXED.label}; alpha 2",
     alpha=2.0,
 )
+# Failed attempts have no damage step, and the value model does not see a miss coming (docs/sim_benchmark.md,
+# 2026-12-03 and 2026-12-04): with them in the data `chunk_q` drew them at their share of the frames in the
+# first half of the episodes and fell from 38% to 22% (scarce regime). Leaving the failures nothing locates
+# out of the draw (`unlocated_failures: drop`) filters them and keeps the per-chunk credit of the damaged
+# transfers.
+CHUNK_Q_PHASE_DROP_MIXED = dataclasses.replace(
+    CHUNK_Q_PHASE_MIXED,
+    name=CHUNK_Q_PHASE_MIXED.name.removesuffix("_mixed") + "_drop_mixed",
+    label=f"{CHUNK_Q_PHASE_MIXED.label}; failures nothing locates left out (`unlocated_failures: drop`)",
+    extra=(*CHUNK_Q_PHASE_MIXED.extra, "reward_weighting.unlocated_failures=drop"),
+)
 # Rows of the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in
 # today's). Without the cap, chunk advantages (spread over several RMS units) collapse onto a few chunks.
 RWFM_SAMPLE_MIXED = as_sampling(RWFM_MIXED)
@@ -208,6 +219,7 @@ SAMPLE_METHODS = (
     per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED), LONG_CREDIT_HORIZON)),
     CHUNK_Q_PHASE_MIXED,
     CHUNK_Q_PHASE_ALPHA2_MIXED,
+    CHUNK_Q_PHASE_DROP_MIXED,
 )
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (

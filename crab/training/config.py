@@ -88,6 +88,12 @@ class RewardWeightingConfig:
     # that part badly (docs/reward_weighting.md, "Per-phase normalisation"). "phase" needs `apply: sample`.
     normalize: Literal["global", "phase"] = "global"
     phase_bins: int = 10
+    # Episodes that neither succeeded nor hold a negative step reward: failures nothing in the data locates
+    # (a miss, a weak grip; `rewards.unlocated_failures`). No per-chunk signal can tell their good chunks
+    # from their bad ones, so "drop" leaves them out of the draw (weight 0), as filtering does; "keep"
+    # draws them as the signal weighs them. "drop" needs `apply: sample` (docs/reward_weighting.md,
+    # "Failures nothing locates").
+    unlocated_failures: Literal["keep", "drop"] = "keep"
 
 
 @dataclass
@@ -259,6 +265,9 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
          "`reward_weighting.normalize: phase` needs `reward_weighting.apply: sample` (the phases' weights choose "
          "the frames drawn)"),
         (rw.phase_bins < 1, "`reward_weighting.phase_bins` must be >= 1"),
+        (rw.unlocated_failures == "drop" and rw.apply != "sample",
+         "`reward_weighting.unlocated_failures: drop` needs `reward_weighting.apply: sample` (it leaves those "
+         "episodes out of the draw)"),
         (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
         (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
         (anchor.replay_manifest is not None and not anchor.enabled,

@@ -268,6 +268,14 @@ class CrabDataset(Dataset):
             row.name: table.signal[pos] for row, table, pos in zip(self.rows, self.tables, self._rows_of_items, strict=True)
         }
 
+    def unlocated_failures(self) -> np.ndarray:
+        """Per item, in item order: whether its episode is a failure the data does not locate
+        (`rewards.unlocated_failures`), for `reward_weighting.unlocated_failures: drop`."""
+        return np.concatenate([
+            rewards.unlocated_failures(t.step_reward, t.episode_index, t.episode_success)[pos]
+            for t, pos in zip(self.tables, self._rows_of_items, strict=True)
+        ])  # fmt: skip
+
     def phase_groups(self, bins: int) -> np.ndarray:
         """Per item, in item order: its (task, part of its episode) group (`rewards.phase_groups`), for
         `reward_weighting.normalize: phase`. The parts are of whole episodes, so held-out frames do not

@@ -41,6 +41,7 @@ from crab.training.rewards import (
     per_group_normalised,
     phase_groups,
     task_shares,
+    unlocated_failures,
     weight_shares,
 )
 from crab.training.value_fit import load_values
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--std-floor", type=float, default=RewardWeightingConfig.std_floor, help="for the printed shares")
     p.add_argument("--phase-bins", type=int, help="also print the shares normalised per phase with this many "
                    "parts of each episode (reward_weighting.normalize: phase, phase_bins)")  # fmt: skip
+    p.add_argument("--unlocated-failures", choices=("keep", "drop"), default="keep",
+                   help="drop: the failures nothing locates weigh 0 in the printed shares "
+                   "(reward_weighting.unlocated_failures)")  # fmt: skip
     args = p.parse_args(argv)
     if args.phase_bins is not None and args.phase_bins < 1:
         p.error("--phase-bins must be >= 1")
@@ -263,12 +267,19 @@ def main(argv: list[str] | None = None) -> None:
               f"{h['rmse_constant_per_task']:.4f}), fingerprint {value_meta['fingerprint']}")  # fmt: skip
     rw = RewardWeightingConfig(clip_min=args.clip_min, clip_max=args.clip_max, std_floor=args.std_floor)
     clip, mean, std = (rw.clip_min, rw.clip_max), o["signal"]["mean"], o["signal"]["std"]
+    dropped = [
+        unlocated_failures(t.step_reward, t.episode_index, t.episode_success) & (args.unlocated_failures == "drop")
+        for t in tables
+    ]
     shares = weight_shares(
         {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, mean, std, args.alpha, clip, rw.std_floor,
-        args.signal,
+        args.signal, {row.name: d for row, d in zip(rows, dropped, strict=True)},
     )  # fmt: skip
     of_task = task_shares(shares, {row.name: row.task for row in rows})
-    weights = [frame_weights(t.signal, mean, std, args.alpha, clip, rw.std_floor, args.signal) for t in tables]
+    weights = [
+        np.where(d, 0.0, frame_weights(t.signal, mean, std, args.alpha, clip, rw.std_floor, args.signal))
+        for t, d in zip(tables, dropped, strict=True)
+    ]
     total = sum(float(w.sum()) for w in weights)
     print(
         f"RWFM weight, signal {args.signal!r}, alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], "

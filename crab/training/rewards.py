@@ -137,6 +137,21 @@ def damage_free_chunks(step_reward: np.ndarray, episode_index: np.ndarray, horiz
     return free
 
 
+def unlocated_failures(step_reward: np.ndarray, episode_index: np.ndarray, episode_success: np.ndarray) -> np.ndarray:
+    """True on every frame of an episode that neither succeeded (`episode_success` 0, per frame) nor holds a
+    negative step reward: a failure the data does not locate (a missed grasp, a grip too weak to lift).
+
+    A per-chunk signal can only blame what it can place in time: a damage step, or a state the value model
+    sees is doomed. Nothing marks when such an episode went wrong, so none of its chunks can be told good
+    from bad (`reward_weighting.unlocated_failures: drop` leaves them out of the draw, as filtering would).
+    """
+    n = len(step_reward)
+    starts = np.flatnonzero(np.r_[True, episode_index[1:] != episode_index[:-1]]) if n else np.zeros(0, int)
+    lengths = np.diff(np.r_[starts, n])
+    damaged = np.minimum.reduceat(step_reward, starts) < 0 if n else np.zeros(0, bool)
+    return np.repeat(~damaged, lengths) & (episode_success <= 0)
+
+
 def normaliser(kind: str, mean: float, std: float) -> tuple[float, float]:
     """(centre, scale) of the advantage (G - centre) / max(scale, std_floor), from the frame-level mean
     and (population) std of G over the manifest.
@@ -219,14 +234,18 @@ def weight_shares(
     clip: tuple[float, float],
     std_floor: float,
     kind: str = "outcome",
+    dropped: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per group of frames (e.g. per dataset or quality): its share of the frames, its mean clipped raw
     weight and its share of the total weight, i.e. how much of the data the weighted loss imitates.
+    `dropped` (per group, a mask of its frames) weigh 0 (`unlocated_failures: drop`).
 
     Weights are divided by one constant (`rwfm_weights`), so these shares are each group's share of the
     gradient in expectation, whatever the batch size.
     """
     raw = {k: frame_weights(g, mean, std, alpha, clip, std_floor, kind) for k, g in signals.items()}
+    if dropped is not None:
+        raw = {k: np.where(dropped[k], 0.0, w) for k, w in raw.items()}
     frames = sum(len(w) for w in raw.values())
     total = sum(float(w.sum()) for w in raw.values())
     return {
