@@ -307,9 +307,9 @@ for _name in ("scarce_eggonly", "scarce_grasp_eggonly"):
 # and the recommended `chunk_q` with the failures nothing locates left out (in today's regime, which has
 # none, the same draw as `chunk_q` alone), in today's regime and the scarce one (at --scarce-clean 2, where
 # filtering is data-limited: docs/sim_benchmark.md; egg task alone, so that filtering and the mixed rows draw
-# it alike). 42 runs: about 2.4 h on the 2-core machine of 2026-12-04 (5-7 min a run at 2 at a time,
-# measured), less on a faster one. Without the failed attempts (`scarce_eggonly_nofailed`) is one more
-# regime, so it is not a default.
+# it alike). 42 runs, measured on two 2-core machines: about 2.4 h from scratch at 5-7 min a run (2 at a
+# time), and 46 min with 6 runs already trained at 2-2.5 min a run. Without the failed attempts
+# (`scarce_eggonly_nofailed`) is one more regime, so it is not a default.
 TABLE_REGIMES = ("cycle1", "scarce_eggonly")
 TABLE_ROWS = (
     IL_CLEAN, IL_MIXED, RWFM_MIXED, RWFM_ANCHOR_MIXED, CHUNK_ADVANTAGE_PHASE_MIXED, ORACLE_PHASE_MIXED,
@@ -779,11 +779,12 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
     """Where the weight goes under each signal the regime's weighted methods use (at the first such
     method's reward_weighting settings), on the mixed manifest: per dataset its frame share, mean raw
     weight, share of the weight and of its task's (`task_share`), and `into_damage`, the share of the egg
-    task's weight on the chunks whose steps include the damage (a negative reward)."""
+    task's weight on the chunks whose steps include the damage (a negative reward). A row that leaves the
+    failures nothing locates out (`unlocated_failures: drop`) is its own signal, `<signal>_drop`."""
     from crab.training.crab_dataset import annotate
     from crab.training.manifest import load_manifest
     from crab.training.reward_stats import damage_chunks
-    from crab.training.rewards import RewardSpec, frame_weights, task_shares, weight_shares
+    from crab.training.rewards import RewardSpec, frame_weights, task_shares, unlocated_failures, weight_shares
     from crab.training.value_fit import load_values
 
     data_root = args.work_dir / regime.data_dir
@@ -794,7 +795,8 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
     for m in methods:
         cfg = run_config(m, 0, args, regime)
         rw = cfg.reward_weighting
-        name = signal_name(rw.signal, rw.credit_horizon)
+        drop = rw.unlocated_failures == "drop"
+        name = signal_name(rw.signal, rw.credit_horizon) + ("_drop" if drop else "")
         if not rw.enabled or m.data != "mixed" or name in out:
             continue
         values = None
@@ -808,10 +810,13 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
         g = stats["overall"]["signal"]
         clip = (rw.clip_min, rw.clip_max)
         signals = {row.name: t.signal for row, t in zip(rows, tables, strict=True)}
-        shares = weight_shares(signals, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal)
+        dropped = [unlocated_failures(t.step_reward, t.episode_index, t.episode_success) & drop for t in tables]
+        shares = weight_shares(signals, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal,
+                               {row.name: d for row, d in zip(rows, dropped, strict=True)})  # fmt: skip
         of_task = task_shares(shares, {row.name: row.task for row in rows})
         egg = [i for i, row in enumerate(rows) if row.task == PUT_EGG]
-        w = [frame_weights(tables[i].signal, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal) for i in egg]
+        w = [np.where(dropped[i], 0.0, frame_weights(tables[i].signal, g["mean"], g["std"], rw.alpha, clip,
+                                                    rw.std_floor, rw.signal)) for i in egg]  # fmt: skip
         # Into damage within one action chunk, whatever the row's credit horizon: the same measure for all.
         damaged = damage_chunks([tables[i] for i in egg], chunk_size)
         total = sum(float(x.sum()) for x in w)
