@@ -815,8 +815,8 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
                                {row.name: d for row, d in zip(rows, dropped, strict=True)})  # fmt: skip
         of_task = task_shares(shares, {row.name: row.task for row in rows})
         egg = [i for i, row in enumerate(rows) if row.task == PUT_EGG]
-        w = [np.where(dropped[i], 0.0, frame_weights(tables[i].signal, g["mean"], g["std"], rw.alpha, clip,
-                                                    rw.std_floor, rw.signal)) for i in egg]  # fmt: skip
+        w = [frame_weights(tables[i].signal, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal, dropped[i])
+             for i in egg]  # fmt: skip
         # Into damage within one action chunk, whatever the row's credit horizon: the same measure for all.
         damaged = damage_chunks([tables[i] for i in egg], chunk_size)
         total = sum(float(x.sum()) for x in w)

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     of_task = task_shares(shares, {row.name: row.task for row in rows})
     weights = [
-        np.where(d, 0.0, frame_weights(t.signal, mean, std, args.alpha, clip, rw.std_floor, args.signal))
+        frame_weights(t.signal, mean, std, args.alpha, clip, rw.std_floor, args.signal, d)
         for t, d in zip(tables, dropped, strict=True)
     ]
     total = sum(float(w.sum()) for w in weights)

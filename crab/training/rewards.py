@@ -220,10 +220,13 @@ def frame_weights(
     clip: tuple[float, float],
     std_floor: float,
     kind: str = "outcome",
+    dropped: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The clipped raw weight of each frame (clip(exp(alpha * A), *clip) for an advantage), from its G."""
+    """The clipped raw weight of each frame (clip(exp(alpha * A), *clip) for an advantage), from its G;
+    0 where `dropped` (a mask of the frames: `unlocated_failures: drop`)."""
     g = torch.as_tensor(signal, dtype=torch.float64)
-    return signal_weights(g, kind, mean, std, alpha, clip, std_floor)[0].numpy()
+    w = signal_weights(g, kind, mean, std, alpha, clip, std_floor)[0].numpy()
+    return w if dropped is None else np.where(dropped, 0.0, w)
 
 
 def weight_shares(
@@ -243,9 +246,10 @@ def weight_shares(
     Weights are divided by one constant (`rwfm_weights`), so these shares are each group's share of the
     gradient in expectation, whatever the batch size.
     """
-    raw = {k: frame_weights(g, mean, std, alpha, clip, std_floor, kind) for k, g in signals.items()}
-    if dropped is not None:
-        raw = {k: np.where(dropped[k], 0.0, w) for k, w in raw.items()}
+    raw = {
+        k: frame_weights(g, mean, std, alpha, clip, std_floor, kind, None if dropped is None else dropped[k])
+        for k, g in signals.items()
+    }
     frames = sum(len(w) for w in raw.values())
     total = sum(float(w.sum()) for w in raw.values())
     return {

@@ -185,16 +185,16 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     # `apply: sample`: the weights choose the frames (each epoch's draw), and the loss leaves them out.
     draw_weights = None
     if cfg.reward_weighting.enabled and cfg.reward_weighting.apply == "sample":
-        draw_weights = frame_weight(np.concatenate(list(train_ds.signals().values())))
+        dropped = None
         if cfg.reward_weighting.unlocated_failures == "drop":
-            unlocated = train_ds.unlocated_failures()
-            if unlocated.all():
+            dropped = train_ds.unlocated_failures()
+            if dropped.all():
                 raise TrainingError(
                     f"every training episode of {cfg.data.manifest} failed without a damage step, and "
                     "`reward_weighting.unlocated_failures: drop` leaves them all out: label the successes "
                     "(next.success, the quality column or the labels file) or set it to `keep`"
                 )
-            draw_weights = np.where(unlocated, 0.0, draw_weights)
+        draw_weights = frame_weight(np.concatenate(list(train_ds.signals().values())), dropped=dropped)
         if cfg.reward_weighting.normalize == "phase":
             draw_weights = per_group_normalised(draw_weights, train_ds.phase_groups(cfg.reward_weighting.phase_bins))
             frames = {name: len(s) for name, s in train_ds.signals().items()}
