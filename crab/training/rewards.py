@@ -137,6 +137,13 @@ def damage_free_chunks(step_reward: np.ndarray, episode_index: np.ndarray, horiz
     return free
 
 
+def episode_spans(episode_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first frame, number of frames) of each episode, frames of one episode contiguous and in order."""
+    n = len(episode_index)
+    starts = np.flatnonzero(np.r_[True, episode_index[1:] != episode_index[:-1]]) if n else np.zeros(0, int)
+    return starts, np.diff(np.r_[starts, n])
+
+
 def unlocated_failures(step_reward: np.ndarray, episode_index: np.ndarray, episode_success: np.ndarray) -> np.ndarray:
     """True on every frame of an episode that neither succeeded (`episode_success` 0, per frame) nor holds a
     negative step reward: a failure the data does not locate (a missed grasp, a grip too weak to lift).
@@ -145,10 +152,8 @@ def unlocated_failures(step_reward: np.ndarray, episode_index: np.ndarray, episo
     sees is doomed. Nothing marks when such an episode went wrong, so none of its chunks can be told good
     from bad (`reward_weighting.unlocated_failures: drop` leaves them out of the draw, as filtering would).
     """
-    n = len(step_reward)
-    starts = np.flatnonzero(np.r_[True, episode_index[1:] != episode_index[:-1]]) if n else np.zeros(0, int)
-    lengths = np.diff(np.r_[starts, n])
-    damaged = np.minimum.reduceat(step_reward, starts) < 0 if n else np.zeros(0, bool)
+    starts, lengths = episode_spans(episode_index)
+    damaged = np.minimum.reduceat(step_reward, starts) < 0 if len(starts) else np.zeros(0, bool)
     return np.repeat(~damaged, lengths) & (episode_success <= 0)
 
 
@@ -263,10 +268,8 @@ def progress_bins(episode_index: np.ndarray, bins: int) -> np.ndarray:
     episode's T frames, so 0..bins-1 from the start to the end whatever the episode's length (frames of one
     episode contiguous and in order). A task's phases (approach, grasp, carry, release) fall into roughly
     the same bins in every episode without any phase labels."""
-    n = len(episode_index)
-    starts = np.flatnonzero(np.r_[True, episode_index[1:] != episode_index[:-1]]) if n else np.zeros(0, int)
-    lengths = np.diff(np.r_[starts, n])
-    k = np.arange(n) - np.repeat(starts, lengths)
+    starts, lengths = episode_spans(episode_index)
+    k = np.arange(len(episode_index)) - np.repeat(starts, lengths)
     return (bins * k) // np.repeat(lengths, lengths)
 
 
