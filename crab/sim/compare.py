@@ -1,6 +1,6 @@
 """Simulated egg-transfer benchmark: RWFM (+ anchor) against imitation learning on mixed-quality data.
 
-    python -m crab.sim.compare --out docs/sim_benchmark.md [--seeds 3] [--episodes 50] [--steps 2000] \
+    python -m crab.sim.compare --out docs/sim_benchmark.md [--seeds 3] [--episodes 50] [--steps 4000] \
         [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--jobs 2] \
         [--extra-alpha 0.25] [--regimes cycle1 scarce scarce_grasp] [--methods ...] [--scarce-clean 10] \
         [--scarce-damaging 40] [--scarce-failed 10] [--value-expectile 0.5]
@@ -1092,7 +1092,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"a subset of {list(REGIMES)}, or all (default: the table's, {list(TABLE_REGIMES)})")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task per seed")
-    p.add_argument("--steps", type=int, default=4000, help="training steps per run")
+    p.add_argument("--steps", type=int, default=8000, help="training steps per run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
     p.add_argument("--episodes-per-dataset", type=int, default=50)

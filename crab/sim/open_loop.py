@@ -1,6 +1,6 @@
 """Open-loop imitation error of checkpoints on fresh careful demonstrations.
 
-    python -m crab.sim.open_loop outputs/sim_benchmark/runs/il_clean_seed0/step_004000 [more checkpoints] \
+    python -m crab.sim.open_loop outputs/sim_benchmark/runs/il_clean_seed0/step_008000 [more checkpoints] \
         [--episodes 8] [--seed 5000] [--task "Put the egg into the tray."]
 
 Rolls the careful demonstrator out on scenes no dataset holds (`--seed` onwards), asks each policy for
