@@ -307,9 +307,9 @@ for _name in ("scarce_eggonly", "scarce_grasp_eggonly"):
 # and the recommended `chunk_q` with the failures nothing locates left out (in today's regime, which has
 # none, the same draw as `chunk_q` alone), in today's regime and the scarce one (at --scarce-clean 2, where
 # filtering is data-limited: docs/sim_benchmark.md; egg task alone, so that filtering and the mixed rows draw
-# it alike). 42 runs, measured on two 2-core machines: about 2.4 h from scratch at 5-7 min a run (2 at a
-# time), and 46 min with 6 runs already trained at 2-2.5 min a run. Without the failed attempts
-# (`scarce_eggonly_nofailed`) is one more regime, so it is not a default.
+# it alike). 42 runs of `--steps` 8000: 131 min measured on a 2-core machine (4.7-7 min a run, 2 at a time,
+# data and value models already made). Without the failed attempts (`scarce_eggonly_nofailed`) is one more
+# regime, so it is not a default.
 TABLE_REGIMES = ("cycle1", "scarce_eggonly")
 TABLE_ROWS = (
     IL_CLEAN, IL_MIXED, RWFM_MIXED, RWFM_ANCHOR_MIXED, CHUNK_ADVANTAGE_PHASE_MIXED, ORACLE_PHASE_MIXED,
