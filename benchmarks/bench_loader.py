@@ -294,7 +294,7 @@ def real_shaped(args: argparse.Namespace) -> None:
     import json
     import subprocess
 
-    from lerobot.policies.smolvla.modeling_smolvla import resize_with_pad
+    from crab.training.smolvla_internals import resize_images
 
     manifest = real_shaped_manifest(args.real_root, args.real_episodes, args.real_length)
     rows = load_manifest(manifest, manifest.parent)
@@ -316,7 +316,7 @@ def real_shaped(args: argparse.Namespace) -> None:
             if not same:
                 raise SystemExit(f"real-shaped item {i}: `{key}` differs between CrabDataset and LeRobotDataset")
         for key in cams:  # SmolVLA's resize + pad of both
-            seen = [resize_with_pad(f[key][None], *REAL_RESOLUTION, pad_value=0) for f in (from_cache, theirs)]
+            seen = [resize_images(f[key][None], REAL_RESOLUTION) for f in (from_cache, theirs)]
             worst = max(worst, (seen[0] - seen[1]).abs().max().item())
     features = crab.meta.features
     source, stored = features[cams[0]]["shape"][:2], cached[0][cams[0]].shape[1:]

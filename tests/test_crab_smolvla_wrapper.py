@@ -12,8 +12,6 @@ from crab.training.config import AnchorConfig, PolicyConfig, RewardWeightingConf
 from crab.training.crab_smolvla_wrapper import (
     CrabSmolVLA,
     FlowPolicy,
-    _prepare_inputs,
-    flow_velocity,
     make_policy,
     make_reference,
     module_bytes,
@@ -22,6 +20,7 @@ from crab.training.crab_smolvla_wrapper import (
 )
 from crab.training.flow_loss import masked_per_sample_loss, sample_flow_time
 from crab.training.rewards import advantage, rwfm_weights
+from crab.training.smolvla_internals import flow_velocity
 
 STATE_DIM, ACTION_DIM, CHUNK, MAX_ACTION_DIM = 6, 4, 10, 8
 PICK, OPEN = "Pick the egg.", "Open the carton."
@@ -97,49 +96,6 @@ def test_preprocessor_keeps_extra_keys(tiny):
     assert torch.equal(batch["action_is_pad"], raw["action_is_pad"])
     assert batch["observation.language.tokens"].shape[0] == 4
     assert batch["task"] == [t + "\n" for t in raw["task"]]  # SmolVLA's newline step
-
-
-def test_velocity_matches_lerobot_internal_forward(tiny):
-    policy, pre, _ = tiny
-    batch = pre(raw_batch())
-    noise, time = noise_time()
-    v, u = flow_velocity(policy, batch, noise, time)
-    inp = _prepare_inputs(policy, batch)
-    with torch.no_grad():
-        elementwise = policy.model.forward(
-            inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, inp.state, inp.actions, noise, time
-        )
-    assert v.shape == u.shape == (4, CHUNK, MAX_ACTION_DIM)
-    torch.testing.assert_close((v - u) ** 2, elementwise, rtol=0, atol=0)
-    assert torch.equal(u, noise - inp.actions)
-
-
-@pytest.mark.parametrize(
-    ("overrides", "bf16_vlm", "tol"),
-    [
-        ({}, False, 1e-5),
-        ({"add_image_special_tokens": True}, False, 1e-5),
-        ({"attention_mode": "self_attn"}, False, 1e-5),
-        ({"num_expert_layers": 1}, False, 1e-5),  # layer 1 has no expert layer
-        ({}, True, 1e-3),  # lerobot loads a pretrained VLM in bfloat16; the expert stays float32
-    ],
-)
-def test_training_path_velocity_matches_full_forward(overrides, bf16_vlm, tol):
-    """CrabSmolVLA computes the frozen VLM's context once and runs only state token + expert.
-
-    With a bf16 VLM the cached context keys are rounded to bf16 after RoPE (as in lerobot's own
-    KV-cache inference) while the full pass keeps them float32, hence the looser tolerance."""
-    policy, pre, _ = build(**overrides)
-    if bf16_vlm:
-        policy.model.vlm_with_expert.vlm.to(torch.bfloat16)
-    crab = CrabSmolVLA(policy, OFF, NO_ANCHOR)
-    assert crab.context_shared
-    batch = pre(raw_batch(tasks=[PICK, OPEN, "Carry it over there, slowly.", OPEN]))
-    noise, time = noise_time()
-    v, u = crab.velocity_and_target(batch, noise, time)
-    v_full, u_full = flow_velocity(policy, batch, noise, time)
-    assert torch.equal(u, u_full)
-    torch.testing.assert_close(v, v_full, rtol=tol, atol=tol)
 
 
 def test_masked_loss_equals_hand_computation(tiny):

@@ -47,8 +47,10 @@ def cache(manifests, data_root, tmp_path_factory):
 
 
 def policy_view(frames: torch.Tensor) -> torch.Tensor:
-    """What SmolVLA's prepare_images makes of an item's (C, H, W) frame at RESIZED (before *2-1)."""
-    return resize_with_pad(frames[None], *RESIZED, pad_value=0)[0]
+    """What SmolVLA's prepare_images makes of an item's (C, H, W) frame at RESIZED (before *2-1): lerobot's
+    own resize, which takes (height, width)."""
+    width, height = RESIZED
+    return resize_with_pad(frames[None], height, width, pad_value=0)[0]
 
 
 def test_sizes_follow_smolvla_resize():

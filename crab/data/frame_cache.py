@@ -73,23 +73,23 @@ def cached_size(height: int, width: int, resolution: tuple[int, int]) -> tuple[i
 def to_policy_input(frames: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
     """uint8 (n, C, H, W) decoded frames -> uint8 (n, C, h, w) frames of `cached_size`: lerobot's
     `resize_with_pad` of lerobot's float frames, without its padding (top and left), rounded to uint8."""
-    from lerobot.policies.smolvla.modeling_smolvla import resize_with_pad
+    from crab.training.smolvla_internals import resize_images
 
     h, w = cached_size(*frames.shape[2:], resolution)
     if (h, w) == tuple(frames.shape[2:]):
         return frames
     width, height = resolution
-    padded = resize_with_pad(to_float(frames), width, height, pad_value=0)
+    padded = resize_images(to_float(frames), resolution)
     return (padded[:, :, height - h :, width - w :] * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def policy_resize_is_identity(frames: torch.Tensor, resolution: tuple[int, int]) -> bool:
     """Whether SmolVLA's `resize_with_pad` leaves cached uint8 frames as they are (apart from padding)."""
-    from lerobot.policies.smolvla.modeling_smolvla import resize_with_pad
+    from crab.training.smolvla_internals import resize_images
 
     width, height = resolution
     h, w = frames.shape[2:]
-    padded = resize_with_pad(to_float(frames), width, height, pad_value=0)
+    padded = resize_images(to_float(frames), resolution)
     return padded.shape[2:] == (height, width) and torch.equal(
         padded[:, :, height - h :, width - w :], to_float(frames)
     )

@@ -67,13 +67,13 @@ class LeRobotFrames(torch.utils.data.Dataset):
         max_open_videos: int = MAX_OPEN_VIDEOS,
         frame_cache: CachedFrames | None = None,
     ):
-        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-        from lerobot.datasets.utils import (
+        from lerobot.datasets.feature_utils import (
             check_delta_timestamps,
             get_delta_indices,
             get_hf_features_from_features,
-            load_nested_dataset,
         )
+        from lerobot.datasets.io_utils import load_nested_dataset
+        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
         self.root, self.video_backend, self.tolerance_s = Path(root), video_backend, tolerance_s
         self.max_open_videos = max_open_videos

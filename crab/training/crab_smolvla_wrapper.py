@@ -1,11 +1,12 @@
-"""RWFM + anchor training module around lerobot 0.4.4's real `SmolVLAPolicy`.
+"""RWFM + anchor training module around lerobot 0.6.1's real `SmolVLAPolicy`.
 
 - `policy_config` / `make_policy` build (or load) the policy and lerobot's own pre/post-processors;
   the preprocessor keeps the batch keys lerobot's pipeline would drop (reward fields, string lists).
-- `flow_velocity` computes the flow-matching velocity/target exactly as lerobot's
-  `VLAFlowMatching.forward` does; `CrabSmolVLA.per_sample_loss` masks it correctly (lerobot 0.6
-  semantics). lerobot's `SmolVLAPolicy.forward` is not used: it misreads the padding key, averages
-  over padded action dimensions and calls `.item()`.
+- The velocities come from `smolvla_internals` (the one module that reaches into SmolVLA's internals);
+  `CrabSmolVLA.per_sample_loss` masks them (lerobot 0.6 semantics: padded chunk steps and action
+  dimensions out, the mean over valid entries) and adds per-task dimension masks and NaN safety.
+  lerobot's `SmolVLAPolicy.forward` is not used: it multiplies NaN through its mask, has no per-task
+  masks and calls `.item()` several times per step.
 - `CrabSmolVLA.forward` is the training loss: reward-weighted flow matching plus an output-space anchor
   to a frozen reference copy that shares every frozen parameter with the trained policy. With a frozen
   VLM the image+language keys/values are computed once per batch (no autograd) and only the state
@@ -20,38 +21,21 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
 from lerobot.configs.policies import PreTrainedConfig
-from lerobot.datasets.utils import dataset_to_policy_features
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-from lerobot.policies.smolvla.modeling_smolvla import (
-    SmolVLAPolicy,
-    create_sinusoidal_pos_embedding,
-    make_att_2d_masks,
-)
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
-from lerobot.policies.smolvla.smolvlm_with_expert import apply_rope
-from lerobot.processor import PolicyProcessorPipeline
+from lerobot.processor import EnvTransition, PolicyProcessorPipeline, TransitionKey
 from lerobot.processor.converters import batch_to_transition
-from lerobot.processor.core import EnvTransition, TransitionKey
-from lerobot.utils.constants import (
-    ACTION,
-    DONE,
-    OBS_LANGUAGE_ATTENTION_MASK,
-    OBS_LANGUAGE_TOKENS,
-    OBS_PREFIX,
-    OBS_STATE,
-    REWARD,
-    TRUNCATED,
-)
+from lerobot.utils.constants import ACTION, DONE, OBS_PREFIX, OBS_STATE, REWARD, TRUNCATED
+from lerobot.utils.feature_utils import dataset_to_policy_features
 from torch import Tensor, nn
 
 from crab.training.config import AnchorConfig, ConfigError, PolicyConfig, RewardWeightingConfig
@@ -63,6 +47,16 @@ from crab.training.flow_loss import (
     sample_flow_time,
 )
 from crab.training.rewards import signal_weights, weight_statistics
+from crab.training.smolvla_internals import (
+    expert_velocity,
+    frozen_memo,
+    full_velocity,
+    noisy_actions,
+    prepare_inputs,
+    shared_context,
+    shared_prefix_supported,
+    shares_vlm,
+)
 from crab.training.tiny_smolvla import ensure_backbone, ensure_tiny_vlm
 
 logger = logging.getLogger(__name__)
@@ -226,14 +220,6 @@ def batch_to_transition_keeping_extras(batch: dict[str, Any]) -> EnvTransition:
     return transition
 
 
-def _frozen_memo(policy: SmolVLAPolicy) -> dict[int, Any]:
-    """deepcopy memo that makes a copy reuse every frozen parameter (and the read-only processor)."""
-    memo: dict[int, Any] = {id(p): p for p in policy.parameters() if not p.requires_grad}
-    processor = policy.model.vlm_with_expert.processor
-    memo[id(processor)] = processor
-    return memo
-
-
 def make_reference(policy: SmolVLAPolicy) -> SmolVLAPolicy:
     """Frozen reference = the policy as it is now, in eval mode, without gradients.
 
@@ -241,7 +227,7 @@ def make_reference(policy: SmolVLAPolicy) -> SmolVLAPolicy:
     `train_expert_only`, the vision tower with `freeze_vision_encoder`) are the same tensors as the
     policy's. Build it after moving the policy to its device.
     """
-    reference = copy.deepcopy(policy, memo=_frozen_memo(policy))
+    reference = copy.deepcopy(policy, memo=frozen_memo(policy))
     reference.eval()
     reference.requires_grad_(False)
     return reference
@@ -346,246 +332,6 @@ def reference_extra_bytes(policy: nn.Module, reference: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Velocity computations on SmolVLA internals
-
-
-@dataclasses.dataclass
-class _Inputs:
-    images: list[Tensor]  # per camera (B, C, h, w) in [-1, 1]
-    img_masks: list[Tensor]  # per camera (B,)
-    lang_tokens: Tensor  # (B, T)
-    lang_masks: Tensor  # (B, T)
-    state: Tensor  # (B, max_state_dim)
-    actions: Tensor  # (B, H, D)
-
-
-def _prepare_inputs(policy: SmolVLAPolicy, batch: Mapping[str, Any]) -> _Inputs:
-    """SmolVLA's own input preparation, on a shallow copy: `adapt_to_pi_aloha` edits tensors in place."""
-    batch = dict(batch)
-    if policy.config.adapt_to_pi_aloha:
-        batch[OBS_STATE] = policy._pi_aloha_decode_state(batch[OBS_STATE].clone())
-        batch[ACTION] = policy._pi_aloha_encode_actions_inv(batch[ACTION].clone())
-    images, img_masks = policy.prepare_images(batch)
-    return _Inputs(
-        images=images,
-        img_masks=img_masks,
-        lang_tokens=batch[OBS_LANGUAGE_TOKENS],
-        lang_masks=batch[OBS_LANGUAGE_ATTENTION_MASK],
-        state=policy.prepare_state(batch),
-        actions=policy.prepare_action(batch),
-    )
-
-
-def _noisy_actions(actions: Tensor, noise: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
-    """x_t = t * noise + (1 - t) * actions and u_t = noise - actions, (B, H, D) each."""
-    t = time[:, None, None]
-    return t * noise + (1 - t) * actions, noise - actions
-
-
-def _full_velocity(policy: SmolVLAPolicy, inp: _Inputs, x_t: Tensor, time: Tensor) -> Tensor:
-    """v_t (B, H, D) exactly as `VLAFlowMatching.forward` computes it (one pass over prefix + suffix)."""
-    flow = policy.model
-    prefix_embs, prefix_pad, prefix_att = flow.embed_prefix(
-        inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, state=inp.state
-    )
-    suffix_embs, suffix_pad, suffix_att = flow.embed_suffix(x_t, time)
-    pad = torch.cat([prefix_pad, suffix_pad], dim=1)
-    att = torch.cat([prefix_att, suffix_att], dim=1)
-    (_, suffix_out), _ = flow.vlm_with_expert.forward(
-        attention_mask=make_att_2d_masks(pad, att),
-        position_ids=torch.cumsum(pad, dim=1) - 1,
-        past_key_values=None,
-        inputs_embeds=[prefix_embs, suffix_embs],
-        use_cache=False,
-        fill_kv_cache=False,
-    )
-    return flow.action_out_proj(suffix_out[:, -flow.config.chunk_size :].to(torch.float32))
-
-
-def flow_velocity(
-    policy: SmolVLAPolicy, batch: Mapping[str, Any], noise: Tensor, time: Tensor
-) -> tuple[Tensor, Tensor]:
-    """(v_t, u_t), both (B, H, D), of `policy` on a preprocessed batch at noise (B, H, D), time (B,)."""
-    inp = _prepare_inputs(policy, batch)
-    x_t, u_t = _noisy_actions(inp.actions, noise, time)
-    return _full_velocity(policy, inp, x_t, time), u_t
-
-
-@dataclasses.dataclass
-class _SharedContext:
-    """Per-layer keys/values of the image+language tokens, identical for every model sharing the VLM."""
-
-    kv: dict[int, dict[str, Tensor]]  # layer -> key_states / value_states (B, n_ctx, kv_heads, head_dim)
-    pad: Tensor  # (B, n_ctx) valid-token mask
-
-
-def _embed_context(flow: Any, inp: _Inputs) -> tuple[Tensor, Tensor]:
-    """Image (+ optional special tokens) and language token embeddings (B, n_ctx, hidden) and their
-    validity (B, n_ctx): `VLAFlowMatching.embed_prefix` without the state token. Unlike it, no tensor
-    is built from a Python list on the device (a blocking host-to-device copy on CUDA)."""
-    vwe = flow.vlm_with_expert
-    embs, pads = [], []
-
-    def special(tokens: Tensor, batch_size: int) -> None:
-        emb = vwe.embed_language_tokens(tokens.to(inp.lang_tokens.device, non_blocking=True))
-        embs.append(emb.unsqueeze(0).expand(batch_size, -1, -1))
-        pads.append(torch.ones(batch_size, emb.shape[0], dtype=torch.bool, device=emb.device))
-
-    for img, img_mask in zip(inp.images, inp.img_masks, strict=True):
-        batch_size = img.shape[0]
-        if flow.add_image_special_tokens:
-            special(flow.global_image_start_token, batch_size)
-        img_emb = vwe.embed_image(img)
-        # A 0-d tensor in the embedding's dtype, as embed_prefix scales (same rounding in bf16).
-        img_emb = img_emb * torch.full((), img_emb.shape[-1] ** 0.5, dtype=img_emb.dtype, device=img_emb.device)
-        embs.append(img_emb)
-        pads.append(img_mask[:, None].expand(batch_size, img_emb.shape[1]))
-        if flow.add_image_special_tokens:
-            special(flow.image_end_token, batch_size)
-    lang_emb = vwe.embed_language_tokens(inp.lang_tokens)
-    embs.append(lang_emb * math.sqrt(lang_emb.shape[-1]))
-    pads.append(inp.lang_masks)
-    # embed_prefix concatenates these with the float32 state embedding, which promotes a bf16 VLM's
-    # embeddings; keep that dtype so the VLM layers see the same inputs.
-    dtype = torch.promote_types(embs[0].dtype, flow.state_proj.weight.dtype)
-    return torch.cat(embs, dim=1).to(dtype), torch.cat(pads, dim=1)
-
-
-def _embed_actions(flow: Any, x_t: Tensor, time: Tensor) -> Tensor:
-    """Action-time tokens (B, H, expert_hidden): `VLAFlowMatching.embed_suffix` without its masks
-    (built from a Python list on the device there)."""
-    action_emb = flow.action_in_proj(x_t)
-    time_emb = create_sinusoidal_pos_embedding(
-        time,
-        flow.vlm_with_expert.expert_hidden_size,
-        flow.config.min_period,
-        flow.config.max_period,
-        device=action_emb.device,
-    ).type(dtype=action_emb.dtype)
-    fused = torch.cat([action_emb, time_emb[:, None, :].expand_as(action_emb)], dim=2)
-    return flow.action_time_mlp_out(F.silu(flow.action_time_mlp_in(fused)))
-
-
-def _shared_context(policy: SmolVLAPolicy, inp: _Inputs) -> _SharedContext:
-    """Run the frozen VLM over the image+language tokens once, filling a KV cache.
-
-    In `embed_prefix` those tokens have attention block 0 and the state token opens block 1, so they
-    never attend to the state (or actions): their keys/values at every layer depend only on the frozen
-    VLM. It is the cache `sample_actions` fills, minus the state token. No trainable parameter is
-    involved, hence no_grad.
-    """
-    flow = policy.model
-    with torch.no_grad():
-        embs, pad = _embed_context(flow, inp)
-        _, kv = flow.vlm_with_expert.forward(
-            attention_mask=make_att_2d_masks(pad, torch.zeros_like(pad)),
-            position_ids=torch.cumsum(pad, dim=1) - 1,
-            past_key_values=None,
-            inputs_embeds=[embs, None],
-            use_cache=True,
-            fill_kv_cache=True,
-        )
-    return _SharedContext(kv=kv, pad=pad)
-
-
-def _qkv(layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v (B, L, heads, head_dim) of a decoder layer, as SmolVLMWithExpertModel computes them."""
-    hidden = layer.input_layernorm(hidden).to(dtype=layer.self_attn.q_proj.weight.dtype)
-    shape = (*hidden.shape[:-1], -1, layer.self_attn.head_dim)
-    attn = layer.self_attn
-    return attn.q_proj(hidden).view(shape), attn.k_proj(hidden).view(shape), attn.v_proj(hidden).view(shape)
-
-
-def _finish_layer(layer: nn.Module, att_out: Tensor, hidden: Tensor) -> Tensor:
-    """Output projection, residual, MLP, residual (SmolVLMWithExpertModel.forward's per-layer tail).
-
-    The residual adds are in place as there, so the stream keeps the layer's dtype (a bf16 VLM's
-    state token stays bf16 even though the state projection is float32)."""
-    out = layer.self_attn.o_proj(att_out.to(layer.self_attn.o_proj.weight.dtype))
-    out += hidden
-    mlp_out = layer.mlp(layer.post_attention_layernorm(out))
-    mlp_out += out
-    return mlp_out
-
-
-def _expert_velocity(policy: SmolVLAPolicy, ctx: _SharedContext, state: Tensor, x_t: Tensor, time: Tensor) -> Tensor:
-    """v_t (B, H, D) given the shared image+language context: only the state token and the action
-    expert run. Mirrors `SmolVLMWithExpertModel.forward` layer by layer (self-attention layers: state
-    and actions attend jointly over context+state+actions; cross-attention layers: the state token
-    attends over context+state, the expert attends over the expert-projected context+state keys)."""
-    flow = policy.model
-    vwe = flow.vlm_with_expert
-    batch_size, chunk = x_t.shape[:2]
-    n_ctx = ctx.pad.shape[1]
-    n_prefix = n_ctx + 1  # context + state token
-
-    state_emb = flow.state_proj(state)[:, None, :]  # (B, 1, hidden)
-    suffix_emb = _embed_actions(flow, x_t, time)  # (B, H, expert_hidden)
-
-    # Masks/positions of the [state, actions] rows over [context, state, actions] columns, as built for
-    # the full sequence (state: block 1, each action token its own block; all valid).
-    ones = ctx.pad.new_ones(batch_size, 1 + chunk)
-    pad = torch.cat([ctx.pad, ones], dim=1)
-    att = torch.cat([torch.zeros_like(ctx.pad), ones], dim=1)
-    mask = make_att_2d_masks(pad, att)[:, n_ctx:]  # (B, 1 + H, n_ctx + 1 + H)
-    pos = (torch.cumsum(pad, dim=1) - 1)[:, n_ctx:]  # (B, 1 + H)
-    pos_state, pos_act = pos[:, :1], pos[:, 1:]
-    pos_act_cross = pos_act - pos_act.min(dim=1, keepdim=True).values  # cross layers restart at 0
-
-    vlm_layers, expert_layers = vwe.get_model_layers([vwe.get_vlm_model().text_model, vwe.lm_expert])
-    head_dim = vwe.vlm.config.text_config.head_dim
-    attend = vwe.get_attention_interface()
-    h_state, h_act = state_emb, suffix_emb
-    for i in range(vwe.num_vlm_layers):
-        vlm_layer, expert_layer = vlm_layers[i], expert_layers[i]
-        q_s, k_s, v_s = _qkv(vlm_layer, h_state)
-        ctx_k, ctx_v = ctx.kv[i]["key_states"], ctx.kv[i]["value_states"]  # (B, n_ctx, kv_heads, head_dim)
-        self_attn_layer = "cross" not in vwe.attention_mode or (
-            vwe.self_attn_every_n_layers > 0 and i % vwe.self_attn_every_n_layers == 0
-        )
-        if expert_layer is not None and self_attn_layer:
-            # Concatenate before RoPE, as the full pass does (it matters for dtypes: a bf16 VLM's state
-            # q/k are promoted to the float32 expert's dtype before rotation there).
-            q_a, k_a, v_a = _qkv(expert_layer, h_act)
-            out = attend(
-                mask,
-                batch_size,
-                head_dim,
-                apply_rope(torch.cat([q_s, q_a], dim=1), pos),
-                torch.cat([ctx_k, apply_rope(torch.cat([k_s, k_a], dim=1), pos)], dim=1),
-                torch.cat([ctx_v, v_s, v_a], dim=1),
-            )
-            att_state, att_act = out[:, :1], out[:, 1:]
-        else:
-            keys = torch.cat([ctx_k, apply_rope(k_s, pos_state)], dim=1)  # (B, n_prefix, kv_heads, head_dim)
-            values = torch.cat([ctx_v, v_s], dim=1)
-            att_state = attend(mask[:, :1, :n_prefix], batch_size, head_dim, apply_rope(q_s, pos_state), keys, values)
-            if expert_layer is not None:
-                e_attn = expert_layer.self_attn
-                dtype = e_attn.k_proj.weight.dtype
-                hidden = expert_layer.input_layernorm(h_act).to(dtype=e_attn.q_proj.weight.dtype)
-                q_a = e_attn.q_proj(hidden).view(*hidden.shape[:-1], -1, e_attn.head_dim)
-                k_a = e_attn.k_proj(keys.to(dtype).flatten(2)).view(batch_size, n_prefix, -1, e_attn.head_dim)
-                v_a = e_attn.v_proj(values.to(dtype).flatten(2)).view(batch_size, n_prefix, -1, e_attn.head_dim)
-                q_a = apply_rope(q_a, pos_act_cross)
-                att_act = attend(mask[:, 1:, :n_prefix], batch_size, head_dim, q_a, k_a, v_a)
-        h_state = _finish_layer(vlm_layer, att_state, h_state)
-        if expert_layer is not None:
-            h_act = _finish_layer(expert_layer, att_act, h_act)
-    h_act = vwe.lm_expert.norm(h_act)
-    return flow.action_out_proj(h_act[:, -chunk:].to(torch.float32))
-
-
-def shared_prefix_supported(policy: SmolVLAPolicy) -> str | None:
-    """None when the image+language context can be computed once and shared (exactly), else why not."""
-    if any(p.requires_grad for p in policy.model.vlm_with_expert.vlm.parameters()):
-        return "the VLM has trainable parameters (train_expert_only=False), so its keys/values differ per model"
-    if policy.config.prefix_length > 0:
-        return "prefix_length > 0 pads the prefix after the state token"
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
 # Training module
 
 
@@ -637,16 +383,11 @@ class CrabSmolVLA(nn.Module):
         self.context_shared = unsupported is None
         self.anchor_mode = anchor.mode
         if anchor.enabled and anchor.mode == "shared_prefix":
-            if unsupported is None and not self._reference_shares_vlm():
+            if unsupported is None and not shares_vlm(policy, self.reference):
                 unsupported = "the reference's frozen VLM weights are not the policy's"
             if unsupported is not None:
                 logger.warning("anchor mode shared_prefix is not exact here (%s); using naive", unsupported)
                 self.anchor_mode = "naive"
-
-    def _reference_shares_vlm(self) -> bool:
-        ours = self.policy.model.vlm_with_expert.vlm.parameters()
-        theirs = self.reference.model.vlm_with_expert.vlm.parameters()
-        return all(p is q for p, q in zip(ours, theirs, strict=True))
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
         """Fail before training when per-task masks are set and some of `tasks` have none."""
@@ -733,21 +474,21 @@ class CrabSmolVLA(nn.Module):
         The "naive" anchor runs both models' full forward (nothing shared); otherwise the policy uses
         the shared context whenever its VLM is frozen, and the "shared_prefix" reference reuses it.
         """
-        inp = _prepare_inputs(self.policy, batch)
-        x_t, u_t = _noisy_actions(inp.actions, noise, time)
+        inp = prepare_inputs(self.policy, batch)
+        x_t, u_t = noisy_actions(inp.actions, noise, time)
         naive = with_reference and self.anchor_mode == "naive"
         if self.context_shared and not naive:
-            ctx = _shared_context(self.policy, inp)
-            v = _expert_velocity(self.policy, ctx, inp.state, x_t, time)
+            ctx = shared_context(self.policy, inp)
+            v = expert_velocity(self.policy, ctx, inp.state, x_t, time)
         else:
-            v = _full_velocity(self.policy, inp, x_t, time)
+            v = full_velocity(self.policy, inp, x_t, time)
         if not with_reference:
             return v, u_t, None
         with torch.no_grad():
             if naive:
-                v_ref = _full_velocity(self.reference, _prepare_inputs(self.reference, batch), x_t, time)
+                v_ref = full_velocity(self.reference, prepare_inputs(self.reference, batch), x_t, time)
             else:
-                v_ref = _expert_velocity(self.reference, ctx, inp.state, x_t, time)
+                v_ref = expert_velocity(self.reference, ctx, inp.state, x_t, time)
         return v, u_t, v_ref
 
     def _weights(self, batch: Mapping[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,12 +11,16 @@ config names the folder loads again in any later process.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VLM_DIRNAME = "tiny_smolvlm_v1"  # bump the suffix whenever the content below changes
+# Bump the version whenever the content below changes. The transformers major version is part of the
+# name: the processor and config files save_pretrained writes differ between majors, and a folder
+# written by one must never be read by another (two environments can share the cache).
+TINY_VLM_DIRNAME = f"tiny_smolvlm_v2_transformers{importlib.metadata.version('transformers').split('.')[0]}"
 
 # The names SmolVLMProcessor and SmolVLA look up on the tokenizer (`fake_image_token_id`, ...).
 SPECIAL_TOKENS = {
@@ -31,7 +35,7 @@ _COMPLETE_MARKER = "tokenizer.json"  # written last by save_pretrained's tokeniz
 
 
 def default_tiny_vlm_dir() -> Path:
-    """`$CRAB_CACHE/tiny_smolvlm_v1` (default cache `~/.cache/crab_vla`)."""
+    """`$CRAB_CACHE/<TINY_VLM_DIRNAME>` (default cache `~/.cache/crab_vla`)."""
     return Path(os.environ.get("CRAB_CACHE", Path.home() / ".cache" / "crab_vla")) / TINY_VLM_DIRNAME
 
 
