@@ -442,3 +442,34 @@ def test_dropped_unlocated_failures_are_never_drawn(setup, monkeypatch, tmp_path
                    "reward_weighting.unlocated_failures": "drop"}  # fmt: skip
     with pytest.raises(train.TrainingError, match=r"failed\.csv.*unlocated_failures: drop"):
         train.train(config(setup, "only_failed", **only_failed))
+
+
+def test_lerobot_weights_are_the_training_draw(setup, monkeypatch, tmp_path):
+    """`reward_stats --lerobot-weights DIR` writes, per dataset keyed by frame `index`, the weights a run with
+    the same settings draws its frames with (`apply: sample`, drop, per phase), up to one constant."""
+    seen = []
+
+    def recording(*args):
+        seen.append(args[-1])
+        return batch_loader(*args)
+
+    batch_loader = train.batch_loader
+    monkeypatch.setattr(train, "batch_loader", recording)
+    train.train(config(setup, "lerobot_weights", **{
+        "anchor.enabled": "false", "train.steps": 1, "train.save_every": 1, "reward_weighting.apply": "sample",
+        "reward_weighting.normalize": "phase", "reward_weighting.phase_bins": 2,
+        "reward_weighting.unlocated_failures": "drop",
+    }))  # fmt: skip
+    rw = load_config([CONFIGS / "train_cycle1_rwfm_anchor_cracked_factor.yaml"]).reward_weighting
+    out = tmp_path / "weights"
+    reward_stats.main(["--manifest", str(setup["manifest"]), "--out", str(tmp_path / "stats.json"),
+                       "--data-root", str(setup["data_root"]), "--chunk-size", "10", "--alpha", str(rw.alpha),
+                       "--clip-min", str(rw.clip_min), "--clip-max", str(rw.clip_max), "--std-floor", str(rw.std_floor),
+                       "--phase-bins", "2", "--unlocated-failures", "drop", "--lerobot-weights", str(out)])  # fmt: skip
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(out / f"{name}.parquet").to_pydict() for name, _, _ in ALL_ROWS]
+    exported = np.concatenate([t["weight"] for t in tables])
+    assert all(t["index"] == sorted(t["index"]) == list(range(len(t["index"]))) for t in tables)
+    assert exported.mean() == pytest.approx(1.0) and (exported == 0).sum() == 7  # the dropped failure
+    np.testing.assert_allclose(exported, seen[0] / seen[0].mean(), rtol=1e-9)

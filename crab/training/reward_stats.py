@@ -113,6 +113,36 @@ def write_json_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_lerobot_weights(
+    folder: Path, rows: list[ManifestRow], tables: list[RewardTable], weights: np.ndarray
+) -> list[Path]:
+    """Per dataset, `folder/<name>.parquet` with columns `index` (the dataset's frame index, the batch key
+    lerobot matches) and `weight` (this frame's weight, divided by the mean over the manifest's frames): the
+    file of lerobot's proposed static sample weighter (lerobot PR #4222), one per dataset because lerobot
+    trains on one dataset at a time. Each file is written under a temporary name, then renamed.
+
+    lerobot divides each batch's weighted loss by the batch's sum of weights (and draws frames uniformly);
+    Crab divides by one constant for the whole run (or, with `apply: sample`, draws frames in proportion to
+    the weights). So in lerobot a batch of bad frames still moves the policy as much as a batch of good ones;
+    only the frames' shares within a batch follow the weights.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mean = float(weights.mean()) if weights.size and weights.mean() > 0 else 1.0
+    paths, start = [], 0
+    for row, table in zip(rows, tables, strict=True):
+        w, start = weights[start : start + len(table.index)] / mean, start + len(table.index)
+        path = folder / f"{row.name}.parquet"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        pq.write_table(pa.table({"index": table.index.astype(np.int64), "weight": w.astype(np.float64)}), tmp)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
 def recompute_command(
     manifest: str | Path,
     out: str | Path,
@@ -234,6 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unlocated-failures", choices=("keep", "drop"), default="keep",
                    help="drop: the failures nothing locates weigh 0 in the printed shares "
                    "(reward_weighting.unlocated_failures)")  # fmt: skip
+    p.add_argument("--lerobot-weights", type=Path, metavar="DIR",
+                   help="write each dataset's per-frame weights (those printed: after --unlocated-failures and "
+                   "--phase-bins) to DIR/<dataset>.parquet, columns `index` and `weight`, for lerobot's "
+                   "static sample weighter")  # fmt: skip
     args = p.parse_args(argv)
     if args.phase_bins is not None and args.phase_bins < 1:
         p.error("--phase-bins must be >= 1")
@@ -295,9 +329,10 @@ def main(argv: list[str] | None = None) -> None:
             f"  {row.name} ({row.quality}): {s['frame_share']:.1%} of frames, mean weight {s['mean_weight']:.3f}, "
             f"{s['weight_share']:.2%} of the weight, {of_task[row.name]:.2%} of its task's{into_damage}"
         )
+    w = np.concatenate(weights)  # the per-frame weights these shares describe
     if args.phase_bins is not None:
         groups = phase_groups([row.task for row in rows], [t.episode_index for t in tables], args.phase_bins)
-        w = per_group_normalised(np.concatenate(weights), np.concatenate(groups))
+        w = per_group_normalised(w, np.concatenate(groups))
         frames = {row.name: len(x) for row, x in zip(rows, weights, strict=True)}
         of_task = frame_task_shares(w, frames, {row.name: row.task for row in rows})
         print(f"normalised per phase ({args.phase_bins} parts of each episode), share of its task's: "
@@ -309,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
             mine, start = w[start : start + len(group)], start + len(group)
             parts = [mine[group == g].sum() / part_total[g] for g in np.unique(group)]
             print(f"  {row.name}: share of each part's draw, first to last: " + " ".join(f"{x:.0%}" for x in parts))
+    if args.lerobot_weights is not None:
+        for path in write_lerobot_weights(args.lerobot_weights, rows, tables, w):
+            print(f"lerobot sample weights: {path}")
     if args.plot is not None:
         plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, horizon)
         print(f"plot: {args.plot}")
