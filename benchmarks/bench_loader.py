@@ -21,19 +21,28 @@ datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a sma
    train.py's step (preprocessor, RWFM + anchor forward at the post-ramp lambda, backward, clip,
    optimiser, scheduler) on batches loaded beforehand. The two take turns per repeat; the ratio is
    the median of the per-repeat ratios. Each is measured alone: in training they share the CPU.
-4. Real-shaped loader (`--parts real`; goal: CrabDataset >= 2x LeRobotDataset's items/s): a dataset the
-   benchmark writes once under `--real-root` (3 cameras at 480x640, lerobot's default AV1 encoding,
-   30 fps, 6-D state and action; synthetic scenes with moving objects and sensor noise), read with
-   smolvla_base's delta timestamps (the current frame of each camera, an action chunk of 50). Per
-   repeat and worker count (0, 1, 2), each loader runs a DataLoader over the same random indices in a
-   fresh subprocess (which goes first alternates); items/s after warm-up batches and the peak resident
-   memory of the subprocess and its workers. Three loaders: LeRobotDataset, CrabDataset decoding video
-   (the trainer's default) and CrabDataset reading the frame cache (`data.frame_cache`; built once by
-   `crab.data.frame_cache` at smolvla_base's 512x512 next to the dataset and reused, its pages evicted
-   from the OS page cache before each run so frames come from the disk). Ratios are medians of
-   per-repeat ratios; the last line gives both CrabDataset ratios, each at its best worker count. A few
-   items are first checked equal (decoded frames bit-identical; cached frames within a printed maximum
-   difference after SmolVLA's resize and padding).
+4. Real-shaped loader (`--parts real`; goal: CrabDataset decoding >= 1.0x lerobot 0.6.1's loader at its
+   best settings): a dataset the benchmark writes once under `--real-root` (3 cameras at 480x640,
+   lerobot's default AV1 encoding, 30 fps, 6-D state and action; synthetic scenes with moving objects
+   and sensor noise), read with smolvla_base's delta timestamps (the current frame of each camera, an
+   action chunk of 50). Per repeat and worker count (default 0, 1, 2, 4), each loader runs a DataLoader
+   over the same random indices in a fresh subprocess (which goes first alternates); items/s after
+   warm-up batches and the peak resident memory of the subprocess and its workers. Three loaders:
+   - lerobot: lerobot 0.6.1's loader as `lerobot-train` builds it: `LeRobotDataset(..., return_uint8=True)`
+     (as `lerobot.datasets.factory.make_dataset`), so uint8 frames cross the worker boundary, and the
+     float conversion its training loop does after each batch (`batch[cam].to(torch.float32) / 255.0`),
+     timed with the loader;
+   - crab: CrabDataset decoding video (the trainer's default; float32 frames, as lerobot's item);
+   - cached: CrabDataset reading the frame cache (`data.frame_cache`; built once by `crab.data.frame_cache`
+     at smolvla_base's 512x512 next to the dataset and reused, its pages evicted from the OS page cache
+     before each run so frames come from the disk).
+   Every loader gets lerobot-train's worker settings (`TrainPipelineConfig` defaults through
+   `lerobot_train._dataloader_worker_kwargs`: prefetch_factor 4, persistent workers, `spawn` workers;
+   none of them with 0 workers). Ratios are medians of per-repeat ratios: per worker count, and for the
+   last line each CrabDataset loader at its best worker count against lerobot at its best worker count
+   (best: highest median items/s). A few items are first checked equal (decoded frames bit-identical to
+   lerobot's float item, and lerobot's uint8 item / 255 equal to it; cached frames within a printed
+   maximum difference after SmolVLA's resize and padding).
 """
 
 from __future__ import annotations
@@ -209,8 +218,19 @@ def item_cache(rows: list[ManifestRow], args: argparse.Namespace) -> None:
 
 
 PARTS = ("annotation", "cache", "trainer", "real")
-# lerobot's LeRobotDataset; CrabDataset decoding video (the default); CrabDataset with the frame cache.
+# lerobot 0.6.1's loader (LeRobotDataset, uint8 frames); CrabDataset decoding video (the default); CrabDataset
+# with the frame cache.
 REAL_LOADERS = ("lerobot", "crab", "cached")
+# `--real-uint8-prototype`: CrabDataset decoding, its frames kept uint8 across the worker boundary and converted
+# after collating as lerobot-train does (a change Crab does not have; measured to size it, never in the headline).
+PROTOTYPE = "crab_uint8"
+
+
+def keep_frames_uint8(*_) -> None:
+    """Prototype only (also a DataLoader worker_init_fn): CrabDataset's decoded frames stay uint8."""
+    import crab.data.lerobot_reader as reader
+
+    reader.to_float = lambda frames: frames
 REAL_RESOLUTION = (512, 512)  # smolvla_base's resize_imgs_with_padding: the frame cache's resolution
 
 
@@ -235,6 +255,36 @@ def evict_from_page_cache(folder: Path) -> None:
             os.close(fd)
 
 
+def lerobot_uint8_dataset(crab: CrabDataset, d: int = 0):
+    """Dataset `d` of `crab` as lerobot 0.6.1's `make_dataset` opens it for training: `LeRobotDataset` with
+    `return_uint8=True` (uint8 CHW frames; `lerobot-train` converts them to float after collating)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    row = crab.rows[d]
+    return LeRobotDataset(
+        row.repo_id,
+        root=row.root,
+        episodes=None if crab.episodes is None else crab.episodes[row.name],
+        delta_timestamps=crab.delta_timestamps,
+        video_backend=crab.video_backend,
+        return_uint8=True,
+    )
+
+
+def lerobot_worker_kwargs(workers: int) -> dict:
+    """`lerobot-train`'s DataLoader worker options at `workers` workers: its `TrainPipelineConfig` defaults
+    (prefetch_factor 4, persistent workers, `spawn`) through its own `_dataloader_worker_kwargs`."""
+    import dataclasses
+    import types
+
+    from lerobot.configs.train import TrainPipelineConfig
+    from lerobot.scripts.lerobot_train import _dataloader_worker_kwargs
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainPipelineConfig)}
+    keys = ("prefetch_factor", "persistent_workers", "dataloader_multiprocessing_context")
+    return _dataloader_worker_kwargs(types.SimpleNamespace(num_workers=workers, **{k: defaults[k] for k in keys}))
+
+
 def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse.Namespace) -> dict:
     """Items/s of one loader over the real-shaped dataset, the CPU time it spent per item (this process
     and its DataLoader workers: unlike items/s, independent of other jobs' load), and the peak resident
@@ -253,7 +303,10 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
         cache = real_frame_cache(manifest)[0]
         evict_from_page_cache(cache)
     crab = CrabDataset(rows, RewardSpec(chunk_size=args.real_chunk), frame_cache=cache, resolution=REAL_RESOLUTION)
-    ds = crab.lerobot_dataset(0) if loader == "lerobot" else crab
+    ds = lerobot_uint8_dataset(crab) if loader == "lerobot" else crab
+    if loader == PROTOTYPE:
+        keep_frames_uint8()
+    cams = crab.meta.camera_keys
     indices = np.random.default_rng(2).integers(0, len(ds), (args.real_warmup + args.real_batches) * args.real_batch)
     peak, done = [0], threading.Event()
 
@@ -272,13 +325,29 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
-    loader_ = torch.utils.data.DataLoader(ds, batch_size=args.real_batch, sampler=indices.tolist(), num_workers=workers)
+    loader_ = torch.utils.data.DataLoader(
+        ds,
+        batch_size=args.real_batch,
+        sampler=indices.tolist(),
+        num_workers=workers,
+        worker_init_fn=keep_frames_uint8 if loader == PROTOTYPE else None,
+        **lerobot_worker_kwargs(workers),
+    )
     batches = iter(loader_)
+
+    def next_batch() -> dict:
+        batch = next(batches)
+        if loader in ("lerobot", PROTOTYPE):  # lerobot-train's loop, before its preprocessor
+            for key in cams:
+                if key in batch and batch[key].dtype == torch.uint8:
+                    batch[key] = batch[key].to(dtype=torch.float32) / 255.0
+        return batch
+
     for _ in range(args.real_warmup):  # starts the workers, opens the decoders
-        next(batches)
+        next_batch()
     start, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(args.real_batches):
-        next(batches)
+        next_batch()
     items = args.real_batches * args.real_batch
     rate, cpu_ms = items / (time.perf_counter() - start), 1e3 * (cpu_seconds() - cpu) / items
     done.set()
@@ -303,12 +372,15 @@ def real_shaped(args: argparse.Namespace) -> None:
     spec = RewardSpec(chunk_size=args.real_chunk)
     crab = CrabDataset(rows, spec)
     cached = CrabDataset(rows, spec, frame_cache=cache_dir, resolution=REAL_RESOLUTION)
-    lerobot = crab.lerobot_dataset(0)
+    lerobot, lerobot_u8 = crab.lerobot_dataset(0), lerobot_uint8_dataset(crab)
     checked = [*np.random.default_rng(3).integers(0, len(crab), 8).tolist(), len(crab) - 1]
     cams = crab.meta.video_keys
     worst = 0.0  # largest difference between a cached and a decoded frame, as the policy sees them
     for i in checked:  # the same items: every key lerobot returns, decoded frames bit-identical
-        ours, theirs, from_cache = crab[i], lerobot[i], cached[i]
+        ours, theirs, from_cache, u8 = crab[i], lerobot[i], cached[i], lerobot_u8[i]
+        for key in cams:  # lerobot-train's conversion of its uint8 frames gives lerobot's float item
+            if u8[key].dtype != torch.uint8 or not torch.equal(u8[key].to(dtype=torch.float32) / 255.0, theirs[key]):
+                raise SystemExit(f"real-shaped item {i}: `{key}` from return_uint8=True, / 255, differs from the float item")
         for key, value in theirs.items():
             same = torch.equal(ours[key], value) if isinstance(value, torch.Tensor) else ours[key] == value
             if key not in cams:
@@ -324,7 +396,8 @@ def real_shaped(args: argparse.Namespace) -> None:
         f"real-shaped loader: {manifest.parent / rows[0].name}: {crab.meta.total_episodes} episodes, {len(crab)} frames, "
         f"{len(cams)} cameras {'x'.join(map(str, source))} "
         f"({features[cams[0]]['info']['video.codec']}, {crab.fps} fps), chunk {args.real_chunk}, batch {args.real_batch}; "
-        f"{len(checked)} random items equal to LeRobotDataset's (frames bit-identical; from the frame cache, after "
+        f"{len(checked)} random items equal to LeRobotDataset's (frames bit-identical, and to its return_uint8 frames / 255; "
+        f"from the frame cache, after "
         f"SmolVLA's resize to {'x'.join(map(str, REAL_RESOLUTION))}: max |difference| {worst * 255:.3f}/255); "
         f"{args.repeats} repeats x {args.real_batches} batches after {args.real_warmup} warm-up, median"
     )
@@ -333,11 +406,12 @@ def real_shaped(args: argparse.Namespace) -> None:
         f"({cache_bytes / (len(crab) * len(cams)) / 1e3:.0f} kB a frame and camera), built once in "
         f"{index['build_seconds']:.0f} s; read from the disk (evicted from the page cache before each run)"
     )
-    del crab, cached, lerobot
-    runs = {(loader, w): [] for w in args.real_workers for loader in REAL_LOADERS}
+    del crab, cached, lerobot, lerobot_u8
+    loaders = REAL_LOADERS + ((PROTOTYPE,) if args.real_uint8_prototype else ())
+    runs = {(loader, w): [] for w in args.real_workers for loader in loaders}
     for r in range(args.repeats):
         for w in args.real_workers:
-            for loader in REAL_LOADERS if (r + w) % 2 == 0 else REAL_LOADERS[::-1]:
+            for loader in loaders if (r + w) % 2 == 0 else loaders[::-1]:
                 cmd = [sys.executable, __file__, "--real-measure", f"{loader},{w}", *sys.argv[1:]]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
@@ -366,14 +440,38 @@ def real_shaped(args: argparse.Namespace) -> None:
             f"   (ratios per repeat: crab {', '.join(f'{r:.2f}' for r in per_repeat['crab'])}; "
             f"cached {', '.join(f'{r:.2f}' for r in per_repeat['cached'])})"
         )
-    best = {
-        name: max(args.real_workers, key=lambda w, n=name: statistics.median(run["items_per_s"] for run in runs[n, w]))
+    def median_rate(name: str, w: int) -> float:
+        return statistics.median(run["items_per_s"] for run in runs[name, w])
+
+    if args.real_uint8_prototype:
+        for w in args.real_workers:
+            per_repeat = [c["items_per_s"] / b["items_per_s"] for c, b in zip(runs[PROTOTYPE, w], runs["lerobot", w], strict=True)]
+            cpu = statistics.median(run["cpu_ms_per_item"] for run in runs[PROTOTYPE, w])
+            rss = statistics.median(run["peak_rss_mb"] for run in runs[PROTOTYPE, w])
+            print(
+                f"  prototype, not Crab's loader ({PROTOTYPE}: decoded frames kept uint8, / 255 after collate), {w} workers: "
+                f"{median_rate(PROTOTYPE, w):.1f} items/s, {statistics.median(per_repeat):.2f}x lerobot, "
+                f"{cpu:.1f} CPU ms/item, peak RSS {rss:.0f} MB (ratios per repeat: {', '.join(f'{r:.2f}' for r in per_repeat)})"
+            )
+
+    best = {name: max(args.real_workers, key=lambda w, n=name: median_rate(n, w)) for name in REAL_LOADERS}
+    # Each CrabDataset loader at its best worker count against lerobot at its best: per repeat, median.
+    best_ratio = {
+        name: statistics.median(
+            c["items_per_s"] / b["items_per_s"]
+            for c, b in zip(runs[name, best[name]], runs["lerobot", best["lerobot"]], strict=True)
+        )
         for name in ratios
     }
-    print(f"  best worker count: {best['cached']} with the frame cache (data.frame_cache), {best['crab']} decoding (the default)")
     print(
-        f"real-shaped loader: crab/lerobot items/s {ratios['cached'][best['cached']]:.2f}x (frame cache), "
-        f"{ratios['crab'][best['crab']]:.2f}x (decoded)"
+        f"  best worker count: lerobot {best['lerobot']} ({median_rate('lerobot', best['lerobot']):.1f} items/s), "
+        f"crab decoding (the default) {best['crab']} ({median_rate('crab', best['crab']):.1f} items/s), "
+        f"crab with the frame cache (data.frame_cache) {best['cached']} ({median_rate('cached', best['cached']):.1f} items/s)"
+    )
+    goal = best_ratio["crab"] >= 1.0
+    print(
+        f"real-shaped loader: crab/lerobot items/s, each at its best worker count: {best_ratio['crab']:.2f}x "
+        f"(decoded; goal >= 1.00x: {'met' if goal else 'MISSED'}), {best_ratio['cached']:.2f}x (frame cache)"
     )
 
 
@@ -473,11 +571,18 @@ def main() -> None:
     real.add_argument("--real-root", type=Path, default=REPO / "outputs" / "bench_loader", help="its data folder")
     real.add_argument("--real-episodes", type=int, default=20)
     real.add_argument("--real-length", type=int, default=300, help="frames per episode")
-    real.add_argument("--real-workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
+    real.add_argument(
+        "--real-workers", type=int, nargs="+", default=[0, 1, 2, 4], help="DataLoader worker counts (lerobot-train's: 4)"
+    )
     real.add_argument("--real-batch", type=int, default=8)
     real.add_argument("--real-batches", type=int, default=30, help="timed batches per run")
     real.add_argument("--real-warmup", type=int, default=3, help="untimed batches per run (starts workers)")
     real.add_argument("--real-chunk", type=int, default=50, help="action chunk (smolvla_base: 50)")
+    real.add_argument(
+        "--real-uint8-prototype",
+        action="store_true",
+        help=f"also measure {PROTOTYPE}: CrabDataset with uint8 frames (a prototype of a change, not Crab's loader)",
+    )
     real.add_argument("--real-measure", help=argparse.SUPPRESS)  # internal: one measurement subprocess
     args = p.parse_args()
     if args.threads:

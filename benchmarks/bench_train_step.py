@@ -1,11 +1,14 @@
-"""Training-step time and memory: lerobot 0.4.4's own `update_policy` against Crab's step.
+"""Training-step time and memory: lerobot 0.6.1's own `update_policy` against Crab's step.
 
     python benchmarks/bench_train_step.py --size tiny [--steps 10 --repeats 15 --threads 1]
     python benchmarks/bench_train_step.py --size base [--steps 1 --repeats 3 --threads 1]
 
 Variants, all on the same SmolVLA configuration, initial weights, preprocessed batch and optimiser
 (the config's AdamW and cosine presets, as lerobot builds them):
-  (a) lerobot: `lerobot.scripts.lerobot_train.update_policy` (policy.forward = lerobot's loss);
+  (a) lerobot: `lerobot.scripts.lerobot_train.update_policy` (policy.forward = lerobot's loss), set up
+      as lerobot 0.6.1's `train` sets it up for SmolVLA (Accelerator without mixed precision, since
+      SmolVLAConfig has no `dtype` and `use_amp` is off; optimiser and scheduler presets; its metrics
+      tracker) and called as its loop calls it, without a sample weighter (no RA-BC);
   (b) IL, (c) RWFM, (d) RWFM + naive anchor, (e) RWFM + shared-prefix anchor: `CrabSmolVLA`, one step
       exactly as crab/training/train.py runs it (forward, backward, clip, optimiser, scheduler, metrics).
 Reward weighting, anchor and task masks come from the cycle-1 cracked-factor config; the anchors run
@@ -156,21 +159,44 @@ def clone_trainable(policy):
 
 
 def lerobot_step(policy, cfg, batch_size: int) -> Callable[[dict], object]:
-    """lerobot_train.train's setup (optimiser/scheduler presets, accelerator.prepare), then update_policy."""
-    from accelerate import Accelerator
+    """lerobot 0.6.1's `lerobot_train.train` setup (its Accelerator, the optimiser/scheduler presets as
+    `make_optimizer_and_scheduler` builds them, `accelerator.prepare`, its metrics tracker), then its loop's
+    `update_policy` call (no sample weighter: RA-BC is off by default)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from lerobot.scripts.lerobot_train import update_policy
     from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
 
-    accelerator = Accelerator(step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        step_scheduler_with_optimizer=False,
+        mixed_precision=None,  # SmolVLAConfig has no `dtype` and `use_amp` is False: full precision
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        cpu=not torch.cuda.is_available(),
+    )
     optimizer = cfg.get_optimizer_preset().build(policy.get_optim_params())
     scheduler = cfg.get_scheduler_preset().build(optimizer, 30_000)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-    meters = {k: AverageMeter(k, ":.3f") for k in ("loss", "grad_norm", "lr", "update_s")}
-    tracker = MetricsTracker(batch_size, 10_000, 100, meters, accelerator=accelerator)
+    meters = {
+        "loss": AverageMeter("loss", ":.3f", reduction="mean"),
+        "grad_norm": AverageMeter("grdn", ":.3f"),
+        "lr": AverageMeter("lr", ":0.1e"),
+        "update_s": AverageMeter("updt_s", ":.3f", reduction="max"),
+        "dataloading_s": AverageMeter("data_s", ":.3f", reduction="max"),
+        "samples_per_s": AverageMeter("smp/s", ":.0f"),
+    }
+    if torch.cuda.is_available():
+        meters["gpu_mem_gb"] = AverageMeter("mem_gb", ":.2f", reduction="max")
+    tracker = MetricsTracker(batch_size, 10_000, 100, meters, initial_step=0, accelerator=accelerator)
 
     def step(batch: dict):
         return update_policy(
-            tracker, policy, dict(batch), optimizer, cfg.optimizer_grad_clip_norm, accelerator, lr_scheduler=scheduler
+            tracker,
+            policy,
+            dict(batch),
+            optimizer,
+            cfg.optimizer_grad_clip_norm,
+            accelerator=accelerator,
+            lr_scheduler=scheduler,
+            sample_weighter=None,
         )
 
     return step
@@ -254,6 +280,16 @@ def memory_in_subprocess(args: argparse.Namespace, name: str) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
 
+def versions() -> str:
+    import platform
+    from importlib.metadata import version
+
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__}, lerobot {version('lerobot')}, "
+        f"transformers {version('transformers')}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=("tiny", "base"), default="tiny")
@@ -309,7 +345,7 @@ def main() -> None:
     print(
         f"train step, size {args.size}: SmolVLA {n_params / 1e6:.1f}M params ({n_train / 1e6:.1f}M trainable), "
         f"batch {args.batch_size}, 1 camera 3x{side}x{side}, chunk {cfg.chunk_size}, "
-        f"max_action_dim {cfg.max_action_dim}; {where}; torch {torch.__version__}"
+        f"max_action_dim {cfg.max_action_dim}; {where}; {versions()}"
     )
     print(
         f"{args.warmup} warm-up + {args.repeats} repeats x {args.steps} steps per variant, round-robin; "
@@ -326,6 +362,7 @@ def main() -> None:
         return statistics.median(a / b for a, b in zip(per_step[num], per_step[den], strict=True))
 
     print("ratios (median of per-repeat ratios):")
+    headline = []
     for num, den, goal in (
         ("IL", "lerobot", 1.00),
         ("RWFM", "IL", 1.02),
@@ -335,6 +372,9 @@ def main() -> None:
         r = ratio(num, den)
         verdict = f"goal <= {goal:.2f}x: {'met' if r <= goal else 'MISSED'}" if goal else "for information"
         print(f"  {num + ' / ' + den:<22} {r:6.3f}x  ({verdict})")
+        if goal:
+            headline.append(f"{num}/{den} {r:.3f}x ({'met' if r <= goal else 'MISSED'})")
+    print(f"train step, size {args.size}: " + ", ".join(headline))
 
 
 if __name__ == "__main__":

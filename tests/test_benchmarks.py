@@ -20,6 +20,10 @@ def test_bench_train_step_tiny_prints_ratios():
     assert done.returncode == 0, done.stderr[-3000:]
     for line in ("(a) lerobot update_policy", "IL / lerobot", "RWFM / IL", "RWFM+shared / RWFM", "RWFM+naive / RWFM"):
         assert line in done.stdout, done.stdout
+    header = [line for line in done.stdout.splitlines() if line.startswith("train step, size tiny: SmolVLA")]
+    assert header and ", lerobot " in header[0] and ", transformers " in header[0], done.stdout  # names the stack
+    last = done.stdout.strip().splitlines()[-1]  # the headline ratios
+    assert last.startswith("train step, size tiny: IL/lerobot ") and "RWFM+shared/RWFM " in last, done.stdout
 
 
 @pytest.mark.slow
@@ -35,4 +39,5 @@ def test_bench_loader_real_shaped_prints_its_ratio(tmp_path):
     assert "items equal to LeRobotDataset's" in done.stdout, done.stdout
     assert "frame cache" in done.stdout and "max |difference|" in done.stdout, done.stdout
     last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("real-shaped loader: crab/lerobot items/s ") and last.endswith("(decoded)"), done.stdout
+    assert last.startswith("real-shaped loader: crab/lerobot items/s, each at its best worker count: "), done.stdout
+    assert "(decoded; goal >= 1.00x: " in last and last.endswith("(frame cache)"), done.stdout

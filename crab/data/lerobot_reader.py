@@ -1,4 +1,4 @@
-"""Read the items of lerobot 0.4.4's `LeRobotDataset` fast: the same dict for the same index, with no
+"""Read the items of lerobot 0.6.1's `LeRobotDataset` fast: the same dict for the same index, with no
 per-item `datasets` row access and with video decoded in batches, per camera in parallel threads.
 
 Where the time of a `LeRobotDataset.__getitem__` goes (docs/performance.md): at 32x32 most of it in the
@@ -37,7 +37,7 @@ import torch
 if TYPE_CHECKING:
     from crab.data.frame_cache import CachedFrames
 
-MAX_OPEN_VIDEOS = 64  # decoders kept open per process (lerobot 0.6 keeps 100; 0.4.4 never closes one)
+MAX_OPEN_VIDEOS = 64  # decoders kept open per process (lerobot 0.6 keeps 100 in its LRU cache)
 
 
 def to_float(frames: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ class FrameTimestampError(ValueError):
 
 class LeRobotFrames(torch.utils.data.Dataset):
     """The items of `LeRobotDataset(repo_id, root=root, episodes=..., delta_timestamps=...,
-    video_backend=...)` (lerobot 0.4.4, no image transforms), with `meta` its `LeRobotDatasetMetadata`.
+    video_backend=...)` (lerobot 0.6.1, no image transforms), with `meta` its `LeRobotDatasetMetadata`.
 
     With `frame_cache` (crab/data/frame_cache.py) the cameras' frames are read from the cache, at the
     policy's input resolution, instead of decoded."""
@@ -275,7 +275,7 @@ class _ProcessLocal:
             if decoder is not None:
                 self._decoders.move_to_end(path)
                 return decoder
-        # lerobot 0.4.4 opens the same way (approximate seeking, one FFmpeg thread), through an fsspec
+        # lerobot 0.6.1 opens the same way (approximate seeking, one FFmpeg thread), through an fsspec
         # handle; a path lets FFmpeg read the file itself, without calling back into Python.
         decoder = VideoDecoder(path, seek_mode="approximate")
         with self._lock:

@@ -1,4 +1,4 @@
-"""Pure pieces of the masked flow-matching loss (lerobot 0.6 semantics, written for lerobot 0.4.4).
+"""Pure pieces of the masked flow-matching loss (lerobot 0.6 semantics, plus per-task masks and NaN safety).
 
 Flow convention (SmolVLA's): x_t = t * noise + (1 - t) * actions, target u_t = noise - actions,
 t ~ Beta(1.5, 1) * 0.999 + 0.001. A loss element counts only where the chunk step is inside the
