@@ -17,6 +17,7 @@ from crab.training import reward_stats
 from crab.training.crab_dataset import CrabDataset, scale_counts
 from crab.training.manifest import ManifestError, load_manifest
 from crab.training.rewards import REWARD_FIELDS, RewardSpec
+from crab.training.weighting import phase_groups
 
 SPEC = RewardSpec(chunk_size=3)
 
@@ -76,7 +77,7 @@ def test_episode_subset_keeps_rewards_aligned(data_root, tmp_path):
 
 
 def test_phase_groups_split_each_episode_per_task(dataset):
-    groups = dataset.phase_groups(2)
+    groups = phase_groups(dataset.weight_frames(), 2)
     assert len(groups) == len(dataset)
     # "Open the carton." sorts before "Place ...": the carton's groups are 0-1, the placing ones 2-3;
     # each episode's first half is its task's first group, whatever the episode's length.
@@ -185,24 +186,44 @@ def test_fast_path_items_in_spawned_workers(workers, dataset, image_dataset):
             assert_same_item({k: item[k] for k in theirs if k in item}, {k: v for k, v in theirs.items() if k in item}, f"item {i}")
 
 
+def preflight_rows(printed: str) -> dict[str, dict[str, str]]:
+    """The pre-flight table `weighting.preflight_table` printed: {dataset: {column: cell}} (`episodes`: train/
+    held out/dropped)."""
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("dataset  "))
+    header = [c.split(" (")[0] for c in re.split(r"\s{2,}", lines[start].strip())]
+    header[2] = "episodes"
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("  ") or ":" in line:
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return rows
+
+
 def test_statistics_command_and_staleness(data_root, tmp_path, capsys):
     manifest = write_manifest(tmp_path / "m.csv", ALL_ROWS)
     out = tmp_path / "stats.json"
     argv = ["--manifest", str(manifest), "--out", str(out), "--data-root", str(data_root), "--chunk-size", "3"]
     reward_stats.main([*argv, "--phase-bins", "2"])
     printed = capsys.readouterr().out
-    assert "40 frames, 5 episodes" in printed and "stepwise (clean):" in printed and "of its task's" in printed
-    # Per phase, each task's datasets still share all of its draw: the placing ones between them.
-    phase_lines = printed.split("normalised per phase (2 parts of each episode)")[1].splitlines()
-    phase = dict(re.findall(r"(\w+) ([\d.]+)%", phase_lines[0]))
-    assert phase["stepwise"] == "100.00" and float(phase["clean"]) + float(phase["labelled"]) == pytest.approx(100, abs=0.02)
+    assert "40 frames, 5 episodes" in printed
+    # The pre-flight table: per phase, each task's datasets share all of its draw, the placing ones between them.
+    table = preflight_rows(printed)
+    assert table["stepwise"]["of its task's"] == "100.00%" and table["stepwise"]["episodes"] == "1/0/0"
+    assert float(table["clean"]["of its task's"][:-1]) + float(table["labelled"]["of its task's"][:-1]) == pytest.approx(100, abs=0.02)
     # and per part of the episodes: the only dataset of its task draws all of each part
-    assert "  stepwise: share of each part's draw, first to last: 100% 100%" in phase_lines
-    # Without the labelled dataset's failure nothing locates (7 of its 15 frames), it weighs less.
+    assert "  stepwise: share of each part's draw, first to last: 100% 100%" in printed.splitlines()
+    # Without the labelled dataset's failure nothing locates (its second episode, 7 of its 15 frames), it
+    # weighs less; the table names the dropped episode.
     reward_stats.main([*argv, "--unlocated-failures", "drop"])
-    dropped = capsys.readouterr().out
-    pattern = r"(\w+) \(\w+\): [\d.]+% of frames, mean weight [\d.]+, ([\d.]+)% of the weight"
-    share, share_dropped = ({k: float(v) for k, v in re.findall(pattern, text)} for text in (printed, dropped))
+    dropped = preflight_rows(capsys.readouterr().out)
+    assert dropped["labelled"]["episodes"] == "2/0/1" and dropped["clean"]["episodes"] == "2/0/0"
+    reward_stats.main([*argv, "--apply", "sample"])
+    kept = preflight_rows(capsys.readouterr().out)
+    share = {k: float(kept[k]["of the draw"][:-1]) for k in kept}
+    share_dropped = {k: float(dropped[k]["of the draw"][:-1]) for k in dropped}
     assert share_dropped["labelled"] < share["labelled"] and share_dropped["clean"] > share["clean"]
     stats = json.loads(out.read_text())
     assert stats["alpha"] == 0.25 and stats["overall"]["episodes"] == 5
@@ -339,7 +360,7 @@ def test_normalisation_statistics_come_from_the_served_episodes(data_root, tmp_p
         np.testing.assert_allclose(split["action"][key], own[key], rtol=1e-5)
     assert not np.allclose(split["action"]["mean"], everything["action"]["mean"])
     assert split["action"]["count"].item() == len(first) == 12
-    halved = first.normalization_stats(lambda g: np.full(len(g), 0.5))
+    halved = first.normalization_stats(np.full(len(first), 0.5))
     assert halved["action"]["count"].item() == 6 and np.allclose(halved["action"]["mean"], split["action"]["mean"])
 
 

@@ -266,6 +266,8 @@ def test_unlocated_failures_worked_example():
     # A success label locates it even with no positive reward (labelled a success, and damaged).
     assert not rewards.unlocated_failures(np.zeros(2), np.zeros(2, int), np.ones(2)).any()
     assert rewards.unlocated_failures(np.zeros(0), np.zeros(0, int), np.zeros(0)).shape == (0,)
+    # A positive step reward locates it too, whatever the success label says (R_e > 0 comes from one).
+    assert not rewards.unlocated_failures(np.array([0, 0.5]), np.zeros(2, int), np.zeros(2)).any()
 
 
 def test_per_group_normalisation_leaves_a_zero_group_at_zero_and_others_at_mean_one():

@@ -150,7 +150,7 @@ def test_credit_horizon_sets_how_far_the_per_chunk_signals_look(roots, fitted, t
     out, value_file = tmp_path / "stats.json", root / "values.parquet"
     args = ["--manifest", str(manifest), "--out", str(out), "--data-root", str(root), "--chunk-size", "3"]
     reward_stats.main([*args, "--signal", "chunk_advantage", "--value-file", str(value_file), "--credit-horizon", "1"])
-    assert "those whose 1 steps include a negative reward" in capsys.readouterr().out
+    assert "their 1 steps hold a negative reward" in capsys.readouterr().out
     assert json.loads(out.read_text())["credit_horizon"] == 1
     check = (out, manifest, one.fingerprint, SPEC, root, "chunk_advantage", value_file)
     assert reward_stats.load_checked(*check, 1)["fingerprint"] == one.fingerprint
@@ -173,7 +173,7 @@ def test_statistics_record_the_signal_and_refuse_another(roots, fitted, tmp_path
     args = ["--manifest", str(manifest), "--out", str(out), "--data-root", str(root), "--chunk-size", "3"]
     reward_stats.main([*args, "--signal", "chunk_advantage", "--value-file", str(value_file), "--plot", str(plot)])
     printed = capsys.readouterr().out
-    assert "signal 'chunk_advantage'" in printed and "held-out RMSE" in printed and "chunks into damage:" in printed
+    assert "signal 'chunk_advantage'" in printed and "held-out RMSE" in printed and "chunks into damage (" in printed
     assert plot.stat().st_size > 0
     stats = json.loads(out.read_text())
     assert stats["signal_type"] == "chunk_advantage"
@@ -214,7 +214,7 @@ def test_training_weighs_by_chunk_advantages_and_refuses_mismatched_inputs(roots
         return load_config(layers, [f"{k}={v}" for k, v in {**sets, **changes}.items()])
 
     run = train.train(cfg())
-    assert "RWFM weight, share of its task's: dense" in capsys.readouterr().out
+    assert "training data, before step 1:" in (printed := capsys.readouterr().out) and "\n  dense " in printed
     assert json.loads((run / "step_000002" / "reward_stats.json").read_text())["signal_type"] == "chunk_advantage"
     with pytest.raises(ConfigError, match="`data.value_file` is required by `reward_weighting.signal: chunk_advantage`"):
         cfg(**{"data.value_file": "null"})

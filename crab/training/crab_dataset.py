@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,9 @@ from crab.data.lerobot_writer import LABELS_FILE
 from crab.training import rewards
 from crab.training.manifest import ManifestError, ManifestRow, check_roots
 from crab.training.rewards import QUALITY_LABELS, RewardSpec
+from crab.training.weighting import DatasetFrames, dataset_frames
+
+logger = logging.getLogger(__name__)
 
 # Features that must agree across the datasets of one manifest (what the policy consumes).
 POLICY_FEATURE_PREFIXES = ("observation.", "action")
@@ -100,8 +103,14 @@ def annotate(
         damage = np.array([labels[int(e)][1] for e in episodes])
     if "next.success" in wanted:
         ok = _flat(table, "next.success", row).astype(np.float64)
-        success = np.zeros(len(episodes))
-        np.maximum.at(success, ep_pos, ok)
+        if ok.any():
+            success = np.zeros(len(episodes))
+            np.maximum.at(success, ep_pos, ok)
+        else:  # a recorder that never sets it: trusting it would turn every episode into a failure
+            logger.warning(
+                "dataset %r (%s): its next.success column is never True; success comes from its quality %r "
+                "and labels file instead", row.name, row.root, row.quality,
+            )
 
     if "next.reward" in wanted:
         step = _flat(table, "next.reward", row)
@@ -268,38 +277,32 @@ class CrabDataset(Dataset):
             row.name: table.signal[pos] for row, table, pos in zip(self.rows, self.tables, self._rows_of_items, strict=True)
         }
 
-    def unlocated_failures(self) -> np.ndarray:
-        """Per item, in item order: whether its episode is a failure the data does not locate
-        (`rewards.unlocated_failures`), for `reward_weighting.unlocated_failures: drop`."""
-        return np.concatenate([
-            rewards.unlocated_failures(t.step_reward, t.episode_index, t.episode_success)[pos]
-            for t, pos in zip(self.tables, self._rows_of_items, strict=True)
-        ])  # fmt: skip
+    def weight_frames(self, held_out: dict[str, list[int]] | None = None) -> list[DatasetFrames]:
+        """Per dataset, the items this dataset serves as `weighting.DatasetFrames` (what the run's weights are
+        computed from); `held_out`: each dataset's validation episodes, for the pre-flight table."""
+        return [
+            dataset_frames(row, table, pos, len((held_out or {}).get(row.name, [])))
+            for row, table, pos in zip(self.rows, self.tables, self._rows_of_items, strict=True)
+        ]
 
-    def phase_groups(self, bins: int) -> np.ndarray:
-        """Per item, in item order: its (task, part of its episode) group (`rewards.phase_groups`), for
-        `reward_weighting.normalize: phase`. The parts are of whole episodes, so held-out frames do not
-        move an episode's bins."""
-        groups = rewards.phase_groups([row.task for row in self.rows], [t.episode_index for t in self.tables], bins)
-        return np.concatenate([g[pos] for g, pos in zip(groups, self._rows_of_items, strict=True)])
-
-    def normalization_stats(self, frame_weight: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    def normalization_stats(self, counts: np.ndarray | None = None) -> dict:
         """lerobot statistics of the policy's features over the episodes this dataset serves.
 
         lerobot's own per-episode statistics (`meta/episodes`), pooled with its `aggregate_stats`, so
-        held-out episodes do not leak into the normalisation. With `frame_weight` (return signal G ->
-        clipped raw RWFM weight per frame) each episode counts in proportion to its weight mass (frames x
-        mean weight): the statistics then describe the data the weighted loss imitates.
+        held-out episodes do not leak into the normalisation. With `counts` (per item, in item order: how
+        much the frame counts, `RunWeights.normalization_counts`) each episode counts as its frames' summed
+        counts; episodes that count 0 (dropped) are left out.
         """
         from lerobot.datasets.compute_stats import aggregate_stats
 
-        pooled = []
+        pooled, start = [], 0
         for row, ds, table, pos in zip(self.rows, self.datasets, self.tables, self._rows_of_items, strict=True):
-            episode_of_item, signal = table.episode_index[pos], table.signal[pos]
+            episode_of_item = table.episode_index[pos]
+            mine, start = (None if counts is None else counts[start : start + len(pos)]), start + len(pos)
             for episode, stats in _episode_stats(row, ds.meta.features, np.unique(episode_of_item)).items():
-                of_episode = episode_of_item == episode
-                factor = 1.0 if frame_weight is None else float(frame_weight(signal[of_episode]).mean())
-                pooled.append(scale_counts(stats, factor))
+                factor = 1.0 if mine is None else float(mine[episode_of_item == episode].mean())
+                if factor > 0:
+                    pooled.append(scale_counts(stats, factor))
         return aggregate_stats(pooled)
 
     def __len__(self) -> int:

@@ -27,24 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from crab.training.config import RewardWeightingConfig
+from crab.training.config import DataConfig, RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
-from crab.training.rewards import (
-    SIGNALS,
-    VALUE_SIGNALS,
-    RewardSpec,
-    damage_free_chunks,
-    frame_task_shares,
-    frame_weights,
-    normaliser,
-    per_group_normalised,
-    phase_groups,
-    task_shares,
-    unlocated_failures,
-    weight_shares,
-)
+from crab.training.rewards import SIGNALS, VALUE_SIGNALS, RewardSpec, damage_free_chunks, normaliser
 from crab.training.value_fit import load_values
+from crab.training.weighting import (
+    DatasetFrames,
+    WeightingError,
+    dataset_frames,
+    phase_groups,
+    preflight_table,
+    run_weights,
+)
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -195,7 +190,15 @@ def load_checked(
     return stats
 
 
-def damage_chunks(tables: list[RewardTable], horizon: int) -> list[np.ndarray]:
+def training_frames(row: ManifestRow, table: RewardTable, held_out: int) -> DatasetFrames:
+    """The frames of `table` a run trains on when it holds out the last `held_out` episodes of each dataset
+    for validation (`sampling.split_episodes`)."""
+    episodes = np.unique(table.episode_index)
+    kept = np.flatnonzero(np.isin(table.episode_index, episodes[: len(episodes) - held_out]))
+    return dataset_frames(row, table, kept, held_out)
+
+
+def damage_chunks(tables: list[RewardTable] | list[DatasetFrames], horizon: int) -> list[np.ndarray]:
     """Per table: which frames start a chunk whose `horizon` steps include a damage step (a negative reward)."""
     return [damage_free_chunks(t.step_reward, t.episode_index, horizon) == 0 for t in tables]
 
@@ -264,6 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unlocated-failures", choices=("keep", "drop"), default="keep",
                    help="drop: the failures nothing locates weigh 0 in the printed shares "
                    "(reward_weighting.unlocated_failures)")  # fmt: skip
+    p.add_argument("--apply", choices=("loss", "sample"), help="reward_weighting.apply (default: sample with "
+                   "--phase-bins or --unlocated-failures drop, else loss)")  # fmt: skip
+    p.add_argument("--normalization-counts", choices=("weight", "frame"),
+                   default=RewardWeightingConfig.normalization_counts, help="reward_weighting.normalization_counts")
+    p.add_argument("--val-episodes-per-dataset", type=int, default=DataConfig.val_episodes_per_dataset,
+                   help="data.val_episodes_per_dataset: the episodes the printed table leaves out, as training does")
     p.add_argument("--lerobot-weights", type=Path, metavar="DIR",
                    help="write each dataset's per-frame weights (those printed: after --unlocated-failures and "
                    "--phase-bins) to DIR/<dataset>.parquet, columns `index` and `weight`, for lerobot's "
@@ -271,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.phase_bins is not None and args.phase_bins < 1:
         p.error("--phase-bins must be >= 1")
+    if args.val_episodes_per_dataset < 0:
+        p.error("--val-episodes-per-dataset must be >= 0")
+    if args.apply == "loss" and (args.phase_bins is not None or args.unlocated_failures == "drop"):
+        p.error("--phase-bins and --unlocated-failures drop go with --apply sample (as in training)")
     if args.credit_horizon is not None and (args.credit_horizon < 1 or args.signal == "outcome"):
         p.error("--credit-horizon must be >= 1 and goes with a per-chunk --signal (chunk_advantage, chunk_q, oracle)")
     spec = RewardSpec(chunk_size=args.chunk_size)
@@ -299,53 +312,47 @@ def main(argv: list[str] | None = None) -> None:
         h = value_meta["heldout"]
         print(f"value file {args.value_file}: held-out RMSE {h['rmse']:.4f} (a constant per task: "
               f"{h['rmse_constant_per_task']:.4f}), fingerprint {value_meta['fingerprint']}")  # fmt: skip
-    rw = RewardWeightingConfig(clip_min=args.clip_min, clip_max=args.clip_max, std_floor=args.std_floor)
-    clip, mean, std = (rw.clip_min, rw.clip_max), o["signal"]["mean"], o["signal"]["std"]
-    dropped = [
-        unlocated_failures(t.step_reward, t.episode_index, t.episode_success) & (args.unlocated_failures == "drop")
-        for t in tables
-    ]
-    shares = weight_shares(
-        {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, mean, std, args.alpha, clip, rw.std_floor,
-        args.signal, {row.name: d for row, d in zip(rows, dropped, strict=True)},
+    drop, phase = args.unlocated_failures == "drop", args.phase_bins is not None
+    rw = RewardWeightingConfig(
+        signal=args.signal, alpha=args.alpha, clip_min=args.clip_min, clip_max=args.clip_max, std_floor=args.std_floor,
+        apply=args.apply or ("sample" if drop or phase else "loss"), normalize="phase" if phase else "global",
+        phase_bins=args.phase_bins or RewardWeightingConfig.phase_bins, unlocated_failures=args.unlocated_failures,
     )  # fmt: skip
-    of_task = task_shares(shares, {row.name: row.task for row in rows})
-    weights = [
-        frame_weights(t.signal, mean, std, args.alpha, clip, rw.std_floor, args.signal, d)
-        for t, d in zip(tables, dropped, strict=True)
-    ]
-    total = sum(float(w.sum()) for w in weights)
+    mean, std = o["signal"]["mean"], o["signal"]["std"]
+    held_out = args.val_episodes_per_dataset
+    if any(len(np.unique(t.episode_index)) <= held_out for t in tables):
+        print(f"note: a dataset has {held_out} episode(s) or fewer, so the table holds none out "
+              "(training needs data.val_episodes_per_dataset lower too)")  # fmt: skip
+        held_out = 0
+    try:
+        # The table: the training split of `data.val_episodes_per_dataset`, as training prints it.
+        weights = run_weights(rw, [training_frames(row, t, held_out) for row, t in zip(rows, tables, strict=True)], mean, std)
+        # lerobot has no held-out split: every frame gets its weight.
+        everything = run_weights(rw, [training_frames(row, t, 0) for row, t in zip(rows, tables, strict=True)], mean, std)
+    except WeightingError as e:
+        sys.exit(f"error: {args.manifest}: {e}")
     print(
         f"RWFM weight, signal {args.signal!r}, alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], "
-        f"std floor {rw.std_floor:g}); chunks into damage: those whose {horizon} steps include a negative reward:"
+        f"std floor {rw.std_floor:g}), apply {rw.apply!r}, normalize {rw.normalize!r}"
+        + (f" ({rw.phase_bins} parts of each episode)" if phase else "")
+        + f", unlocated failures {rw.unlocated_failures!r}; training frames ({held_out} episode(s) of each dataset "
+        f"held out):\n{preflight_table(weights, args.normalization_counts)}"
     )
-    for row, w, damaged in zip(rows, weights, damage_chunks(tables, horizon), strict=True):
-        s = shares[row.name]
-        into_damage = (
-            f"; chunks into damage: {damaged.mean():.1%} of its frames, {w[damaged].sum() / total:.2%} of the weight"
-            if damaged.any() else ""
-        )  # fmt: skip
-        print(
-            f"  {row.name} ({row.quality}): {s['frame_share']:.1%} of frames, mean weight {s['mean_weight']:.3f}, "
-            f"{s['weight_share']:.2%} of the weight, {of_task[row.name]:.2%} of its task's{into_damage}"
-        )
-    w = np.concatenate(weights)  # the per-frame weights these shares describe
-    if args.phase_bins is not None:
-        groups = phase_groups([row.task for row in rows], [t.episode_index for t in tables], args.phase_bins)
-        w = per_group_normalised(w, np.concatenate(groups))
-        frames = {row.name: len(x) for row, x in zip(rows, weights, strict=True)}
-        of_task = frame_task_shares(w, frames, {row.name: row.task for row in rows})
-        print(f"normalised per phase ({args.phase_bins} parts of each episode), share of its task's: "
-              + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))  # fmt: skip
-        # Per part: where a moment that only the good episodes do well gets its draw from.
-        every, start = np.concatenate(groups), 0
-        part_total = {g: w[every == g].sum() for g in np.unique(every)}
-        for row, group in zip(rows, groups, strict=True):
-            mine, start = w[start : start + len(group)], start + len(group)
-            parts = [mine[group == g].sum() / part_total[g] for g in np.unique(group)]
-            print(f"  {row.name}: share of each part's draw, first to last: " + " ".join(f"{x:.0%}" for x in parts))
+    trained, total = weights.trained, weights.trained.sum()
+    train_tables = list(weights.datasets)
+    for d, s, damaged in zip(train_tables, weights.slices(), damage_chunks(train_tables, horizon), strict=True):
+        if damaged.any():
+            print(f"  {d.name}: chunks into damage (their {horizon} steps hold a negative reward): "
+                  f"{damaged.mean():.1%} of its frames, {trained[s][damaged].sum() / total:.2%} of the weight")  # fmt: skip
+    if phase:  # per part: where a moment that only the good episodes do well gets its draw from
+        groups = phase_groups(weights.datasets, rw.phase_bins)
+        part_total = {g: trained[groups == g].sum() for g in np.unique(groups)}
+        for d, s in zip(weights.datasets, weights.slices(), strict=True):
+            mine, group = trained[s], groups[s]
+            parts = [mine[group == g].sum() / part_total[g] if part_total[g] > 0 else 0.0 for g in np.unique(group)]
+            print(f"  {d.name}: share of each part's draw, first to last: " + " ".join(f"{x:.0%}" for x in parts))
     if args.lerobot_weights is not None:
-        for path in write_lerobot_weights(args.lerobot_weights, rows, tables, w):
+        for path in write_lerobot_weights(args.lerobot_weights, rows, tables, everything.trained):
             print(f"lerobot sample weights: {path}")
     if args.plot is not None:
         plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, horizon)

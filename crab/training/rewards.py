@@ -146,15 +146,17 @@ def episode_spans(episode_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def unlocated_failures(step_reward: np.ndarray, episode_index: np.ndarray, episode_success: np.ndarray) -> np.ndarray:
     """True on every frame of an episode that neither succeeded (`episode_success` 0, per frame) nor holds a
-    negative step reward: a failure the data does not locate (a missed grasp, a grip too weak to lift).
+    non-zero step reward: a failure the data does not locate (a missed grasp, a grip too weak to lift). A
+    negative step reward places damage in time; a positive one is progress or success the data records
+    (`R_e > 0` comes from one), even where a success label says 0.
 
     A per-chunk signal can only blame what it can place in time: a damage step, or a state the value model
     sees is doomed. Nothing marks when such an episode went wrong, so none of its chunks can be told good
     from bad (`reward_weighting.unlocated_failures: drop` leaves them out of the draw, as filtering would).
     """
     starts, lengths = episode_spans(episode_index)
-    damaged = np.minimum.reduceat(step_reward, starts) < 0 if len(starts) else np.zeros(0, bool)
-    return np.repeat(~damaged, lengths) & (episode_success <= 0)
+    located = np.logical_or.reduceat(step_reward != 0, starts) if len(starts) else np.zeros(0, bool)
+    return np.repeat(~located, lengths) & (episode_success <= 0)
 
 
 def normaliser(kind: str, mean: float, std: float) -> tuple[float, float]:

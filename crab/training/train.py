@@ -9,14 +9,12 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from crab.training import checkpoint as ckpt
@@ -36,19 +34,11 @@ from crab.training.monitoring import (
 )
 from crab.training.plots import plot_run, read_step_log
 from crab.training.reward_stats import load_checked, plot_signal
-from crab.training.rewards import (
-    VALUE_SIGNALS,
-    RewardSpec,
-    frame_task_shares,
-    frame_weights,
-    mean_raw_weight,
-    per_group_normalised,
-    task_shares,
-    weight_shares,
-)
+from crab.training.rewards import VALUE_SIGNALS, RewardSpec
 from crab.training.sampling import EpochBatchSampler, split_episodes
 from crab.training.schedules import lambda_anchor_at
 from crab.training.value_fit import load_values
+from crab.training.weighting import WeightingError, preflight_table, run_weights
 
 # Keys that must match between a checkpoint's config and the resuming one. Others may change: log_every,
 # save_every, ..., and train.steps, which extends (or shortens) the run but never its learning-rate
@@ -138,14 +128,19 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         )  # fmt: skip
     signal = reward_stats.get("overall", {}).get("signal", {})
 
-    weight_mean, frame_weight = rwfm_normaliser(cfg, train_ds, signal, log) if cfg.reward_weighting.enabled else (1.0, None)
+    # The run's per-frame weights, computed once: the loss, the draw, the normalisation and the table below.
+    try:
+        weights = run_weights(cfg.reward_weighting, train_ds.weight_frames(val_eps), signal.get("mean", 0.0), signal.get("std", 1.0))
+    except WeightingError as e:
+        raise TrainingError(f"{cfg.data.manifest}: {e}") from None
+    log("training data, before step 1:\n" + preflight_table(weights, cfg.reward_weighting.normalization_counts))
     if main_process and cfg.reward_weighting.enabled:  # the signal over a few episodes of each dataset
         plot_path = run_dir / "plots" / "signal.png"
         floor, plot_horizon = cfg.reward_weighting.std_floor, spec.horizon(horizon)
         plot_signal(train_ds.rows, train_ds.tables, kind, signal, floor, plot_path, plot_horizon)
-    # Actions and states are normalised with the training episodes' statistics; with weighting on, each
-    # episode counts by its weight mass, so suppressed data does not set the scale the flow is learned in.
-    dataset_stats = train_ds.normalization_stats(frame_weight)
+    # Actions and states are normalised with the training episodes' statistics, each episode counted as
+    # `reward_weighting.normalization_counts` says (dropped episodes not at all).
+    dataset_stats = train_ds.normalization_stats(weights.normalization_counts(cfg.reward_weighting.normalization_counts))
     policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
     model = CrabSmolVLA(
         policy,
@@ -153,7 +148,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         cfg.anchor,
         signal_mean=signal.get("mean", 0.0),
         signal_std=signal.get("std", 1.0),
-        weight_mean=weight_mean,
+        weight_mean=weights.constant,
         task_masks=cfg.task_masks,
     )
     extra_rows = [*(retention_ds.rows if retention_ds else []), *(replay_ds.rows if replay_ds else [])]
@@ -183,23 +178,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             )
 
     # `apply: sample`: the weights choose the frames (each epoch's draw), and the loss leaves them out.
-    draw_weights = None
-    if cfg.reward_weighting.enabled and cfg.reward_weighting.apply == "sample":
-        dropped = None
-        if cfg.reward_weighting.unlocated_failures == "drop":
-            dropped = train_ds.unlocated_failures()
-            if dropped.all():
-                raise TrainingError(
-                    f"every training episode of {cfg.data.manifest} failed without a damage step, and "
-                    "`reward_weighting.unlocated_failures: drop` leaves them all out: label the successes "
-                    "(next.success, the quality column or the labels file) or set it to `keep`"
-                )
-        draw_weights = frame_weight(np.concatenate(list(train_ds.signals().values())), dropped=dropped)
-        if cfg.reward_weighting.normalize == "phase":
-            draw_weights = per_group_normalised(draw_weights, train_ds.phase_groups(cfg.reward_weighting.phase_bins))
-            frames = {name: len(s) for name, s in train_ds.signals().items()}
-            of_task = frame_task_shares(draw_weights, frames, {row.name: row.task for row in train_ds.rows})
-            log("normalised per phase, drawn share of its task's: " + ", ".join(f"{n} {s:.2%}" for n, s in of_task.items()))
+    draw_weights = weights.draw if weights.apply == "sample" else None
     sampler, loader = batch_loader(cfg, train_ds, cfg.data.batch_size, cfg.seed, accelerator, cfg.data.manifest, draw_weights)
     replay = replay_batches(cfg, replay_ds, accelerator, step)
     global_batch = cfg.data.batch_size * accelerator.num_processes
@@ -379,27 +358,6 @@ def validation_interval(cfg: CrabConfig, val_frames: int, batches_per_epoch: int
         return cfg.train.val_every_epochs
     val_batches = math.ceil(min(val_frames, cfg.train.val_max_batches * cfg.data.batch_size) / cfg.data.batch_size)
     return max(1, math.ceil(TRAIN_STEPS_PER_VAL_BATCH * val_batches / batches_per_epoch))
-
-
-def rwfm_normaliser(cfg: CrabConfig, train_ds: CrabDataset, signal: dict, log) -> tuple[float, functools.partial]:
-    """The run's one weight normaliser, the mean clipped raw weight of the training frames, and the
-    function G -> clipped raw weight per frame; prints each dataset's share of its task's weight."""
-    rw = cfg.reward_weighting
-    clip = (rw.clip_min, rw.clip_max)
-    frame_weight = functools.partial(
-        frame_weights, mean=signal["mean"], std=signal["std"], alpha=rw.alpha, clip=clip, std_floor=rw.std_floor,
-        kind=rw.signal,
-    )  # fmt: skip
-    shares = weight_shares(train_ds.signals(), signal["mean"], signal["std"], rw.alpha, clip, rw.std_floor, rw.signal)
-    weight_mean = mean_raw_weight(shares)
-    if weight_mean <= 0:
-        raise TrainingError(
-            f"every training frame of {cfg.data.manifest} has RWFM weight 0 (alpha {rw.alpha}, clip_min "
-            f"{rw.clip_min}): lower reward_weighting.alpha or raise reward_weighting.clip_min"
-        )
-    of_task = task_shares(shares, {row.name: row.task for row in train_ds.rows})
-    log("RWFM weight, share of its task's: " + ", ".join(f"{n} {share:.2%}" for n, share in of_task.items()))
-    return weight_mean, frame_weight
 
 
 def mixed_precision(cfg: CrabConfig, cuda: bool) -> str:
