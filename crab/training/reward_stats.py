@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +27,8 @@ import numpy as np
 
 from crab.training.config import RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
-from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
+from crab.training.files import check_output_file, write_text_atomic
+from crab.training.manifest import ManifestError, ManifestRow, load_datasets
 from crab.training.rewards import (
     SIGNALS,
     VALUE_SIGNALS,
@@ -102,15 +101,6 @@ def compute_stats(
     if value_meta is not None:
         stats["value_file"] = {k: value_meta[k] for k in ("path", "fingerprint", "settings", "heldout")}
     return stats
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def recompute_command(
@@ -242,8 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     spec = RewardSpec(chunk_size=args.chunk_size)
     horizon = spec.horizon(args.credit_horizon)
     try:
-        rows = load_manifest(args.manifest, args.data_root)
-        check_roots(rows)
+        check_output_file(args.out, "--out")
+        if args.plot is not None:
+            check_output_file(args.plot, "--plot")
+        rows = load_datasets(args.manifest, args.data_root)
         values, value_meta = None, None
         if args.signal in VALUE_SIGNALS:
             values, value_meta = load_values(args.value_file, rows, spec, args.manifest, args.data_root)
@@ -253,8 +245,18 @@ def main(argv: list[str] | None = None) -> None:
         ]
     except ManifestError as e:  # bad input: the message names the file, row and column
         sys.exit(f"error: {e}")
+    dropped = [
+        unlocated_failures(t.step_reward, t.episode_index, t.episode_success) & (args.unlocated_failures == "drop")
+        for t in tables
+    ]
+    if all(d.all() for d in dropped):  # before writing: training refuses such data with `drop` too
+        sys.exit(
+            f"error: every episode of {args.manifest} failed without a damage step, and --unlocated-failures drop "
+            "leaves them all out: label the successes (next.success, the quality column or the labels file) or "
+            "use --unlocated-failures keep"
+        )
     stats = compute_stats(args.manifest, rows, tables, spec, args.alpha, args.signal, value_meta, args.credit_horizon)
-    write_json_atomic(stats, Path(args.out))
+    write_text_atomic(args.out, json.dumps(stats, indent=2) + "\n")
     o = stats["overall"]
     print(
         f"{args.out}: {o['frames']} frames, {o['episodes']} episodes, success {o['success_rate']:.2f}, "
@@ -267,10 +269,6 @@ def main(argv: list[str] | None = None) -> None:
               f"{h['rmse_constant_per_task']:.4f}), fingerprint {value_meta['fingerprint']}")  # fmt: skip
     rw = RewardWeightingConfig(clip_min=args.clip_min, clip_max=args.clip_max, std_floor=args.std_floor)
     clip, mean, std = (rw.clip_min, rw.clip_max), o["signal"]["mean"], o["signal"]["std"]
-    dropped = [
-        unlocated_failures(t.step_reward, t.episode_index, t.episode_success) & (args.unlocated_failures == "drop")
-        for t in tables
-    ]
     shares = weight_shares(
         {row.name: t.signal for row, t in zip(rows, tables, strict=True)}, mean, std, args.alpha, clip, rw.std_floor,
         args.signal, {row.name: d for row, d in zip(rows, dropped, strict=True)},
@@ -307,8 +305,10 @@ def main(argv: list[str] | None = None) -> None:
         part_total = {g: w[every == g].sum() for g in np.unique(every)}
         for row, group in zip(rows, groups, strict=True):
             mine, start = w[start : start + len(group)], start + len(group)
-            parts = [mine[group == g].sum() / part_total[g] for g in np.unique(group)]
-            print(f"  {row.name}: share of each part's draw, first to last: " + " ".join(f"{x:.0%}" for x in parts))
+            # A part every frame of which `drop` left out is drawn from nowhere: "-", not 0/0.
+            parts = [mine[group == g].sum() / part_total[g] if part_total[g] > 0 else None for g in np.unique(group)]
+            print(f"  {row.name}: share of each part's draw, first to last: "
+                  + " ".join("-" if x is None else f"{x:.0%}" for x in parts))  # fmt: skip
     if args.plot is not None:
         plot_signal(rows, tables, args.signal, o["signal"], rw.std_floor, args.plot, horizon)
         print(f"plot: {args.plot}")
