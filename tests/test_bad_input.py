@@ -282,3 +282,14 @@ def test_every_frame_left_after_drop_weighing_zero_is_named(setup, monkeypatch):
                                          "reward_weighting.unlocated_failures": "drop"})  # fmt: skip
     with pytest.raises(train.TrainingError, match=r"every training frame .* leaves in the draw has weight 0"):
         train.train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("tool", "flag"),
+    [(reward_stats, ["--chunk-size", "0"]), (reward_stats, ["--alpha", "nan"]), (reward_stats, ["--clip-min", "-1"]),
+     (frame_cache, ["--batch", "0"])],
+)  # fmt: skip
+def test_numbers_of_reward_stats_and_frame_cache_are_checked_first(tmp_path, tool, flag, capsys):
+    with pytest.raises(SystemExit):
+        tool.main(["--manifest", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "out"), *flag])
+    assert f"{flag[0]}" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -360,7 +360,7 @@ def _check_out(out: Path) -> None:
         raise FrameCacheError(
             f"--out {out} exists and is not a frame cache ({'a file' if not out.is_dir() else why}); a build "
             "replaces its --out folder whole, so it only writes over a frame cache it built: choose a new "
-            f"folder, e.g. {out / 'frame_cache'}; nothing was written"
+            f"folder{f', e.g. {out / "frame_cache"}' if out.is_dir() else ''}; nothing was written"
         )
     for folder in (partial, stale):
         if folder.exists() and (not folder.is_dir() or _foreign(folder)):
@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     p.add_argument("--batch", type=int, default=32, help="frames decoded per call")
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error("--batch must be >= 1")
     try:
         build(args.manifest, args.data_root, args.out, args.resolution, args.batch)
     except ManifestError as e:  # bad input, a stale cache, too small a disk: no traceback

@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="drop: the failures nothing locates weigh 0 in the printed shares "
                    "(reward_weighting.unlocated_failures)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.chunk_size < 1:
+        p.error("--chunk-size must be >= 1 (the policy's chunk_size)")
+    if not (args.alpha >= 0 and args.std_floor > 0 and 0 <= args.clip_min < args.clip_max):  # also refuses nan
+        p.error("need --alpha >= 0, --std-floor > 0 and 0 <= --clip-min < --clip-max (as reward_weighting's keys)")
     if args.phase_bins is not None and args.phase_bins < 1:
         p.error("--phase-bins must be >= 1")
     if args.credit_horizon is not None and (args.credit_horizon < 1 or args.signal == "outcome"):
