@@ -357,10 +357,11 @@ def _check_out(out: Path) -> None:
     if not out.exists() and stale.is_dir() and (stale / INDEX_FILE).is_file() and not _foreign(stale):
         stale.rename(out)  # killed between the two renames of a rebuild: the previous cache is complete
     if out.exists() and (not out.is_dir() or (why := _foreign(out))):
+        example = f", e.g. {out / 'frame_cache'}" if out.is_dir() else ""
         raise FrameCacheError(
             f"--out {out} exists and is not a frame cache ({'a file' if not out.is_dir() else why}); a build "
             "replaces its --out folder whole, so it only writes over a frame cache it built: choose a new "
-            f"folder{f', e.g. {out / "frame_cache"}' if out.is_dir() else ''}; nothing was written"
+            f"folder{example}; nothing was written"
         )
     for folder in (partial, stale):
         if folder.exists() and (not folder.is_dir() or _foreign(folder)):
