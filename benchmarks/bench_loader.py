@@ -63,11 +63,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from bench_train_step import crab_step
 
 from crab.training.config import CrabConfig, load_config
 from crab.training.crab_dataset import CrabDataset
-from crab.training.crab_smolvla_wrapper import make_policy, policy_config
 from crab.training.manifest import ManifestRow, load_manifest
 from crab.training.rewards import RewardSpec
 from crab.training.sampling import EpochBatchSampler, split_episodes
@@ -307,7 +305,10 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
     if loader == PROTOTYPE:
         keep_frames_uint8()
     cams = crab.meta.camera_keys
-    indices = np.random.default_rng(2).integers(0, len(ds), (args.real_warmup + args.real_batches) * args.real_batch)
+    # Every worker delivers a batch before the timing starts: spawned workers import torch, lerobot and Crab
+    # first, and a worker still starting would put that into the timed batches.
+    warmup = max(args.real_warmup, workers)
+    indices = np.random.default_rng(2).integers(0, len(ds), (warmup + args.real_batches) * args.real_batch)
     peak, done = [0], threading.Event()
 
     def sample_rss() -> None:
@@ -343,7 +344,7 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
                     batch[key] = batch[key].to(dtype=torch.float32) / 255.0
         return batch
 
-    for _ in range(args.real_warmup):  # starts the workers, opens the decoders
+    for _ in range(warmup):  # starts the workers, opens the decoders
         next_batch()
     start, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(args.real_batches):
@@ -399,7 +400,7 @@ def real_shaped(args: argparse.Namespace) -> None:
         f"{len(checked)} random items equal to LeRobotDataset's (frames bit-identical, and to its return_uint8 frames / 255; "
         f"from the frame cache, after "
         f"SmolVLA's resize to {'x'.join(map(str, REAL_RESOLUTION))}: max |difference| {worst * 255:.3f}/255); "
-        f"{args.repeats} repeats x {args.real_batches} batches after {args.real_warmup} warm-up, median"
+        f"{args.repeats} repeats x {args.real_batches} batches after {args.real_warmup} warm-up (at least one per worker), median"
     )
     print(
         f"  frame cache {cache_dir}: {'x'.join(map(str, stored))} uint8 frames, {cache_bytes / 1e9:.2f} GB "
@@ -476,7 +477,10 @@ def real_shaped(args: argparse.Namespace) -> None:
 
 
 def loader_vs_trainer(rows: list[ManifestRow], cfg: CrabConfig, args: argparse.Namespace) -> None:
+    from bench_train_step import crab_step
     from lerobot.datasets.compute_stats import aggregate_stats
+
+    from crab.training.crab_smolvla_wrapper import make_policy, policy_config
 
     smolvla_cfg = policy_config(cfg.policy)
     train_eps, _ = split_episodes(rows, cfg.data.val_episodes_per_dataset)
@@ -576,7 +580,9 @@ def main() -> None:
     )
     real.add_argument("--real-batch", type=int, default=8)
     real.add_argument("--real-batches", type=int, default=30, help="timed batches per run")
-    real.add_argument("--real-warmup", type=int, default=3, help="untimed batches per run (starts workers)")
+    real.add_argument(
+        "--real-warmup", type=int, default=3, help="untimed batches per run (starts workers; at least one per worker)"
+    )
     real.add_argument("--real-chunk", type=int, default=50, help="action chunk (smolvla_base: 50)")
     real.add_argument(
         "--real-uint8-prototype",

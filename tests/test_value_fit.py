@@ -97,7 +97,7 @@ def test_missing_and_stale_value_files_are_refused_with_the_fix(roots, fitted, t
     with pytest.raises(ManifestError, match="fitted with gamma 1.0, training uses 0.9"):
         value_fit.load_values(stale, rows, RewardSpec(chunk_size=3, gamma=0.9), manifest, root)
     # the printed command fixes it
-    command = shlex.split(str(e.value).split("fit it with: ")[1])
+    command = shlex.split(str(e.value).split("refit it with its settings: ")[1])
     assert command[:3] == ["python", "-m", "crab.training.value_fit"]
     fixed = tmp_path / "fixed.parquet"
     value_fit.main([*[str(fixed) if a == str(stale) else a for a in command[3:]], *FIT])
@@ -292,7 +292,7 @@ def test_each_fold_keeps_its_best_validation_epoch(roots):
 @pytest.mark.parametrize(
     ("flag", "message"),
     [(["--folds", "2"], "--folds must be >= 3"), (["--patience", "0"], "--patience must be >= 1"),
-     (["--epochs", "0"], "--epochs and --patience"), (["--expectile", "1"], "--expectile must be in")],
+     (["--epochs", "0"], "--epochs must be >= 1"), (["--expectile", "1"], "--expectile must be in")],
 )
 def test_bad_settings_are_refused_before_reading_data(tmp_path, flag, message):
     out = tmp_path / "values.parquet"

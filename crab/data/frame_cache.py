@@ -15,7 +15,9 @@ in RAM) instead of decoding them.
   docs/performance.md). Frames smaller than the resolution (the policy upscales them) are stored as
   decoded, so their items stay bit-identical to lerobot's.
 - The size is printed before anything is written; the command refuses when the disk has less free space.
-- The cache is written under `DIR.partial` and renamed to DIR when complete.
+- The cache is written under `DIR.partial` and renamed to DIR when complete. A build only replaces or
+  removes folders it wrote: `--out` naming anything else (a data root, a folder of other files) is refused
+  before any work.
 - `frame_cache.json` records the resolution and, per dataset, a fingerprint of its source files (paths,
   sizes and modification times under meta/, data/ and videos/). Reading refuses a cache whose
   fingerprint or resolution does not match, and prints the command that rebuilds it.
@@ -38,9 +40,11 @@ import numpy as np
 import torch
 
 from crab.data.lerobot_reader import LeRobotFrames, to_float
-from crab.training.manifest import ManifestError, check_roots, load_manifest
+from crab.training.manifest import ManifestError, load_datasets
 
 INDEX_FILE = "frame_cache.json"
+# Marks a folder as a build of this command in progress (removed once the build is renamed into place).
+PARTIAL_MARK = "frame_cache.partial"
 FORMAT = 1
 DEFAULT_RESOLUTION = (512, 512)  # smolvla_base's resize_imgs_with_padding (width, height)
 
@@ -187,13 +191,12 @@ def open_cached_frames(
 def _rows(manifests: list[str], data_root: str) -> list:
     rows = {}
     for manifest in manifests:
-        for row in load_manifest(manifest, data_root):
+        for row in load_datasets(manifest, data_root):
             seen = rows.setdefault(row.name, row)
             if seen.root.resolve() != row.root.resolve():
                 raise ManifestError(
                     f"{row.source}: dataset name {row.name!r} already names {seen.root} ({seen.source})"
                 )
-    check_roots(list(rows.values()))
     return list(rows.values())
 
 
@@ -202,6 +205,7 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
     from tqdm import tqdm
 
     out = Path(out)
+    _check_out(out)
     arguments = [a for m in manifests for a in ("--manifest", str(m))]
     arguments += ["--data-root", str(data_root), "--out", str(out), "--resolution", "x".join(map(str, resolution))]
     rows = _rows(manifests, data_root)
@@ -276,8 +280,10 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
             "choose another --out)"
         )
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier build
+    partial, stale = _siblings(out)
+    _remove_own(partial)  # an interrupted earlier build
+    partial.mkdir(parents=True)
+    (partial / PARTIAL_MARK).touch()
     start = time.perf_counter()
     index = {"format": FORMAT, "resolution": list(resolution), "arguments": arguments, "datasets": {}}
     try:
@@ -293,18 +299,73 @@ def build(manifests: list[str], data_root: str, out: str | Path, resolution: tup
         index["build_seconds"] = round(time.perf_counter() - start, 1)
         (partial / INDEX_FILE).write_text(json.dumps(index, indent=1), encoding="utf-8")  # last: marks it complete
     except BaseException:  # a decoding error, Ctrl-C: no half-written cache left behind
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_own(partial)
         raise
-    if out.exists():  # replace the old cache only now that the new one is complete
-        stale = out.with_name(out.name + ".old")
-        shutil.rmtree(stale, ignore_errors=True)
+    # Replace the old cache only now that the new one is complete. A kill between the two renames leaves
+    # the old cache under `stale`, and the next build puts it back before anything else.
+    if out.exists():
+        _remove_own(stale)
         out.rename(stale)
-        partial.rename(out)
-        shutil.rmtree(stale)
-    else:
-        partial.rename(out)
+    partial.rename(out)
+    (out / PARTIAL_MARK).unlink()
+    _remove_own(stale)
     print(f"frame cache {out}: {need / 1e9:.2f} GB written in {index['build_seconds']:.0f} s")
     return index
+
+
+def _siblings(out: Path) -> tuple[Path, Path]:
+    """The folders beside `out` that a build writes: the cache being built, and the previous cache while
+    the new one is renamed into place."""
+    return out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+
+
+def _foreign(folder: Path) -> str | None:
+    """Why `folder` is not a frame cache (or partial build) this command wrote, or None when it is: one
+    holds its index or partial mark, and otherwise only `<dataset>/<camera>.npy` files (an empty folder
+    holds nothing to lose)."""
+    if not any(folder.iterdir()):
+        return None
+    if not (folder / INDEX_FILE).is_file() and not (folder / PARTIAL_MARK).is_file():
+        return f"no {INDEX_FILE}"
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        ours = relative.name in (INDEX_FILE, PARTIAL_MARK) if len(relative.parts) == 1 else (
+            len(relative.parts) == 2 and relative.suffix == ".npy" and path.is_file()
+        )  # fmt: skip
+        if not ours and not (len(relative.parts) == 1 and path.is_dir()):
+            return f"it holds {relative.as_posix()}, which no frame cache holds"
+    return None
+
+
+def _remove_own(folder: Path) -> None:
+    """Remove `folder` if it exists and is a frame cache this command wrote; refuse anything else."""
+    if not folder.exists():
+        return
+    if not folder.is_dir() or (why := _foreign(folder)):
+        raise FrameCacheError(
+            f"{folder} is in the way of the frame cache and is not one this command wrote "
+            f"({'a file' if not folder.is_dir() else why}); move it away, nothing was written"
+        )
+    shutil.rmtree(folder)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an `--out` this command would have to replace without having written it
+    (a data root, a dataset, any folder of other files), and put back a previous cache that a kill left
+    beside it."""
+    partial, stale = _siblings(out)
+    if not out.exists() and stale.is_dir() and (stale / INDEX_FILE).is_file() and not _foreign(stale):
+        stale.rename(out)  # killed between the two renames of a rebuild: the previous cache is complete
+    if out.exists() and (not out.is_dir() or (why := _foreign(out))):
+        example = f", e.g. {out / 'frame_cache'}" if out.is_dir() else ""
+        raise FrameCacheError(
+            f"--out {out} exists and is not a frame cache ({'a file' if not out.is_dir() else why}); a build "
+            "replaces its --out folder whole, so it only writes over a frame cache it built: choose a new "
+            f"folder{example}; nothing was written"
+        )
+    for folder in (partial, stale):
+        if folder.exists() and (not folder.is_dir() or _foreign(folder)):
+            _remove_own(folder)  # raises, naming it
 
 
 def _write(path: Path, ds: LeRobotFrames, key: str, source: tuple, resolution: tuple[int, int], batch: int, bar) -> int:
@@ -337,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     p.add_argument("--batch", type=int, default=32, help="frames decoded per call")
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error("--batch must be >= 1")
     try:
         build(args.manifest, args.data_root, args.out, args.resolution, args.batch)
     except ManifestError as e:  # bad input, a stale cache, too small a disk: no traceback

@@ -187,7 +187,33 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
         return float(value)
     if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
         raise ConfigError(f"{source}: `{key}` must be {tp.__name__}, got {value!r}")
+    if tp is str and (control := [c for c in value if c in _CONTROL]):
+        raise ConfigError(
+            f"{source}: `{key}` holds the control character {control[0]!r} ({value!r}): {_BACKSLASH_HINT}"
+        )
     return value
+
+
+# Characters no path, name or task of a config holds, but that YAML's double-quoted escapes make of a
+# Windows path: "C:\tmp\values.parquet" holds a tab (\t) and a vertical tab (\v). (Newlines are left
+# out: lerobot's task instructions may end with one.)
+_CONTROL = frozenset(map(chr, [*range(0, 10), *range(11, 32), 127]))
+_BACKSLASH_HINT = (
+    "in YAML double quotes a backslash starts an escape (\\t is a tab, \\d is an error); write a Windows path "
+    "in single quotes ('C:\\data\\values.parquet') or with forward slashes (C:/data/values.parquet)"
+)
+
+
+def _yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load(text)`; a `ConfigError` naming `source` and the line for text that is not YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        hint = f"; {_BACKSLASH_HINT}" if "\\" in text else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}{hint}") from None
 
 
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
@@ -219,7 +245,7 @@ def apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: `{part}` is not a section")
-    node[leaf] = yaml.safe_load(value)
+    node[leaf] = _yaml(value, f"override {override!r}")
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -237,7 +263,11 @@ def load_config(paths: str | Path | list, overrides: list[str] = ()) -> CrabConf
     for path in paths:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        layer = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is no key
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        layer = _yaml(text, str(path)) or {}
         if not isinstance(layer, dict):
             raise ConfigError(f"{path}: a config is a mapping of keys, got {type(layer).__name__}")
         raw = _deep_merge(raw, layer)

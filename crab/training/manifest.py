@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,22 @@ class ManifestRow:
 
 
 def load_manifest(path: str | Path, data_root: str | Path) -> list[ManifestRow]:
-    """Read and validate a manifest; every error names the file, line and column."""
+    """Read and validate a manifest; every error names the file, line and column.
+
+    The one manifest reader: UTF-8 with or without the byte-order mark that spreadsheets write ("CSV
+    UTF-8"), any line ending (the csv module's `newline=""` takes LF, CRLF and CR)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(
+            f"{path}: not UTF-8 text (byte {e.start}); save it as CSV UTF-8 (columns {list(COLUMNS)})"
+        ) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
+        reader.fieldnames = [c.strip() for c in reader.fieldnames or []]  # "name, repo_id" from hand edits
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ManifestError(f"{path}: missing column(s) {missing}; a manifest has columns {list(COLUMNS)}")
@@ -57,7 +68,7 @@ def load_manifest(path: str | Path, data_root: str | Path) -> list[ManifestRow]:
                     root=root,
                     task=raw["task"].strip(),
                     quality=quality,
-                    cycles=tuple(c.strip() for c in raw["cycle"].split(";") if c.strip()),
+                    cycles=tuple(c.strip() for c in (raw["cycle"] or "").split(";") if c.strip()),
                     source=source,
                 )
             )
@@ -68,6 +79,15 @@ def load_manifest(path: str | Path, data_root: str | Path) -> list[ManifestRow]:
         if row.name in seen:
             raise ManifestError(f"{row.source}: dataset name {row.name!r} already used at {seen[row.name]}")
         seen[row.name] = row.source
+    return rows
+
+
+def load_datasets(path: str | Path, data_root: str | Path) -> list[ManifestRow]:
+    """A manifest's rows whose dataset folders all exist (`load_manifest`, then `check_roots`): what every
+    tool reads before it opens any dataset, so a missing folder is reported by its manifest row, never by
+    lerobot (which would look the repo id up on the Hub)."""
+    rows = load_manifest(path, data_root)
+    check_roots(rows)
     return rows
 
 

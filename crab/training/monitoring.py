@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from crab.training.files import write_text_atomic
 
 # The guide's eleven stability metrics, in its order.
 GUIDE_METRICS = (
@@ -53,15 +53,6 @@ def combine_ranks(per_rank):
     i = STEP_METRICS.index("w_max")
     combined[:, i] = per_rank[:, :, i].amax(dim=0)
     return combined
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
@@ -173,8 +164,27 @@ def append_epoch_summary(run_dir: Path, summaries: list[dict]) -> None:
         write_text_atomic(path, _csv(rows, list(dict.fromkeys(k for r in rows for k in r)), True))
 
 
-def read_epoch_summaries(run_dir: Path) -> list[dict]:
-    path = run_dir / "epoch_summary.jsonl"
+def _jsonl_rows(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file the trainer appends to; a last line cut short by a kill is left out."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def read_epoch_summaries(run_dir: Path) -> list[dict]:
+    return _jsonl_rows(run_dir / "epoch_summary.jsonl")
+
+
+def truncate_step_log(run_dir: Path, last_step: int) -> None:
+    """Keep the rows of `train_log.jsonl` up to step `last_step`: a run resumed from that step logs the
+    later ones again, and duplicates would double them in the plots."""
+    path = run_dir / "train_log.jsonl"
+    if path.is_file():
+        kept = [row for row in _jsonl_rows(path) if row["step"] <= last_step]
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +27,8 @@ import numpy as np
 
 from crab.training.config import DataConfig, RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
-from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
+from crab.training.files import check_output_file, write_atomically, write_text_atomic
+from crab.training.manifest import ManifestError, ManifestRow, load_datasets
 from crab.training.rewards import SIGNALS, VALUE_SIGNALS, RewardSpec, damage_free_chunks, normaliser
 from crab.training.value_fit import load_values
 from crab.training.weighting import (
@@ -99,15 +98,6 @@ def compute_stats(
     return stats
 
 
-def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def write_lerobot_weights(
     folder: Path, rows: list[ManifestRow], tables: list[RewardTable], weights: np.ndarray
 ) -> list[Path]:
@@ -124,17 +114,13 @@ def write_lerobot_weights(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
     mean = float(weights.mean()) if weights.size and weights.mean() > 0 else 1.0
     paths, start = [], 0
     for row, table in zip(rows, tables, strict=True):
         w, start = weights[start : start + len(table.index)] / mean, start + len(table.index)
-        path = folder / f"{row.name}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        pq.write_table(pa.table({"index": table.index.astype(np.int64), "weight": w.astype(np.float64)}), tmp)
-        os.replace(tmp, path)
-        paths.append(path)
+        columns = pa.table({"index": table.index.astype(np.int64), "weight": w.astype(np.float64)})
+        write_atomically(folder / f"{row.name}.parquet", lambda tmp, columns=columns: pq.write_table(columns, tmp))
+        paths.append(folder / f"{row.name}.parquet")
     return paths
 
 
@@ -278,6 +264,10 @@ def main(argv: list[str] | None = None) -> None:
                    "--phase-bins) to DIR/<dataset>.parquet, columns `index` and `weight`, for lerobot's "
                    "static sample weighter")  # fmt: skip
     args = p.parse_args(argv)
+    if args.chunk_size < 1:
+        p.error("--chunk-size must be >= 1 (the policy's chunk_size)")
+    if not (args.alpha >= 0 and args.std_floor > 0 and 0 <= args.clip_min < args.clip_max):  # also refuses nan
+        p.error("need --alpha >= 0, --std-floor > 0 and 0 <= --clip-min < --clip-max (as reward_weighting's keys)")
     if args.phase_bins is not None and args.phase_bins < 1:
         p.error("--phase-bins must be >= 1")
     if args.val_episodes_per_dataset < 0:
@@ -289,8 +279,10 @@ def main(argv: list[str] | None = None) -> None:
     spec = RewardSpec(chunk_size=args.chunk_size)
     horizon = spec.horizon(args.credit_horizon)
     try:
-        rows = load_manifest(args.manifest, args.data_root)
-        check_roots(rows)
+        check_output_file(args.out, "--out")
+        if args.plot is not None:
+            check_output_file(args.plot, "--plot")
+        rows = load_datasets(args.manifest, args.data_root)
         values, value_meta = None, None
         if args.signal in VALUE_SIGNALS:
             values, value_meta = load_values(args.value_file, rows, spec, args.manifest, args.data_root)
@@ -301,7 +293,25 @@ def main(argv: list[str] | None = None) -> None:
     except ManifestError as e:  # bad input: the message names the file, row and column
         sys.exit(f"error: {e}")
     stats = compute_stats(args.manifest, rows, tables, spec, args.alpha, args.signal, value_meta, args.credit_horizon)
-    write_json_atomic(stats, Path(args.out))
+    drop, phase = args.unlocated_failures == "drop", args.phase_bins is not None
+    rw = RewardWeightingConfig(
+        signal=args.signal, alpha=args.alpha, clip_min=args.clip_min, clip_max=args.clip_max, std_floor=args.std_floor,
+        apply=args.apply or ("sample" if drop or phase else "loss"), normalize="phase" if phase else "global",
+        phase_bins=args.phase_bins or RewardWeightingConfig.phase_bins, unlocated_failures=args.unlocated_failures,
+    )  # fmt: skip
+    mean, std = stats["overall"]["signal"]["mean"], stats["overall"]["signal"]["std"]
+    held_out = args.val_episodes_per_dataset
+    if any(len(np.unique(t.episode_index)) <= held_out for t in tables):
+        held_out = 0  # the table says so; training would need data.val_episodes_per_dataset lower too
+    try:
+        # The table: the training split of `data.val_episodes_per_dataset`, as training prints it.
+        weights = run_weights(rw, [training_frames(row, t, held_out) for row, t in zip(rows, tables, strict=True)], mean, std)
+        # lerobot has no held-out split: every frame gets its weight.
+        everything = run_weights(rw, [training_frames(row, t, 0) for row, t in zip(rows, tables, strict=True)], mean, std)
+    except WeightingError as e:
+        sys.exit(f"error: {args.manifest}: {e}")
+    # Written once nothing above refused the data: a refusal leaves the previous statistics in place.
+    write_text_atomic(args.out, json.dumps(stats, indent=2) + "\n")
     o = stats["overall"]
     print(
         f"{args.out}: {o['frames']} frames, {o['episodes']} episodes, success {o['success_rate']:.2f}, "
@@ -312,25 +322,6 @@ def main(argv: list[str] | None = None) -> None:
         h = value_meta["heldout"]
         print(f"value file {args.value_file}: held-out RMSE {h['rmse']:.4f} (a constant per task: "
               f"{h['rmse_constant_per_task']:.4f}), fingerprint {value_meta['fingerprint']}")  # fmt: skip
-    drop, phase = args.unlocated_failures == "drop", args.phase_bins is not None
-    rw = RewardWeightingConfig(
-        signal=args.signal, alpha=args.alpha, clip_min=args.clip_min, clip_max=args.clip_max, std_floor=args.std_floor,
-        apply=args.apply or ("sample" if drop or phase else "loss"), normalize="phase" if phase else "global",
-        phase_bins=args.phase_bins or RewardWeightingConfig.phase_bins, unlocated_failures=args.unlocated_failures,
-    )  # fmt: skip
-    mean, std = o["signal"]["mean"], o["signal"]["std"]
-    held_out = args.val_episodes_per_dataset
-    if any(len(np.unique(t.episode_index)) <= held_out for t in tables):
-        print(f"note: a dataset has {held_out} episode(s) or fewer, so the table holds none out "
-              "(training needs data.val_episodes_per_dataset lower too)")  # fmt: skip
-        held_out = 0
-    try:
-        # The table: the training split of `data.val_episodes_per_dataset`, as training prints it.
-        weights = run_weights(rw, [training_frames(row, t, held_out) for row, t in zip(rows, tables, strict=True)], mean, std)
-        # lerobot has no held-out split: every frame gets its weight.
-        everything = run_weights(rw, [training_frames(row, t, 0) for row, t in zip(rows, tables, strict=True)], mean, std)
-    except WeightingError as e:
-        sys.exit(f"error: {args.manifest}: {e}")
     print(
         f"RWFM weight, signal {args.signal!r}, alpha {args.alpha:g} (clip [{rw.clip_min:g}, {rw.clip_max:g}], "
         f"std floor {rw.std_floor:g}), apply {rw.apply!r}, normalize {rw.normalize!r}"
@@ -349,8 +340,8 @@ def main(argv: list[str] | None = None) -> None:
         part_total = {g: trained[groups == g].sum() for g in np.unique(groups)}
         for d, s in zip(weights.datasets, weights.slices(), strict=True):
             mine, group = trained[s], groups[s]
-            parts = [mine[group == g].sum() / part_total[g] if part_total[g] > 0 else 0.0 for g in np.unique(group)]
-            print(f"  {d.name}: share of each part's draw, first to last: " + " ".join(f"{x:.0%}" for x in parts))
+            parts = [f"{mine[group == g].sum() / part_total[g]:.0%}" if part_total[g] > 0 else "-" for g in np.unique(group)]
+            print(f"  {d.name}: share of each part's draw, first to last: " + " ".join(parts))
     if args.lerobot_weights is not None:
         for path in write_lerobot_weights(args.lerobot_weights, rows, tables, everything.trained):
             print(f"lerobot sample weights: {path}")

@@ -260,7 +260,7 @@ def weight_shares(
     frames = sum(len(w) for w in raw.values())
     total = sum(float(w.sum()) for w in raw.values())
     return {
-        k: {"frame_share": len(w) / frames, "mean_weight": float(w.mean()), "weight_share": float(w.sum()) / total}
+        k: {"frame_share": len(w) / frames, "mean_weight": float(w.mean()), "weight_share": float(w.sum()) / total if total else 0.0}
         for k, w in raw.items()
     }
 

@@ -21,7 +21,15 @@ from crab.training import checkpoint as ckpt
 from crab.training.config import ConfigError, CrabConfig, load_config, to_dict, training_settings
 from crab.training.crab_dataset import CrabDataset
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
-from crab.training.manifest import ManifestError, load_manifest
+from crab.training.inputs import (
+    changed_inputs,
+    check_reference_action_space,
+    reference_fingerprint,
+    reference_source,
+    stats_fingerprint,
+    values_digest,
+)
+from crab.training.manifest import ManifestError, load_datasets
 from crab.training.monitoring import (
     RETENTION_PREFIX,
     STEP_METRICS,
@@ -30,6 +38,7 @@ from crab.training.monitoring import (
     combine_ranks,
     interval_row,
     read_epoch_summaries,
+    truncate_step_log,
     write_epoch_summaries,
 )
 from crab.training.plots import plot_run, read_step_log
@@ -70,10 +79,24 @@ def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
     saved, current = training_settings(saved), training_settings(to_dict(cfg))
     changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != current[k]]
     if changed:
+        keys = {k: (saved.get(k), current[k]) for k in changed}
+        differ = "; ".join(f"`{key}` saved {a!r}, now {b!r}" for key, (a, b) in _leaf_differences(keys).items())
         raise ConfigError(
-            f"cannot resume from {path}: its config differs in {changed} "
-            f"(saved {[saved.get(k) for k in changed]}, now {[current[k] for k in changed]})"
+            f"cannot resume from {path}: its config differs in {changed}: {differ} (change them back, or train a "
+            "new run: --set run_name=...)"
         )
+
+
+def _leaf_differences(pairs: dict, prefix: str = "") -> dict[str, tuple]:
+    """{dotted key: (saved, now)} of the leaves that differ between nested (saved, now) values."""
+    out = {}
+    for key, (a, b) in pairs.items():
+        if isinstance(a, dict) and isinstance(b, dict) and key != "task_masks":
+            inner = {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)}
+            out |= _leaf_differences(inner, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = (a, b)
+    return out
 
 
 def train(cfg: CrabConfig, resume: str | None = None) -> Path:
@@ -106,7 +129,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     set_seed(cfg.seed, device_specific=True)
     smolvla_cfg = policy_config(cfg.policy)
     spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
-    rows = load_manifest(cfg.data.manifest, cfg.data.data_root)
+    rows = load_datasets(cfg.data.manifest, cfg.data.data_root)
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
     kind = cfg.reward_weighting.signal if cfg.reward_weighting.enabled else "outcome"  # unused when off
     values = None  # out-of-episode values V(s), for chunk advantages only
@@ -127,6 +150,22 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             kind, cfg.data.value_file, horizon,
         )  # fmt: skip
     signal = reward_stats.get("overall", {}).get("signal", {})
+    inputs = {
+        "data": train_ds.fingerprint,
+        "reward_stats": stats_fingerprint(reward_stats) if reward_stats else None,
+        "value_file": None if values is None else values_digest(values),
+        "retention_data": retention_ds.fingerprint if retention_ds else None,
+        "replay_data": replay_ds.fingerprint if replay_ds else None,
+        "reference": reference_fingerprint(
+            reference_source(cfg.anchor.enabled, cfg.anchor.reference, cfg.policy.pretrained_path)
+        ),
+    }
+    if resume_state is not None and (changed := changed_inputs(resume_state.get("inputs", {}), inputs)):
+        raise TrainingError(
+            f"cannot resume from {resume}: input(s) changed since it was saved, though their paths did not: "
+            f"{'; '.join(changed)}. Put back the files the run started with (the checkpoint's reward_stats.json "
+            "holds the statistics it used), or train a new run on the new ones (--set run_name=...)"
+        )
 
     # The run's per-frame weights, computed once: the loss, the draw, the normalisation and the table below.
     try:
@@ -142,6 +181,11 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     # `reward_weighting.normalization_counts` says (dropped episodes not at all).
     dataset_stats = train_ds.normalization_stats(weights.normalization_counts(cfg.reward_weighting.normalization_counts))
     policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
+    if cfg.anchor.enabled and cfg.anchor.reference is not None:
+        state = policy.config.input_features.get("observation.state")
+        check_reference_action_space(
+            cfg.anchor.reference, policy.config.output_features["action"].shape, state and state.shape
+        )
     model = CrabSmolVLA(
         policy,
         cfg.reward_weighting,
@@ -170,6 +214,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         summaries = [s for s in summaries if s["epoch"] < epoch]
         if main_process:
             write_epoch_summaries(run_dir, summaries)
+            truncate_step_log(run_dir, step)  # the steps after the checkpoint are logged again
         log(f"resumed from {resume} at step {step} (epoch {epoch}, batch {position})")
         if cfg.train.steps != schedule_steps:
             log(
@@ -193,7 +238,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         f"device {accelerator.device}, {accelerator.num_processes} process(es), batch {cfg.data.batch_size} each"
         + (f", validation every {val_every} epoch(s)" if val_ds else "")
     )
-    if cfg.anchor.enabled and cfg.policy.pretrained_path == "tiny":
+    if cfg.anchor.enabled and cfg.anchor.reference is None and cfg.policy.pretrained_path == "tiny":
         log(
             "note: the anchor's frozen reference is the starting policy, here a randomly initialised tiny one, so "
             "the anchor pulls towards noise; it is meant for a pretrained start (docs/sim_benchmark.md)"
@@ -268,6 +313,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
                 "scheduler": scheduler.state_dict(),
                 "rng": rng,
                 "epoch_metrics": accumulator.state_dict(),
+                "inputs": inputs,
                 "epoch_elapsed_s": time.perf_counter() - epoch_start,
             }
             unwrapped = accelerator.unwrap_model(model)
@@ -418,7 +464,7 @@ def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) ->
 
     if cfg.data.retention_manifest is None:
         return None
-    retention_rows = load_manifest(cfg.data.retention_manifest, cfg.data.data_root)
+    retention_rows = load_datasets(cfg.data.retention_manifest, cfg.data.data_root)
     overlap = sorted({r.task for r in retention_rows} & {r.task for r in rows})
     if overlap:
         raise ConfigError(
@@ -437,7 +483,7 @@ def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabData
     unseen, so the same manifest can also be the retention manifest whose validation loss they give."""
     if cfg.anchor.replay_manifest is None:
         return None
-    replay_rows = load_manifest(cfg.anchor.replay_manifest, cfg.data.data_root)
+    replay_rows = load_datasets(cfg.anchor.replay_manifest, cfg.data.data_root)
     episodes, _ = split_episodes(replay_rows, cfg.data.val_episodes_per_dataset)
     return unweighted_dataset(replay_rows, spec, episodes, data_kw)
 

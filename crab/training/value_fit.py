@@ -30,10 +30,9 @@ import argparse
 import copy
 import hashlib
 import json
-import os
+import math
 import shlex
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crab.training.crab_dataset import RewardTable, annotate
-from crab.training.manifest import ManifestError, ManifestRow, check_roots, load_manifest
+from crab.training.files import check_output_file, write_atomically
+from crab.training.manifest import ManifestError, ManifestRow, load_datasets
 from crab.training.rewards import VALUE_SIGNALS, RewardSpec, returns_to_go
 
 METADATA_KEY = b"crab_value_fit"
@@ -89,8 +89,16 @@ class Frames:
     target: np.ndarray  # (N,) discounted return-to-go
 
 
-def fix_command(manifest: str | Path, data_root: str | Path, out: str | Path) -> str:
+def fix_command(
+    manifest: str | Path, data_root: str | Path, out: str | Path, settings: ValueFitSettings | None = None
+) -> str:
+    """The command that fits the value file `out` of `manifest`, with `settings` where they differ from
+    the defaults (a refit keeps the settings of the fit it replaces)."""
     args = ["--manifest", manifest, "--data-root", data_root, "--out", out]
+    defaults = asdict(ValueFitSettings())
+    for name, value in asdict(settings or ValueFitSettings()).items():
+        if name != "gamma" and value != defaults[name]:  # gamma is the reward spec's, not a flag
+            args += [f"--{name.replace('_', '-')}", value]
     return "python -m crab.training.value_fit " + " ".join(shlex.quote(str(a)) for a in args)
 
 
@@ -257,6 +265,11 @@ def fit_fold(
             best, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
         elif epoch - best_epoch >= settings.patience:
             break
+    if best_state is None:  # a nan loss compares as never lower
+        raise ManifestError(
+            f"value model, fold seed {seed}: the validation loss was not finite in any epoch (non-finite "
+            f"states or rewards in the data, or too high a learning rate: --lr {settings.lr}); nothing was written"
+        )
     model.load_state_dict(best_state)
     return predictions(predict).numpy().astype(np.float64), best_epoch
 
@@ -316,15 +329,18 @@ def write_values(
         "return_to_go": frames.target,
         "value": values,
     }).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: pq.write_table(table, str(tmp)))
 
 
 def read_meta(path: Path) -> dict:
-    raw = pq.read_schema(path).metadata or {}
+    """The metadata of a value file; a `ManifestError` naming it when it is not one (or is cut short)."""
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestError(
+            f"{path}: not a readable parquet file ({e}); an interrupted copy or write leaves one like this: "
+            "copy it again or refit it"
+        ) from None
     if METADATA_KEY not in raw:
         raise ManifestError(
             f"{path}: not a value file of crab.training.value_fit (no {METADATA_KEY.decode()} metadata)"
@@ -337,8 +353,10 @@ def load_values(
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
     """The checked values of a manifest: {dataset name: (frame index, V)} and the file's metadata.
 
-    Refuses, with the command that fixes it, a missing file, one fitted with another discount, and a
-    stale one (its data fingerprint differs from that of the data now under `data_root`).
+    Refuses, with the command that fixes it, a missing or unreadable file, one fitted for another
+    manifest's datasets (the fix writes a file of its own beside it), one fitted with another discount,
+    and a stale one (its data fingerprint differs from that of the data now under `data_root`; the fix
+    refits with the file's own settings).
     """
     fix = f"fit it with: {fix_command(manifest, data_root, 'values.parquet' if path is None else path)}"
     if path is None or not Path(path).is_file():
@@ -347,6 +365,19 @@ def load_values(
     path = Path(path)
     meta = read_meta(path)
     settings = ValueFitSettings(**meta["settings"])
+    try:
+        table = pq.read_table(path, columns=["dataset_name", "index", "value"])
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestError(f"{path}: its values cannot be read ({e}); copy it again or {fix}") from None
+    names = np.asarray(table.column("dataset_name").to_pylist())
+    if set(names) != {row.name for row in rows} and meta.get("manifest") != Path(manifest).as_posix():
+        own = path.with_name(f"values_{Path(manifest).stem}.parquet")
+        raise ManifestError(
+            f"{path}: the value file of another manifest ({meta.get('manifest')}: datasets {sorted(set(names))}), "
+            f"not of {manifest} (datasets {[row.name for row in rows]}); fit this manifest's own and set "
+            f"data.value_file (--value-file) to it: {fix_command(manifest, data_root, own, settings)}"
+        )
+    fix = f"refit it with its settings: {fix_command(manifest, data_root, path, settings)}"
     if settings.gamma != spec.gamma:
         raise ManifestError(f"{path}: fitted with gamma {settings.gamma}, training uses {spec.gamma}; {fix}")
     tables = [annotate(row, spec) for row in rows]
@@ -356,9 +387,7 @@ def load_values(
             f"{path}: stale value file (fingerprint {meta['fingerprint']} != {now} of manifest {manifest} "
             f"and its data); {fix}"
         )
-    table = pq.read_table(path, columns=["dataset_name", "index", "value"]).sort_by(
-        [("dataset_name", "ascending"), ("index", "ascending")]
-    )
+    table = table.sort_by([("dataset_name", "ascending"), ("index", "ascending")])
     names = np.asarray(table.column("dataset_name").to_pylist())
     index, value = table.column("index").to_numpy(), table.column("value").to_numpy()
     values = {row.name: (index[names == row.name], value[names == row.name]) for row in rows}
@@ -385,12 +414,17 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not 0 < settings.expectile < 1:
         sys.exit("error: --expectile must be in (0, 1)")
-    if settings.epochs < 1 or settings.patience < 1:
-        sys.exit("error: --epochs and --patience must be >= 1")
+    for name in ("epochs", "patience", "batch_size", "hidden", "image_size"):
+        if getattr(settings, name) < 1:  # 0 crashed only after decoding every frame (or fitted a constant)
+            sys.exit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
+    if args.num_workers < 0:
+        sys.exit(f"error: --num-workers must be >= 0, got {args.num_workers}")
+    if not 0 < settings.lr < math.inf:  # also refuses nan
+        sys.exit(f"error: --lr must be a positive finite number, got {settings.lr}")
     spec = RewardSpec()
     try:
-        rows = load_manifest(args.manifest, args.data_root)
-        check_roots(rows)
+        check_output_file(args.out, "--out")
+        rows = load_datasets(args.manifest, args.data_root)
         tables = [annotate(row, spec) for row in rows]
         fingerprint = values_fingerprint(rows, tables, settings)
         frames = read_frames(rows, tables, settings, args.num_workers, progress=not args.no_progress)
