@@ -14,7 +14,7 @@ from conftest import ALL_ROWS, OPEN, PLACE, synthetic_episode, write, write_mani
 
 from crab.data.lerobot_writer import LABELS_FILE
 from crab.training import reward_stats
-from crab.training.crab_dataset import CrabDataset, scale_counts
+from crab.training.crab_dataset import CrabDataset, annotate, scale_counts
 from crab.training.manifest import ManifestError, load_manifest
 from crab.training.rewards import REWARD_FIELDS, RewardSpec
 from crab.training.weighting import phase_groups
@@ -374,3 +374,18 @@ def test_forked_workers_open_their_own_decoders(dataset):
     )
     for i, item, theirs in zip(indices, loader, expected, strict=True):
         assert_same_item(item, theirs, f"item {i}")
+
+
+def test_a_next_success_column_never_true_does_not_override_successful_labels(tmp_path, caplog):
+    """A recorder that writes next.success but never sets it: the quality column's success stands (else
+    `drop` would leave the clean episodes out as unlocated failures), and the log says so."""
+
+    write(tmp_path, "never", [synthetic_episode(np.random.default_rng(0), PLACE, 4, rewards=[0, 0, 0, 0])])
+    row = load_manifest(write_manifest(tmp_path / "m.csv", [("never", PLACE, "clean")]), tmp_path)[0]
+    with caplog.at_level("WARNING"):
+        table = annotate(row, SPEC, "outcome")
+    assert table.episode_success.tolist() == [1.0] * 4
+    assert "next.success column is never True" in caplog.text and "'never'" in caplog.text
+    failed = load_manifest(write_manifest(tmp_path / "f.csv", [("never", PLACE, "failed")]), tmp_path)[0]
+    caplog.clear()
+    assert annotate(failed, SPEC, "outcome").episode_success.tolist() == [0.0] * 4 and not caplog.text

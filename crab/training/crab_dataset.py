@@ -103,15 +103,15 @@ def annotate(
         damage = np.array([labels[int(e)][1] for e in episodes])
     if "next.success" in wanted:
         ok = _flat(table, "next.success", row).astype(np.float64)
-        if ok.any():
+        if ok.any() or not success.any():
             success = np.zeros(len(episodes))
             np.maximum.at(success, ep_pos, ok)
-        else:  # a recorder that never sets it: trusting it would turn every episode into a failure
+        else:  # never True while the labels name successes: a recorder that never sets it; trusting it
+            # would turn the successes into failures (and `drop` would leave them out)
             logger.warning(
-                "dataset %r (%s): its next.success column is never True; success comes from its quality %r "
-                "and labels file instead", row.name, row.root, row.quality,
+                "dataset %r (%s): its next.success column is never True, but its quality %r or labels file name "
+                "successes; success comes from those", row.name, row.root, row.quality,
             )
-
     if "next.reward" in wanted:
         step = _flat(table, "next.reward", row)
         ep_reward = np.zeros(len(episodes))
