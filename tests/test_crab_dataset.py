@@ -379,7 +379,6 @@ def test_forked_workers_open_their_own_decoders(dataset):
 def test_a_next_success_column_never_true_does_not_override_successful_labels(tmp_path, caplog):
     """A recorder that writes next.success but never sets it: the quality column's success stands (else
     `drop` would leave the clean episodes out as unlocated failures), and the log says so."""
-
     write(tmp_path, "never", [synthetic_episode(np.random.default_rng(0), PLACE, 4, rewards=[0, 0, 0, 0])])
     row = load_manifest(write_manifest(tmp_path / "m.csv", [("never", PLACE, "clean")]), tmp_path)[0]
     with caplog.at_level("WARNING"):
