@@ -474,3 +474,25 @@ def test_lerobot_weights_are_the_training_draw(setup, monkeypatch, tmp_path):
     assert all(t["index"] == sorted(t["index"]) == list(range(len(t["index"]))) for t in tables)
     assert exported.mean() == pytest.approx(1.0) and (exported == 0).sum() == 7  # the dropped failure
     np.testing.assert_allclose(exported, seen[0] / seen[0].mean(), rtol=1e-9)
+
+
+def test_recipe_table_is_the_same_before_training_and_in_reward_stats(setup, tmp_path, capsys):
+    """A recipe layered on the run's config: `reward_stats --config` writes the run's statistics and prints
+    the pre-flight table training prints before step 1, the failed episode named as dropped."""
+    layers = [CONFIGS / "train_cycle1_rwfm_anchor_cracked_factor.yaml", CONFIGS / "demo_overrides.yaml",
+              CONFIGS / "recipe_outcome_sampling.yaml"]  # fmt: skip
+    sets = overrides(setup, "recipe", **{"data.reward_stats": (tmp_path / "stats.json").as_posix(), "train.steps": 1,
+                                         "train.save_every": 1, "reward_weighting.unlocated_failures": "drop"})  # fmt: skip
+    reward_stats.main([*(a for layer in layers for a in ("--config", str(layer))), *(a for s in sets for a in ("--set", s))])
+    printed = capsys.readouterr().out
+    train.train(load_config(layers, sets))
+    logged = capsys.readouterr().out
+
+    def table(text):
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.strip().startswith("dataset  "))
+        return lines[start : start + 1 + len(ALL_ROWS)]
+
+    assert table(printed) == table(logged)
+    labelled = next(line for line in table(printed) if line.strip().startswith("labelled"))
+    assert " 2/0/1 " in labelled  # two episodes for training, none held out, the failure dropped

@@ -324,6 +324,33 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
             raise ConfigError(f"{source}: {message}")
 
 
+# Below this `clip_max` binds on `chunk_q`'s best chunks (spread over several std units), which the recipe
+# measured without a cap (docs/sim_benchmark.md: capped, the scarce regime's row fell behind).
+CHUNK_Q_UNCAPPED = 1000.0
+
+
+def config_warnings(cfg: CrabConfig) -> list[str]:
+    """Settings that run but that the measurements say weaken a signal: printed before step 1."""
+    rw = cfg.reward_weighting
+    warnings = []
+    if rw.enabled and rw.signal == "chunk_q" and rw.clip_max < CHUNK_Q_UNCAPPED:
+        warnings.append(
+            f"`reward_weighting.clip_max: {rw.clip_max:g}` caps `chunk_q`'s best chunks; the recipe "
+            "(crab/training/configs/recipe_chunk_q.yaml) was measured uncapped (clip_max 1000000)"
+        )
+    if rw.enabled and rw.signal == "chunk_advantage" and rw.apply == "sample" and rw.clip_max >= CHUNK_Q_UNCAPPED:
+        warnings.append(
+            "`chunk_advantage` drawn without a cap collapses the draw onto a few chunks; keep a clip_max "
+            "(docs/reward_weighting.md)"
+        )
+    if rw.enabled and rw.apply == "sample" and rw.signal in ("chunk_q", "chunk_advantage") and rw.unlocated_failures == "keep":
+        warnings.append(
+            "failed episodes with no damage step are drawn as the value model weighs them: nothing locates "
+            "their failure (`reward_weighting.unlocated_failures: drop` leaves them out, as the recipe does)"
+        )
+    return warnings
+
+
 def to_dict(cfg: CrabConfig) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -233,8 +233,48 @@ def plot_signal(
     plt.close(fig)
 
 
+def config_argv(paths: list[str], overrides: list[str]) -> list[str]:
+    """The flags a training config (layers + `--set` overrides, as train.py takes them) sets: its manifest,
+    statistics path, data root, value file, chunk size and `reward_weighting`, so that the statistics and
+    the printed table are those of the run."""
+    from crab.training.config import ConfigError, load_config
+    from crab.training.crab_smolvla_wrapper import policy_config
+
+    try:
+        cfg = load_config(paths, overrides)
+        chunk = policy_config(cfg.policy).chunk_size
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:  # a Hub id not in the local cache, offline
+        sys.exit(f"error: the chunk size of policy {cfg.policy.pretrained_path!r} could not be read ({e}); pass --chunk-size")
+    if cfg.data.reward_stats is None:
+        sys.exit("error: the config sets no data.reward_stats: nowhere to write the statistics (--set data.reward_stats=PATH)")
+    rw = cfg.reward_weighting
+    argv = ["--manifest", cfg.data.manifest, "--out", cfg.data.reward_stats, "--data-root", cfg.data.data_root,
+            "--chunk-size", chunk, "--signal", rw.signal, "--alpha", rw.alpha, "--clip-min", rw.clip_min,
+            "--clip-max", rw.clip_max, "--std-floor", rw.std_floor, "--apply", rw.apply,
+            "--unlocated-failures", rw.unlocated_failures, "--normalization-counts", rw.normalization_counts,
+            "--val-episodes-per-dataset", cfg.data.val_episodes_per_dataset]  # fmt: skip
+    argv += ["--credit-horizon", rw.credit_horizon] if rw.credit_horizon is not None else []
+    argv += ["--value-file", cfg.data.value_file] if cfg.data.value_file is not None else []
+    argv += ["--phase-bins", rw.phase_bins] if rw.normalize == "phase" else []
+    return [str(a) for a in argv]
+
+
 def main(argv: list[str] | None = None) -> None:
+    # `--config` (repeatable) and `--set`: a run's config fills the flags below; flags given as well win.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", action="append", default=[])
+    pre.add_argument("--set", action="append", default=[])
+    configs, argv = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if configs.config:
+        argv = config_argv(configs.config, configs.set) + argv
+    elif configs.set:
+        sys.exit("error: --set goes with --config (a run's config to override)")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", help="a training config (repeat to layer, as train.py): its "
+                   "manifest, data.reward_stats (the output), value file, chunk size and reward_weighting")  # fmt: skip
+    p.add_argument("--set", action="append", help="KEY=VALUE override of the --config (as train.py)")
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--data-root", default="data")

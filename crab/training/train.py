@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from crab.training import checkpoint as ckpt
-from crab.training.config import ConfigError, CrabConfig, load_config, to_dict, training_settings
+from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, to_dict, training_settings
 from crab.training.crab_dataset import CrabDataset
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
 from crab.training.inputs import (
@@ -173,6 +173,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     except WeightingError as e:
         raise TrainingError(f"{cfg.data.manifest}: {e}") from None
     log("training data, before step 1:\n" + preflight_table(weights, cfg.reward_weighting.normalization_counts))
+    for warning in config_warnings(cfg):
+        log(f"warning: {warning}")
     if main_process and cfg.reward_weighting.enabled:  # the signal over a few episodes of each dataset
         plot_path = run_dir / "plots" / "signal.png"
         floor, plot_horizon = cfg.reward_weighting.std_floor, spec.horizon(horizon)
