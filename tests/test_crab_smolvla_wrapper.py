@@ -300,6 +300,27 @@ def test_replayed_batch_joins_the_anchor_only():
     assert torch.equal(both["loss_weighted"], alone["loss_weighted"]) and torch.equal(both["weights"], alone["weights"])
     torch.testing.assert_close(loss, both["loss_weighted"] + 0.3 * both["loss_anchor"])
 
+    # The gradient, by hand: the replay batch's velocities carry theirs into L_anchor (a detached replay
+    # velocity would lose the second term's replay part, which is not zero).
+    params = [p for p in crab.policy.parameters() if p.requires_grad]
+    torch.manual_seed(7)
+    loss, _ = crab(batch, 0.3, noise, time, replay=replay)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    torch.manual_seed(7)
+    v, u, v_ref = crab._velocities(batch, noise, time, with_reference=True)
+    v_r, _, v_ref_r = crab._velocities(replay, *crab.sample_noise_time(replay), with_reference=True)
+    per_sample = masked_per_sample_loss(v, u, crab.loss_mask(batch))
+    weighted = (crab._weights(batch, per_sample)[0] * per_sample).mean()
+    s_b = (torch.where(crab.loss_mask(batch), v - v_ref, 0.0) ** 2).sum()
+    s_r = (torch.where(crab.loss_mask(replay), v_r - v_ref_r, 0.0) ** 2).sum()
+    by_hand = torch.autograd.grad(weighted + 0.3 * (s_b + s_r) / counts, params, allow_unused=True, retain_graph=True)
+    replay_part = torch.autograd.grad(s_r, params, allow_unused=True)
+    for ours, hand in zip(grads, by_hand, strict=True):
+        assert (ours is None) == (hand is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, hand, rtol=1e-5, atol=1e-7)
+    assert sum(float(g.abs().sum()) for g in replay_part if g is not None) > 0
+
 
 def test_resume_loads_trained_weights_into_the_policy_only(tmp_path):
     """The trainer rebuilds the starting policy (same seed/path), then loads the checkpoint: the

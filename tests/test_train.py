@@ -137,10 +137,11 @@ def test_each_quality_gets_the_printed_share_of_the_weight_at_any_batch_size(set
 
 def test_weights_as_sampling_draw_each_quality_in_its_printed_share(setup):
     """`apply: sample`: the loss is unweighted, and the cracked data is drawn as often as its share of the
-    summed weight says (what `apply: loss` gives it in expectation)."""
-    from crab.training.rewards import weight_shares
+    summed weight says (what `apply: loss` gives it in expectation). At alpha 4 a sampler drawing in
+    proportion to sqrt(w), or ignoring the weights, falls outside the tolerance (checked below)."""
+    from crab.training.rewards import frame_weights
 
-    rw_settings = {"reward_weighting.alpha": 0.5, "reward_weighting.clip_min": 0.1}
+    rw_settings = {"reward_weighting.alpha": 4.0, "reward_weighting.clip_min": 0.001}
     cfg = config(setup, "sample_shares", **{"train.steps": 50, "train.save_every": 50, "data.batch_size": 8,
                  "anchor.enabled": "false", "reward_weighting.apply": "sample", **rw_settings})  # fmt: skip
     run_dir = train.train(cfg)
@@ -148,14 +149,21 @@ def test_weights_as_sampling_draw_each_quality_in_its_printed_share(setup):
     assert all(r["loss_weighted"] == r["loss_unweighted"] and r["w_max"] == 1.0 for r in rows)
     stats = json.loads(setup["stats"].read_text())
     g, rw = stats["overall"]["signal"], cfg.reward_weighting
-    signals = {name: [d["signal"]["mean"]] * d["frames"] for name, d in stats["per_dataset"].items()}
-    share = weight_shares(signals, g["mean"], g["std"], rw.alpha, (rw.clip_min, rw.clip_max), rw.std_floor)
-    expected = share["labelled"]["weight_share"]
+    w = {name: frame_weights(np.full(d["frames"], d["signal"]["mean"]), g["mean"], g["std"], rw.alpha,
+                             (rw.clip_min, rw.clip_max), rw.std_floor) for name, d in stats["per_dataset"].items()}  # fmt: skip
     epochs = json.loads((run_dir / "epoch_summary.json").read_text())
     drawn = sum(e["weights"].get("cracked", {}).get("samples", 0) for e in epochs)
     total = sum(e["samples"] for e in epochs)
-    assert total == 400 and 0.05 < expected < 0.3
-    assert abs(drawn / total - expected) < 4 * math.sqrt(expected * (1 - expected) / total)
+
+    def share(f):
+        return f(w["labelled"]).sum() / sum(f(x).sum() for x in w.values())
+
+    expected = share(lambda x: x)
+    tolerance = 4 * math.sqrt(expected * (1 - expected) / total)
+    assert total == 400 and abs(drawn / total - expected) < tolerance
+    for wrong in (np.sqrt, np.ones_like):  # samplers this test tells apart: their draws land 3 sigma outside
+        other = share(wrong)
+        assert abs(other - expected) > tolerance + 3 * math.sqrt(other * (1 - other) / total)
 
 
 @pytest.mark.parametrize("apply", ["loss", "sample"])

@@ -299,3 +299,30 @@ def test_bad_settings_are_refused_before_reading_data(tmp_path, flag, message):
     with pytest.raises(SystemExit, match=message):
         value_fit.main(["--manifest", str(tmp_path / "absent.csv"), "--out", str(out), *flag])
     assert not out.exists()
+
+
+def test_train_validate_and_predict_frames_of_each_fold_are_disjoint(roots, monkeypatch):
+    """No leakage: each fold's model trains, stops early and predicts on three pairwise disjoint sets of whole
+    episodes, it predicts exactly its own fold, and every frame is predicted once (early stopping on the
+    predicted fold, or training on it, fails here)."""
+    root, manifest = roots[False]
+    rows = load_manifest(manifest, root)
+    settings = value_fit.ValueFitSettings(folds=3, epochs=1, patience=1, hidden=8, image_size=8, batch_size=8)
+    frames = value_fit.read_frames(rows, [annotate(row, SPEC) for row in rows], settings, progress=False)
+    seen = []
+
+    def recording(frames, train, validate, predict, *args, **kwargs):
+        seen.append((train.copy(), validate.copy(), predict.copy()))
+        return np.zeros(int(predict.sum())), 1
+
+    monkeypatch.setattr(value_fit, "fit_fold", recording)
+    _, fold, _ = value_fit.fit_values(frames, settings, progress=False)
+    episode = frames.dataset * 100_000 + frames.episode_index  # one key per episode of the manifest
+    predicted = np.zeros(len(fold), int)
+    for k, (fit, validate, predict) in enumerate(seen):
+        assert not (fit & validate).any() and not (fit & predict).any() and not (validate & predict).any()
+        assert fit.any() and validate.any() and np.array_equal(predict, fold == k)
+        predicted += predict
+        for a, b in ((fit, validate), (fit, predict), (validate, predict)):  # whole episodes on each side
+            assert not set(episode[a]) & set(episode[b])
+    assert (predicted == 1).all()
