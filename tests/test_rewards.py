@@ -39,7 +39,7 @@ def test_weights_worked_example():
     torch.testing.assert_close(a, torch.tensor([1.0, 1 / 3, -1.0, -5 / 3], dtype=torch.float64))
     # The four frames are the whole training set: the normaliser is their mean clipped raw weight.
     shares = rewards.weight_shares({"all": g.numpy()}, 0.5, 1.5, alpha=0.25, clip=(0.7, 10.0), std_floor=1.0)
-    mean_weight = rewards.mean_raw_weight(shares)
+    mean_weight = sum(x["frame_share"] * x["mean_weight"] for x in shares.values())
     assert mean_weight == pytest.approx(0.962433, abs=1e-6)
     w, clipped = rewards.rwfm_weights(a, alpha=0.25, clip_min=0.7, clip_max=10.0, mean_weight=mean_weight)
     expected = torch.tensor([1.334146, 1.129330, 0.809200, 0.727324], dtype=torch.float64)
@@ -98,12 +98,6 @@ def test_weight_shares_hand_checked():
     )
     assert shares["clean"] == pytest.approx({"frame_share": 0.75, "mean_weight": 1.648721, "weight_share": 0.956835}, abs=1e-6)
     assert shares["cracked"] == pytest.approx({"frame_share": 0.25, "mean_weight": 0.223130, "weight_share": 0.043165}, abs=1e-6)
-
-
-def test_task_shares_divide_by_the_task_total():
-    shares = {"a": {"weight_share": 0.3}, "b": {"weight_share": 0.1}, "c": {"weight_share": 0.6}, "d": {"weight_share": 0.0}}
-    got = rewards.task_shares(shares, {"a": "egg", "b": "egg", "c": "carton", "d": "lid"})
-    assert got == pytest.approx({"a": 0.75, "b": 0.25, "c": 1.0, "d": 0.0})
 
 
 def test_weight_shares_clip_at_the_bound_and_floor_the_std():
@@ -273,10 +267,3 @@ def test_unlocated_failures_worked_example():
 def test_per_group_normalisation_leaves_a_zero_group_at_zero_and_others_at_mean_one():
     w = rewards.per_group_normalised(np.array([0, 0, 2, 6, 4.0]), np.array([7, 7, 3, 3, 3]))
     assert w.tolist() == [0, 0, 0.5, 1.5, 1.0]
-
-
-def test_frame_task_shares_of_datasets_laid_end_to_end():
-    # The worked example's two episodes as two egg datasets, beside a carton dataset of one frame.
-    w = np.array([1, 1, 2, 2, 1, 1, 0, 0, 3.0])
-    shares = rewards.frame_task_shares(w, {"clean": 4, "cracked": 4, "carton": 1}, {"clean": "egg", "cracked": "egg", "carton": "box"})
-    assert shares == {"clean": 0.75, "cracked": 0.25, "carton": 1.0}

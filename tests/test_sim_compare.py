@@ -115,13 +115,15 @@ def test_regime_and_method_selection():
         "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed",
         "oracle_sample_h20_phase_mixed", "rwfm_chunk_q_sample_h20_phase_mixed",
         "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed",
-        "rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed",
+        "rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_drop_framenorm_mixed",
     ]  # fmt: skip
-    assert compare.run_config(plan[1][1][-4], 0, args_of(), plan[1][0]).reward_weighting.clip_max == 10.0
-    assert compare.run_config(plan[1][1][-2], 0, args_of(), plan[1][0]).reward_weighting.alpha == 2.0
-    drop = compare.run_config(plan[1][1][-1], 0, args_of(), plan[1][0]).reward_weighting
-    assert (drop.unlocated_failures, drop.alpha, drop.signal) == ("drop", 4.0, "chunk_q")
-    for method in (plan[1][1][-9], plan[1][1][-3]):
+    assert compare.run_config(plan[1][1][-5], 0, args_of(), plan[1][0]).reward_weighting.clip_max == 10.0
+    assert compare.run_config(plan[1][1][-3], 0, args_of(), plan[1][0]).reward_weighting.alpha == 2.0
+    drop = compare.run_config(plan[1][1][-2], 0, args_of(), plan[1][0]).reward_weighting
+    assert (drop.unlocated_failures, drop.alpha, drop.signal, drop.normalization_counts) == ("drop", 4.0, "chunk_q", "weight")
+    framenorm = compare.run_config(plan[1][1][-1], 0, args_of(), plan[1][0]).reward_weighting
+    assert (framenorm.unlocated_failures, framenorm.normalization_counts) == ("drop", "frame")
+    for method in (plan[1][1][-10], plan[1][1][-4]):
         cfg = compare.run_config(method, 0, args_of(), plan[1][0])
         phase = cfg.reward_weighting
         assert (phase.normalize, phase.apply, phase.clip_max) == ("phase", "sample", 1000000)

@@ -763,40 +763,42 @@ def train_and_evaluate(
     return result, train_s, eval_s
 
 
-def weight_analysis(regime: Regime, args: argparse.Namespace, chunk_size: int, alphas: Sequence[float], rw) -> dict:
-    """Per alpha, each dataset's share of the regime's mixed manifest's outcome-signal RWFM weight
-    (`rewards.weight_shares`) and of its task's weight (`task_share`); `rw`: the runs' reward_weighting
-    config, for the clip bounds and the std floor."""
+def weight_analysis(
+    regime: Regime, args: argparse.Namespace, chunk_size: int, alphas: Sequence[float], rw, held_out: int
+) -> dict:
+    """Per alpha, each dataset's share of the regime's mixed manifest's outcome-signal RWFM weight and of its
+    task's (`weighting.dataset_shares` of the training frames, the last `held_out` episodes of each dataset
+    held out, as a run of `rw`'s settings at that alpha)."""
     from crab.training.crab_dataset import annotate
     from crab.training.manifest import load_manifest
-    from crab.training.rewards import RewardSpec, task_shares, weight_shares
+    from crab.training.reward_stats import training_frames
+    from crab.training.rewards import RewardSpec
+    from crab.training.weighting import dataset_shares, run_weights
 
     data_root = args.work_dir / regime.data_dir
     spec = RewardSpec(chunk_size=chunk_size)
     rows = load_manifest(manifest_path(regime.mixed), data_root)
-    signal = {row.name: annotate(row, spec).signal for row in rows}
+    frames = [training_frames(row, annotate(row, spec), held_out) for row in rows]
     g = json.loads(stats_path(data_root, regime.mixed).read_text())["overall"]["signal"]
-    out = {}
-    for a in sorted(set(alphas)):
-        shares = weight_shares(signal, g["mean"], g["std"], a, (rw.clip_min, rw.clip_max), rw.std_floor)
-        of_task = task_shares(shares, {row.name: row.task for row in rows})
-        out[f"{a:g}"] = {
-            row.name: {**shares[row.name], "task": row.task, "task_share": of_task[row.name]} for row in rows
-        }
-    return out
+    outcome = dataclasses.replace(rw, signal="outcome", credit_horizon=None)
+    return {
+        f"{a:g}": dataset_shares(run_weights(dataclasses.replace(outcome, alpha=a), frames, g["mean"], g["std"]))
+        for a in sorted(set(alphas))
+    }
 
 
 def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Namespace, chunk_size: int) -> dict:
-    """Where the weight goes under each signal the regime's weighted methods use (at the first such
-    method's reward_weighting settings), on the mixed manifest: per dataset its frame share, mean raw
-    weight, share of the weight and of its task's (`task_share`), and `into_damage`, the share of the egg
-    task's weight on the chunks whose steps include the damage (a negative reward). A row that leaves the
-    failures nothing locates out (`unlocated_failures: drop`) is its own signal, `<signal>_drop`."""
+    """Where each weighted method's training weight goes (the first method of each signal, drop and
+    normalisation), on the mixed manifest's training frames: per dataset its frame share, mean raw weight,
+    share of the weight and of its task's (`weighting.dataset_shares`: what the run draws or weighs), and
+    `into_damage`, the share of the egg task's weight on the chunks whose steps include the damage (a
+    negative reward). Keys: the signal, `_drop` with `unlocated_failures: drop`, `_phase` per phase."""
     from crab.training.crab_dataset import annotate
     from crab.training.manifest import load_manifest
-    from crab.training.reward_stats import damage_chunks
-    from crab.training.rewards import RewardSpec, frame_weights, task_shares, unlocated_failures, weight_shares
+    from crab.training.reward_stats import damage_chunks, training_frames
+    from crab.training.rewards import RewardSpec
     from crab.training.value_fit import load_values
+    from crab.training.weighting import dataset_shares, run_weights
 
     data_root = args.work_dir / regime.data_dir
     spec = RewardSpec(chunk_size=chunk_size)
@@ -806,34 +808,29 @@ def signal_shares(regime: Regime, methods: Sequence[Method], args: argparse.Name
     for m in methods:
         cfg = run_config(m, 0, args, regime)
         rw = cfg.reward_weighting
-        drop = rw.unlocated_failures == "drop"
-        name = signal_name(rw.signal, rw.credit_horizon) + ("_drop" if drop else "")
+        name = signal_name(rw.signal, rw.credit_horizon) + ("_drop" if rw.unlocated_failures == "drop" else "")
+        name += "_phase" if rw.normalize == "phase" else ""
         if not rw.enabled or m.data != "mixed" or name in out:
             continue
         values = None
         if rw.signal in VALUE_SIGNALS:
             values, _ = load_values(cfg.data.value_file, rows, spec, manifest, data_root)
-        tables = [
-            annotate(row, spec, rw.signal, None if values is None else values[row.name], rw.credit_horizon)
+        frames = [
+            training_frames(row, annotate(row, spec, rw.signal, None if values is None else values[row.name],
+                                          rw.credit_horizon), cfg.data.val_episodes_per_dataset)
             for row in rows
-        ]
-        stats = json.loads(stats_path(data_root, regime.mixed, rw.signal, rw.credit_horizon).read_text())
-        g = stats["overall"]["signal"]
-        clip = (rw.clip_min, rw.clip_max)
-        signals = {row.name: t.signal for row, t in zip(rows, tables, strict=True)}
-        dropped = [unlocated_failures(t.step_reward, t.episode_index, t.episode_success) & drop for t in tables]
-        shares = weight_shares(signals, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal,
-                               {row.name: d for row, d in zip(rows, dropped, strict=True)})  # fmt: skip
-        of_task = task_shares(shares, {row.name: row.task for row in rows})
+        ]  # fmt: skip
+        g = json.loads(stats_path(data_root, regime.mixed, rw.signal, rw.credit_horizon).read_text())["overall"]["signal"]
+        weights = run_weights(rw, frames, g["mean"], g["std"])
         egg = [i for i, row in enumerate(rows) if row.task == PUT_EGG]
-        w = [frame_weights(tables[i].signal, g["mean"], g["std"], rw.alpha, clip, rw.std_floor, rw.signal, dropped[i])
-             for i in egg]  # fmt: skip
+        slices = weights.slices()
+        w = [weights.trained[slices[i]] for i in egg]
         # Into damage within one action chunk, whatever the row's credit horizon: the same measure for all.
-        damaged = damage_chunks([tables[i] for i in egg], chunk_size)
+        damaged = damage_chunks([frames[i] for i in egg], chunk_size)
         total = sum(float(x.sum()) for x in w)
         out[name] = {
-            "alpha": rw.alpha, "clip": list(clip), "std_floor": rw.std_floor, "method": m.name,
-            "datasets": {k: {**s, "task_share": of_task[k]} for k, s in shares.items()},
+            "alpha": rw.alpha, "clip": [rw.clip_min, rw.clip_max], "std_floor": rw.std_floor, "method": m.name,
+            "datasets": dataset_shares(weights),
             "egg": [rows[i].name for i in egg],
             "into_damage": sum(float(x[d].sum()) for x, d in zip(w, damaged, strict=True)) / total if total else 0.0,
             "into_damage_frames": float(np.concatenate(damaged).mean()),
@@ -1176,7 +1173,7 @@ def main(argv: list[str] | None = None) -> dict:
             res["per_seed"][name], res["train_s"][name] = res["per_seed"][il], res["train_s"][il]
         rw = cracked_factor_config(args).reward_weighting
         alphas = [0.25, 1.0, rw.alpha, *(args.extra_alpha if regime.name == "cycle1" else [])]
-        res["weights"] = weight_analysis(regime, args, chunk_size, alphas, rw)
+        res["weights"] = weight_analysis(regime, args, chunk_size, alphas, rw, held_out)
         res["shares"] = signal_shares(regime, methods, args, chunk_size)
         res["value_model"] = value_model_error(regime, methods, args)
         outcome[regime.name] = res

@@ -347,7 +347,7 @@ class CrabSmolVLA(nn.Module):
         reward_weighting / anchor: the run's config sections.
         signal_mean / signal_std: frame-level statistics of the return signal G of the manifest (its kind
             is `reward_weighting.signal`).
-        weight_mean: the mean clipped raw weight over the training frames (`rewards.mean_raw_weight`),
+        weight_mean: the mean clipped raw weight over the training frames (`weighting.RunWeights.constant`),
             the constant that divides every weight.
         task_masks: instruction -> counted action-dimension indices ({}: all real dimensions).
 

@@ -297,27 +297,6 @@ def per_group_normalised(weights: np.ndarray, group: np.ndarray) -> np.ndarray:
     return np.divide(w, per_frame, out=np.zeros_like(w), where=per_frame > 0)
 
 
-def mean_raw_weight(shares: Mapping[str, Mapping[str, float]]) -> float:
-    """The mean clipped raw weight over all frames of `shares` (from `weight_shares`): RWFM's normaliser."""
-    return sum(s["frame_share"] * s["mean_weight"] for s in shares.values())
-
-
-def task_shares(shares: Mapping[str, Mapping[str, float]], task_of: Mapping[str, str]) -> dict[str, float]:
-    """Each group's share of its task's total weight (`shares` from `weight_shares`): the part of that
-    task's behaviour the weighted loss imitates from it. 0 where the whole task weighs 0."""
-    totals: dict[str, float] = {}
-    for k, s in shares.items():
-        totals[task_of[k]] = totals.get(task_of[k], 0.0) + s["weight_share"]
-    return {k: s["weight_share"] / totals[task_of[k]] if totals[task_of[k]] else 0.0 for k, s in shares.items()}
-
-
-def frame_task_shares(weights: np.ndarray, frames: Mapping[str, int], task_of: Mapping[str, str]) -> dict[str, float]:
-    """`task_shares` from the per-frame weights of groups laid end to end (e.g. the draw's, normalised per
-    phase, over the datasets of a manifest); `frames`: each group's number of frames, in that order."""
-    parts = np.split(np.asarray(weights), np.cumsum(list(frames.values()))[:-1])
-    return task_shares({k: {"weight_share": float(w.sum())} for k, w in zip(frames, parts, strict=True)}, task_of)
-
-
 def weight_statistics(w: Tensor, clipped: Tensor) -> dict[str, Tensor]:
     """The guide's weight metrics, as 0-d tensors on w's device.
 

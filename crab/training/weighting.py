@@ -141,6 +141,24 @@ def _refuse_lost_tasks(datasets: Sequence[DatasetFrames], dropped: np.ndarray) -
         )
 
 
+def dataset_shares(weights: RunWeights) -> dict[str, dict]:
+    """Per dataset: its task, `frame_share` (of the frames), `mean_weight` (its mean clipped raw weight),
+    `weight_share` (of the run's training weight) and `task_share` (of its task's): the shares the
+    pre-flight table prints, for the benchmark's tables."""
+    trained, frames = weights.trained, len(weights.trained)
+    task_total: dict[str, float] = {}
+    for d, s in zip(weights.datasets, weights.slices(), strict=True):
+        task_total[d.task] = task_total.get(d.task, 0.0) + trained[s].sum()
+    return {
+        d.name: {
+            "task": d.task, "frame_share": len(d.signal) / frames, "mean_weight": float(weights.raw[s].mean()),
+            "weight_share": float(trained[s].sum() / trained.sum()),
+            "task_share": float(trained[s].sum() / task_total[d.task]) if task_total[d.task] > 0 else 0.0,
+        }
+        for d, s in zip(weights.datasets, weights.slices(), strict=True)
+    }  # fmt: skip
+
+
 def _episodes(d: DatasetFrames, mask: np.ndarray | None = None) -> int:
     starts, _ = episode_spans(d.episode_index)
     return len(starts) if mask is None else int(mask[starts].sum())
