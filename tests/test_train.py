@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ALL_ROWS, PLACE, train_until_first_checkpoint, write_manifest
 
-from crab.training import reward_stats, train
+from crab.training import loaders, reward_stats, train
 from crab.training.checkpoint import CheckpointError, list_checkpoints
 from crab.training.config import ConfigError, load_config
 from crab.training.plots import compare_runs
@@ -243,11 +243,11 @@ def test_last_summary_of_a_run_ending_mid_epoch_carries_validation(setup, tmp_pa
 def test_validation_interval_keeps_validation_proportionate(setup):
     """Hand-checked: 80 held-out frames at batch 32 are 3 validation batches, worth 30 training steps."""
     auto = config(setup, "interval", **{"data.batch_size": 32, "train.val_max_batches": 20})
-    assert train.validation_interval(auto, 80, batches_per_epoch=10) == 3  # 30 steps / 10 per epoch
-    assert train.validation_interval(auto, 80, batches_per_epoch=1000) == 1  # a long epoch: every epoch
-    assert train.validation_interval(auto, 10_000, batches_per_epoch=7) == 29  # capped at 20 batches: 200 / 7
+    assert loaders.validation_interval(auto, 80, batches_per_epoch=10) == 3  # 30 steps / 10 per epoch
+    assert loaders.validation_interval(auto, 80, batches_per_epoch=1000) == 1  # a long epoch: every epoch
+    assert loaders.validation_interval(auto, 10_000, batches_per_epoch=7) == 29  # capped at 20 batches: 200 / 7
     fixed = config(setup, "interval", **{"train.val_every_epochs": 1})
-    assert train.validation_interval(fixed, 80, batches_per_epoch=10) == 1  # set explicitly: as set
+    assert loaders.validation_interval(fixed, 80, batches_per_epoch=10) == 1  # set explicitly: as set
 
 
 def test_loader_workers_under_spawn(setup):

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import yaml
 
+from crab.training.config import ConfigError, CrabConfig, to_dict, training_settings
+
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 TMP_PREFIX = ".tmp_step_"
 
@@ -115,3 +117,51 @@ def load_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
     state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
     config = yaml.safe_load((path / "crab_config.yaml").read_text(encoding="utf-8"))
     return path / "pretrained_model", state, config
+
+# Keys that must match between a checkpoint's config and the resuming one. Others may change: log_every,
+# save_every, ..., and train.steps, which extends (or shortens) the run but never its learning-rate
+# schedule: that is fixed by the run's first length (see `train`).
+RESUME_MUST_MATCH = ("data", "policy", "reward_weighting", "anchor", "task_masks", "seed")
+
+
+def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
+    saved, current = training_settings(saved), training_settings(to_dict(cfg))
+    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != current[k]]
+    if changed:
+        keys = {k: (saved.get(k), current[k]) for k in changed}
+        differ = "; ".join(f"`{key}` saved {a!r}, now {b!r}" for key, (a, b) in _leaf_differences(keys).items())
+        raise ConfigError(
+            f"cannot resume from {path}: its config differs in {changed}: {differ} (change them back, or train a "
+            "new run: --set run_name=...)"
+        )
+
+
+def _leaf_differences(pairs: dict, prefix: str = "") -> dict[str, tuple]:
+    """{dotted key: (saved, now)} of the leaves that differ between nested (saved, now) values."""
+    out = {}
+    for key, (a, b) in pairs.items():
+        if isinstance(a, dict) and isinstance(b, dict) and key != "task_masks":
+            inner = {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)}
+            out |= _leaf_differences(inner, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = (a, b)
+    return out
+
+
+def check_resume_state(state: dict, saved_cfg: dict, cfg: CrabConfig, path: str, world_size: int) -> int:
+    """Check that a checkpoint can continue here; return the learning-rate schedule's length.
+
+    The schedule is fixed by the run's first `train.steps` (lerobot's cosine schedule rescales warmup and
+    decay to the length it is built with, so rebuilding it longer would jump the rate): a run extended
+    past it continues at the schedule's final rate. Each process resumes its own RNG states and data
+    shard, so the number of processes must match.
+    """
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        raise CheckpointError(
+            f"{path} was saved by {saved_world} process(es), this run has {world_size}: resume with the same "
+            "number (each process resumes its own data shard and random state)"
+        )
+    if cfg.train.steps <= state["step"]:
+        raise ConfigError(f"cannot resume from {path}: it is at step {state['step']}, `train.steps` is {cfg.train.steps}")
+    return state.get("schedule_steps", saved_cfg["train"]["steps"])

@@ -129,7 +129,7 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 3
     # Epochs between validations; null: every epoch, stretched on small datasets so that validating stays a
-    # small part of the time (train.validation_interval). The last epoch always validates.
+    # small part of the time (loaders.validation_interval). The last epoch always validates.
     val_every_epochs: int | None = None
     val_max_batches: int = 20  # bound on the validation pass at each epoch end
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocasts on a CPU too; fp16 needs a GPU

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from crab.training import checkpoint as ckpt
-from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, to_dict, training_settings
+from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, to_dict
 from crab.training.crab_dataset import CrabDataset
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
 from crab.training.inputs import (
@@ -29,9 +29,17 @@ from crab.training.inputs import (
     stats_fingerprint,
     values_digest,
 )
+from crab.training.loaders import (
+    batch_loader,
+    replay_batches,
+    replay_dataset,
+    retention_dataset,
+    retention_loss,
+    validation_interval,
+    validation_loss,
+)
 from crab.training.manifest import ManifestError, load_datasets
 from crab.training.monitoring import (
-    RETENTION_PREFIX,
     STEP_METRICS,
     EpochAccumulator,
     append_epoch_summary,
@@ -44,23 +52,14 @@ from crab.training.monitoring import (
 from crab.training.plots import plot_run, read_step_log
 from crab.training.reward_stats import load_checked, plot_signal
 from crab.training.rewards import VALUE_SIGNALS, RewardSpec
-from crab.training.sampling import EpochBatchSampler, split_episodes
+from crab.training.sampling import split_episodes
 from crab.training.schedules import lambda_anchor_at
 from crab.training.value_fit import load_values
 from crab.training.weighting import WeightingError, preflight_table, run_weights
 
-# Keys that must match between a checkpoint's config and the resuming one. Others may change: log_every,
-# save_every, ..., and train.steps, which extends (or shortens) the run but never its learning-rate
-# schedule: that is fixed by the run's first length (see `train`).
-RESUME_MUST_MATCH = ("data", "policy", "reward_weighting", "anchor", "task_masks", "seed")
 # Plots and the whole-file epoch_summary.json are redrawn at checkpoints, at the end, and at an epoch end
 # only when this long has passed since the last time: on a small dataset epochs take a second or less.
 PUBLISH_EVERY_S = 120.0
-# A validation batch costs about a third of a training step (forward only): 10 steps per batch keeps
-# validation near 3% of the wall time.
-TRAIN_STEPS_PER_VAL_BATCH = 10
-
-
 class TrainingError(RuntimeError):
     pass
 
@@ -73,30 +72,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", help="checkpoint folder outputs/<run>/step_XXXXXX to continue from")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
     return p.parse_args(argv)
-
-
-def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:
-    saved, current = training_settings(saved), training_settings(to_dict(cfg))
-    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != current[k]]
-    if changed:
-        keys = {k: (saved.get(k), current[k]) for k in changed}
-        differ = "; ".join(f"`{key}` saved {a!r}, now {b!r}" for key, (a, b) in _leaf_differences(keys).items())
-        raise ConfigError(
-            f"cannot resume from {path}: its config differs in {changed}: {differ} (change them back, or train a "
-            "new run: --set run_name=...)"
-        )
-
-
-def _leaf_differences(pairs: dict, prefix: str = "") -> dict[str, tuple]:
-    """{dotted key: (saved, now)} of the leaves that differ between nested (saved, now) values."""
-    out = {}
-    for key, (a, b) in pairs.items():
-        if isinstance(a, dict) and isinstance(b, dict) and key != "task_masks":
-            inner = {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)}
-            out |= _leaf_differences(inner, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = (a, b)
-    return out
 
 
 def train(cfg: CrabConfig, resume: str | None = None) -> Path:
@@ -118,8 +93,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     schedule_steps = cfg.train.steps
     if resume:
         pretrained_dir, resume_state, saved_cfg = ckpt.load_checkpoint(resume)
-        check_resume_config(saved_cfg, cfg, resume)
-        schedule_steps = check_resume_state(resume_state, saved_cfg, cfg, resume, accelerator.num_processes)
+        ckpt.check_resume_config(saved_cfg, cfg, resume)
+        schedule_steps = ckpt.check_resume_state(resume_state, saved_cfg, cfg, resume, accelerator.num_processes)
     elif existing := ckpt.list_checkpoints(run_dir):
         raise TrainingError(
             f"{run_dir} already holds checkpoints {[p.name for p in existing]}; continue with --resume "
@@ -398,40 +373,11 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     return run_dir
 
 
-def validation_interval(cfg: CrabConfig, val_frames: int, batches_per_epoch: int) -> int:
-    """Epochs between validations: `train.val_every_epochs` when set; otherwise every epoch, stretched so
-    that at least `TRAIN_STEPS_PER_VAL_BATCH` training steps pass per validation batch (on a small dataset
-    an epoch is a few steps, and validating after each would cost as much as training)."""
-    if cfg.train.val_every_epochs is not None:
-        return cfg.train.val_every_epochs
-    val_batches = math.ceil(min(val_frames, cfg.train.val_max_batches * cfg.data.batch_size) / cfg.data.batch_size)
-    return max(1, math.ceil(TRAIN_STEPS_PER_VAL_BATCH * val_batches / batches_per_epoch))
-
-
 def mixed_precision(cfg: CrabConfig, cuda: bool) -> str:
     """The accelerate mixed-precision mode: the config's on a GPU; on a CPU bf16 autocast works, fp16 does not."""
     if not cuda and cfg.train.mixed_precision == "fp16":
         raise ConfigError("`train.mixed_precision: fp16` needs a GPU; on a CPU use `bf16` or `no`")
     return cfg.train.mixed_precision
-
-
-def check_resume_state(state: dict, saved_cfg: dict, cfg: CrabConfig, path: str, world_size: int) -> int:
-    """Check that a checkpoint can continue here; return the learning-rate schedule's length.
-
-    The schedule is fixed by the run's first `train.steps` (lerobot's cosine schedule rescales warmup and
-    decay to the length it is built with, so rebuilding it longer would jump the rate): a run extended
-    past it continues at the schedule's final rate. Each process resumes its own RNG states and data
-    shard, so the number of processes must match.
-    """
-    saved_world = state.get("world_size", 1)
-    if saved_world != world_size:
-        raise TrainingError(
-            f"{path} was saved by {saved_world} process(es), this run has {world_size}: resume with the same "
-            "number (each process resumes its own data shard and random state)"
-        )
-    if cfg.train.steps <= state["step"]:
-        raise ConfigError(f"cannot resume from {path}: it is at step {state['step']}, `train.steps` is {cfg.train.steps}")
-    return state.get("schedule_steps", saved_cfg["train"]["steps"])
 
 
 def build_optimizer(model: CrabSmolVLA, smolvla_cfg, total_steps: int):
@@ -456,118 +402,6 @@ def training_step(model, batch, replay, lambda_anchor, accelerator, optimizer, s
     metrics.update(lr=torch.tensor(lr), grad_norm=grad_norm)
     row = torch.stack([metrics[k].detach().float().to(accelerator.device) for k in STEP_METRICS])
     return row, metrics["weights"].detach()
-
-
-def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) -> CrabDataset | None:
-    """The held-out episodes of `data.retention_manifest` (None without one): the last
-    `val_episodes_per_dataset` of each of its datasets (all of a smaller one), those a base trained with
-    the same setting never saw. Its tasks must be ones the training manifest lacks."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
-    if cfg.data.retention_manifest is None:
-        return None
-    retention_rows = load_datasets(cfg.data.retention_manifest, cfg.data.data_root)
-    overlap = sorted({r.task for r in retention_rows} & {r.task for r in rows})
-    if overlap:
-        raise ConfigError(
-            f"{cfg.data.retention_manifest}: task(s) {overlap} are also in the training manifest "
-            f"{cfg.data.manifest}; the retention manifest is for tasks the training data lacks"
-        )
-    held_out = {}
-    for row in retention_rows:
-        n = LeRobotDatasetMetadata(row.repo_id, root=row.root).total_episodes
-        held_out[row.name] = list(range(max(n - cfg.data.val_episodes_per_dataset, 0), n))
-    return unweighted_dataset(retention_rows, spec, held_out, data_kw)
-
-
-def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabDataset | None:
-    """The training split of `anchor.replay_manifest` (None without one): its held-out episodes stay
-    unseen, so the same manifest can also be the retention manifest whose validation loss they give."""
-    if cfg.anchor.replay_manifest is None:
-        return None
-    replay_rows = load_datasets(cfg.anchor.replay_manifest, cfg.data.data_root)
-    episodes, _ = split_episodes(replay_rows, cfg.data.val_episodes_per_dataset)
-    return unweighted_dataset(replay_rows, spec, episodes, data_kw)
-
-
-def unweighted_dataset(rows, spec: RewardSpec, episodes: dict[str, list[int]], data_kw: dict) -> CrabDataset:
-    """A dataset whose items are never weighted (retention validation, anchor replay): read like the
-    training data, but with the outcome signal, which needs no value model for these datasets."""
-    outcome = {"signal": "outcome", "state_values": None, "credit_horizon": None}
-    return CrabDataset(rows, spec, episodes=episodes, **{**data_kw, **outcome})
-
-
-def batch_loader(cfg: CrabConfig, ds: CrabDataset, batch_size: int, seed: int, accelerator, source: str, weights=None):
-    """(sampler, DataLoader) of `ds`'s batches for this process: seeded, resumable at any batch
-    (`EpochBatchSampler`; with `weights`, one per item, items drawn in proportion to them); `source` (the
-    manifest) names the data when it holds less than one batch."""
-    world = accelerator.num_processes
-    sampler = EpochBatchSampler(len(ds), batch_size, seed, accelerator.process_index, world, weights)
-    if len(sampler) == 0:
-        raise TrainingError(f"{source}: {len(ds)} training frames, fewer than one batch of {batch_size}")
-    loader = torch.utils.data.DataLoader(
-        ds,
-        batch_sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        # Its own generator: creating the iterator (again, on resume) must not draw from the global RNG
-        # that samples the flow noise, or a resumed run would diverge from an uninterrupted one.
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return sampler, loader
-
-
-def replay_batches(cfg: CrabConfig, replay_ds: CrabDataset | None, accelerator, step: int):
-    """Endless iterator of the anchor's replay batches from training step `step` on (None without a
-    replay dataset). Batch k is a pure function of (seed, k) and the process, as the training batches
-    are, so a resumed run draws what the uninterrupted one did."""
-    if replay_ds is None:
-        return None
-    size = cfg.anchor.replay_batch_size or cfg.data.batch_size
-    sampler, loader = batch_loader(cfg, replay_ds, size, cfg.seed + 1, accelerator, cfg.anchor.replay_manifest)
-
-    def batches():
-        epoch, position = divmod(step, len(sampler))
-        while True:
-            sampler.set_epoch(epoch, start=position)
-            yield from loader
-            epoch, position = epoch + 1, 0
-
-    return batches()
-
-
-def retention_loss(model: CrabSmolVLA, retention_ds: CrabDataset | None, preprocessor, cfg: CrabConfig) -> dict[str, float]:
-    """Validation loss per task of the retention manifest, keyed `RETENTION_PREFIX + task` ({} without one)."""
-    if retention_ds is None:
-        return {}
-    losses = validation_loss(model, retention_ds, preprocessor, cfg, group_by="task")
-    return {RETENTION_PREFIX + task.rstrip("\n"): loss for task, loss in losses.items()}
-
-
-@torch.no_grad()
-def validation_loss(
-    model: CrabSmolVLA, val_ds: CrabDataset, preprocessor, cfg: CrabConfig, group_by: str = "quality"
-) -> dict[str, float]:
-    """Unweighted masked flow loss on held-out episodes, per `group_by` value (a string field of the
-    batch: quality, task), with fixed noise and time."""
-    model.eval()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    # A fixed subset spread evenly over the held-out frames, so every dataset (and quality) is seen.
-    n = min(len(val_ds), cfg.train.val_max_batches * cfg.data.batch_size)
-    subset = torch.utils.data.Subset(val_ds, torch.linspace(0, len(val_ds) - 1, n).long().tolist())
-    # Its own generator: validating must not draw from the global RNG that samples training's flow noise.
-    loader = torch.utils.data.DataLoader(
-        subset, batch_size=cfg.data.batch_size, shuffle=False, generator=torch.Generator().manual_seed(cfg.seed)
-    )
-    totals: dict[str, list[float]] = {}
-    for batch in loader:
-        groups = batch[group_by]
-        losses = model.validation_loss(preprocessor(batch), generator).cpu().tolist()
-        for q, loss in zip(groups, losses, strict=True):
-            totals.setdefault(q, []).append(loss)
-    model.train()
-    return {q: sum(v) / len(v) for q, v in sorted(totals.items())}
 
 
 def make_progress(cfg: CrabConfig, main_process: bool, initial: int):
