@@ -1,19 +1,22 @@
 """Recompute the reward statistics JSON of a manifest; check statistics against their data.
 
+    python -m crab.training.reward_stats --config <run config> [--config <recipe>] [--set key=value]
     python -m crab.training.reward_stats --manifest crab/training/docs/dataset_manifest_cycle1_clean.csv \
         --out crab/training/docs/reward_weighting_stats_cycle1_clean.json [--data-root data] [--chunk-size 50] \
-        [--signal chunk_advantage --value-file data/values.parquet [--credit-horizon 20]] [--plot signal.png]
+        [--signal chunk_advantage --value-file data/values.parquet [--credit-horizon 20]] [--plot signal.png] \
+        [--lerobot-weights DIR]
 
-The JSON holds counts, mean, std and percentiles per dataset and overall of the return signal G of kind
-`--signal` (and of the other reward fields), alpha, the reward spec, the signal's kind (with the value
-file's fingerprint for `chunk_advantage`, and the credit horizon of the per-chunk signals) and a fingerprint
-of the manifest and the data. Training refuses statistics whose fingerprint, spec, signal or credit horizon
-does not match what it loads. It also prints each dataset's share of the RWFM weight at `--alpha`,
-`--clip-min` and `--std-floor` (default clip max), the share of bad data that the weighted loss still
-imitates, and the share of the chunks that lead into damage; `--plot` draws the normalised signal over time
-for a few episodes of each dataset.
+With `--config` the run's config fills every flag (its manifest, `data.reward_stats` as the output, value
+file, the policy's chunk size and `reward_weighting`); flags given as well win. The JSON holds counts, mean,
+std and percentiles per dataset and overall of the return signal G of kind `--signal` (and of the other
+reward fields), alpha, the reward spec, the signal's kind (with the value file's fingerprint for the value
+signals, and the credit horizon of the per-chunk signals) and a fingerprint of the manifest and the data.
+Training refuses statistics whose fingerprint, spec, signal or credit horizon does not match what it loads.
+It also prints the pre-flight table training prints before step 1 (`weighting.preflight_table`: per dataset,
+episodes for training / held out / dropped, share of the draw or loss weight, of its task's, of the
+normalisation), the share of the weight on chunks that lead into damage, and with `--phase-bins` each
+part's draw; `--plot` draws the normalised signal over time for a few episodes of each dataset.
 """
-
 from __future__ import annotations
 
 import argparse
