@@ -93,19 +93,25 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
 
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
-    # Normalisation statistics pool the datasets by their RWFM weight mass (every dataset here has one R_e).
+    # Normalisation statistics pool the episodes by their training weight (`normalization_counts: weight`;
+    # with `apply: loss` each frame's clipped raw weight over the constant): the counts add up to the frames,
+    # the mean is the weighted one, not lerobot's plain pooling.
     from safetensors.torch import load_file
 
-    normalizer = next((run_dir / "step_000012" / "pretrained_model").glob("*normalizer_processor.safetensors"))
+    from crab.training.crab_dataset import CrabDataset
+    from crab.training.manifest import load_manifest
+    from crab.training.rewards import RewardSpec, frame_weights
+
+    saved = load_file(next((run_dir / "step_000012" / "pretrained_model").glob("*normalizer_processor.safetensors")))
     stats = json.loads(setup["stats"].read_text())
     g, rw = stats["overall"]["signal"], cfg.reward_weighting
-    mass = sum(
-        d["frames"]
-        * min(max(math.exp(rw.alpha * (d["signal"]["mean"] - g["mean"]) / max(g["std"], rw.std_floor)), rw.clip_min), rw.clip_max)
-        for d in stats["per_dataset"].values()
-    )
-    assert load_file(normalizer)["action.count"].item() == pytest.approx(mass)
-    assert mass != pytest.approx(stats["overall"]["frames"])
+    ds = CrabDataset(load_manifest(setup["manifest"], setup["data_root"]), RewardSpec(chunk_size=10))
+    raw = frame_weights(np.concatenate(list(ds.signals().values())), g["mean"], g["std"], rw.alpha,
+                        (rw.clip_min, rw.clip_max), rw.std_floor)  # fmt: skip
+    weighted, plain = ds.normalization_stats(raw / raw.mean()), ds.normalization_stats()
+    assert saved["action.count"].item() == pytest.approx(stats["overall"]["frames"]) == weighted["action"]["count"].item()
+    np.testing.assert_allclose(saved["action.mean"].numpy(), weighted["action"]["mean"], rtol=1e-5)
+    assert not np.allclose(weighted["action"]["mean"], plain["action"]["mean"])
     compare_runs([run_dir, run_dir], setup["out"] / "compare.png")
     assert (setup["out"] / "compare.png").stat().st_size > 0
 
@@ -441,7 +447,8 @@ def test_dropped_unlocated_failures_are_never_drawn(setup, monkeypatch, tmp_path
     train.train(config(setup, "drop_failures", **rw, **{"reward_weighting.unlocated_failures": "drop"}))
     keep, drop = seen
     assert (drop == 0).sum() == 7 and (keep == 0).sum() == 0  # the failed episode's 7 frames
-    np.testing.assert_array_equal(drop, np.where(drop == 0, 0.0, keep))
+    kept = np.where(drop == 0, 0.0, keep)
+    np.testing.assert_allclose(drop, kept / kept.mean())  # the others as `keep` weighs them (the draw has mean 1)
 
     manifest = write_manifest(tmp_path / "failed.csv", [("clean", PLACE, "failed")])
     stats = tmp_path / "failed_stats.json"
