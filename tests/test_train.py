@@ -400,6 +400,18 @@ def test_two_processes_train_resume_bit_identically_and_weigh_like_one(setup, tm
 
 
 
+def record_draws(monkeypatch) -> list:
+    """The draw weights (None: uniform) of every loader the trainer builds from now on, in order."""
+    seen, batch_loader = [], train.batch_loader
+
+    def recording(*args):
+        seen.append(args[-1])
+        return batch_loader(*args)
+
+    monkeypatch.setattr(train, "batch_loader", recording)
+    return seen
+
+
 def test_weights_normalised_per_phase_choose_the_draw(setup, monkeypatch):
     """`normalize: phase`: the sampler draws with the clipped raw weights divided by their (task, part of the
     episode) group's mean, `per_group_normalised`, not with the globally normalised ones."""
@@ -408,14 +420,7 @@ def test_weights_normalised_per_phase_choose_the_draw(setup, monkeypatch):
     from crab.training.rewards import RewardSpec, frame_weights, per_group_normalised
     from crab.training.weighting import phase_groups
 
-    seen = {}
-
-    def recording(*args):
-        seen["weights"] = args[-1]
-        return batch_loader(*args)
-
-    batch_loader = train.batch_loader
-    monkeypatch.setattr(train, "batch_loader", recording)
+    seen = record_draws(monkeypatch)
     cfg = config(setup, "phase_draw", **{"train.steps": 2, "train.save_every": 2, "anchor.enabled": "false",
                  "reward_weighting.apply": "sample", "reward_weighting.normalize": "phase",
                  "reward_weighting.phase_bins": 2})  # fmt: skip
@@ -425,7 +430,7 @@ def test_weights_normalised_per_phase_choose_the_draw(setup, monkeypatch):
     v = frame_weights(np.concatenate(list(ds.signals().values())), g["mean"], g["std"], rw.alpha,
                       (rw.clip_min, rw.clip_max), rw.std_floor)  # fmt: skip
     expected = per_group_normalised(v, phase_groups(ds.weight_frames(), 2))
-    np.testing.assert_allclose(seen["weights"], expected / expected.mean())
+    np.testing.assert_allclose(seen[-1], expected / expected.mean())
     # Globally the carton (G = 0, below the mean) is drawn less than its frame share; per phase it is not.
     assert not np.allclose(expected / expected.sum(), v / v.sum(), rtol=0.05)
 
@@ -434,14 +439,7 @@ def test_dropped_unlocated_failures_are_never_drawn(setup, monkeypatch, tmp_path
     """`unlocated_failures: drop`: the frames of the failed episode nothing locates (the labelled dataset's
     second, success 0 and damage 0) weigh 0 in the draw, the others as `keep` weighs them; a manifest of
     nothing else is refused before any step."""
-    seen = []
-
-    def recording(*args):
-        seen.append(args[-1])
-        return batch_loader(*args)
-
-    batch_loader = train.batch_loader
-    monkeypatch.setattr(train, "batch_loader", recording)
+    seen = record_draws(monkeypatch)
     rw = {"anchor.enabled": "false", "reward_weighting.apply": "sample", "train.steps": 2, "train.save_every": 2}
     train.train(config(setup, "keep_failures", **rw))
     train.train(config(setup, "drop_failures", **rw, **{"reward_weighting.unlocated_failures": "drop"}))
@@ -463,14 +461,7 @@ def test_dropped_unlocated_failures_are_never_drawn(setup, monkeypatch, tmp_path
 def test_lerobot_weights_are_the_training_draw(setup, monkeypatch, tmp_path):
     """`reward_stats --lerobot-weights DIR` writes, per dataset keyed by frame `index`, the weights a run with
     the same settings draws its frames with (`apply: sample`, drop, per phase), up to one constant."""
-    seen = []
-
-    def recording(*args):
-        seen.append(args[-1])
-        return batch_loader(*args)
-
-    batch_loader = train.batch_loader
-    monkeypatch.setattr(train, "batch_loader", recording)
+    seen = record_draws(monkeypatch)
     train.train(config(setup, "lerobot_weights", **{
         "anchor.enabled": "false", "train.steps": 1, "train.save_every": 1, "reward_weighting.apply": "sample",
         "reward_weighting.normalize": "phase", "reward_weighting.phase_bins": 2,
