@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (idempotent), generate the simulated demo datasets, recompute their reward statistics, train an
-# RWFM + anchor run with the tiny offline SmolVLA on the CPU (a minute or two), then evaluate its final
+# RWFM + anchor run with the tiny offline SmolVLA on the CPU (about four minutes), then evaluate its final
 # checkpoint in closed loop in the simulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
