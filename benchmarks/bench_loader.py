@@ -256,17 +256,7 @@ def evict_from_page_cache(folder: Path) -> None:
 def lerobot_uint8_dataset(crab: CrabDataset, d: int = 0):
     """Dataset `d` of `crab` as lerobot 0.6.1's `make_dataset` opens it for training: `LeRobotDataset` with
     `return_uint8=True` (uint8 CHW frames; `lerobot-train` converts them to float after collating)."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    row = crab.rows[d]
-    return LeRobotDataset(
-        row.repo_id,
-        root=row.root,
-        episodes=None if crab.episodes is None else crab.episodes[row.name],
-        delta_timestamps=crab.delta_timestamps,
-        video_backend=crab.video_backend,
-        return_uint8=True,
-    )
+    return crab.lerobot_dataset(d, return_uint8=True)
 
 
 def lerobot_worker_kwargs(workers: int) -> dict:

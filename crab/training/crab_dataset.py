@@ -253,9 +253,10 @@ class CrabDataset(Dataset):
         self._offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self._cache: dict[int, dict] | None = {} if cache else None
 
-    def lerobot_dataset(self, d: int):
+    def lerobot_dataset(self, d: int, **options):
         """lerobot's own `LeRobotDataset` for dataset `d`: the items `self.datasets[d]` reproduces, read
-        lerobot's way (for the equality tests and the loader benchmark)."""
+        lerobot's way (for the equality tests and the loader benchmark; `options`: further `LeRobotDataset`
+        arguments, e.g. `return_uint8`)."""
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         row = self.rows[d]
@@ -265,6 +266,7 @@ class CrabDataset(Dataset):
             episodes=None if self.episodes is None else self.episodes[row.name],
             delta_timestamps=self.delta_timestamps,
             video_backend=self.video_backend,
+            **options,
         )
 
     @property
