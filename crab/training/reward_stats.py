@@ -349,8 +349,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # The table: the training split of `data.val_episodes_per_dataset`, as training prints it.
         weights = run_weights(rw, [training_frames(row, t, held_out) for row, t in zip(rows, tables, strict=True)], mean, std)
-        # lerobot has no held-out split: every frame gets its weight.
-        everything = run_weights(rw, [training_frames(row, t, 0) for row, t in zip(rows, tables, strict=True)], mean, std)
+        # lerobot has no held-out split: every frame gets its weight (the table's own weights when none is held out).
+        everything = weights
+        if args.lerobot_weights is not None and held_out > 0:
+            everything = run_weights(rw, [training_frames(row, t, 0) for row, t in zip(rows, tables, strict=True)], mean, std)
     except WeightingError as e:
         sys.exit(f"error: {args.manifest}: {e}")
     # Written once nothing above refused the data: a refusal leaves the previous statistics in place.

@@ -143,8 +143,8 @@ def _refuse_lost_tasks(datasets: Sequence[DatasetFrames], dropped: np.ndarray) -
 
 def dataset_shares(weights: RunWeights) -> dict[str, dict]:
     """Per dataset: its task, `frame_share` (of the frames), `mean_weight` (its mean clipped raw weight),
-    `weight_share` (of the run's training weight) and `task_share` (of its task's): the shares the
-    pre-flight table prints, for the benchmark's tables."""
+    `weight_share` (of the run's training weight), `task_share` (of its task's) and `task_total` (its task's
+    summed training weight): the shares the pre-flight table prints and the benchmark's tables show."""
     trained, frames = weights.trained, len(weights.trained)
     task_total: dict[str, float] = {}
     for d, s in zip(weights.datasets, weights.slices(), strict=True):
@@ -154,6 +154,7 @@ def dataset_shares(weights: RunWeights) -> dict[str, dict]:
             "task": d.task, "frame_share": len(d.signal) / frames, "mean_weight": float(weights.raw[s].mean()),
             "weight_share": float(trained[s].sum() / trained.sum()),
             "task_share": float(trained[s].sum() / task_total[d.task]) if task_total[d.task] > 0 else 0.0,
+            "task_total": float(task_total[d.task]),
         }
         for d, s in zip(weights.datasets, weights.slices(), strict=True)
     }  # fmt: skip
@@ -168,21 +169,18 @@ def preflight_table(weights: RunWeights, normalization: str) -> str:
     """Per dataset: episodes for training / held out / dropped, its share of the run's training weight
     (of the draw with `apply: sample`, of the loss weight with `apply: loss`), of its task's, and of the
     normalisation statistics. Printed before step 1 and by `reward_stats`."""
-    trained, counts = weights.trained, weights.normalization_counts(normalization)
-    total, count_total = trained.sum(), counts.sum()
-    task_total: dict[str, float] = {}
-    for d, s in zip(weights.datasets, weights.slices(), strict=True):
-        task_total[d.task] = task_total.get(d.task, 0.0) + trained[s].sum()
+    counts = weights.normalization_counts(normalization)
+    shares = dataset_shares(weights)
     what = "draw" if weights.apply == "sample" else "loss weight"
     header = ("dataset", "quality", "episodes train/held out/dropped", f"of the {what}", "of its task's",
               f"of the normalisation ({normalization})")  # fmt: skip
     lines = [header]
     for d, s in zip(weights.datasets, weights.slices(), strict=True):
-        mine = trained[s].sum()
-        dropped_eps = _episodes(d, weights.dropped[s])
+        share = shares[d.name]
+        task_share = f"{share['task_share']:.2%}" if share["task_total"] > 0 else "-"
         lines.append((
-            d.name, d.quality, f"{_episodes(d)}/{d.held_out}/{dropped_eps}", f"{mine / total:.2%}",
-            f"{mine / task_total[d.task]:.2%}" if task_total[d.task] > 0 else "-", f"{counts[s].sum() / count_total:.2%}",
+            d.name, d.quality, f"{_episodes(d)}/{d.held_out}/{_episodes(d, weights.dropped[s])}",
+            f"{share['weight_share']:.2%}", task_share, f"{counts[s].sum() / counts.sum():.2%}",
         ))  # fmt: skip
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
     return "\n".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines)
