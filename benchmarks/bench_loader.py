@@ -32,8 +32,9 @@ datasets exist (the demo config: data/demo, made by scripts/demo.sh); else a sma
      (as `lerobot.datasets.factory.make_dataset`), so uint8 frames cross the worker boundary, and the
      float conversion its training loop does after each batch (`batch[cam].to(torch.float32) / 255.0`),
      timed with the loader;
-   - crab: CrabDataset decoding video (the trainer's default; float32 frames, as lerobot's item);
-   - cached: CrabDataset reading the frame cache (`data.frame_cache`; built once by `crab.data.frame_cache`
+   - crab: CrabDataset decoding video as the trainer reads it (`return_uint8=True`, and `float_frames`
+     after each batch, timed with the loader: lerobot's float item, bit for bit);
+   - cached: the same, reading the frame cache (`data.frame_cache`; built once by `crab.data.frame_cache`
      at smolvla_base's 512x512 next to the dataset and reused, its pages evicted from the OS page cache
      before each run so frames come from the disk).
    Every loader gets lerobot-train's worker settings (`TrainPipelineConfig` defaults through
@@ -64,6 +65,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
+from crab.data.lerobot_reader import float_frames
 from crab.training.config import CrabConfig, load_config
 from crab.training.crab_dataset import CrabDataset
 from crab.training.manifest import ManifestRow, load_manifest
@@ -217,18 +219,8 @@ def item_cache(rows: list[ManifestRow], args: argparse.Namespace) -> None:
 
 PARTS = ("annotation", "cache", "trainer", "real")
 # lerobot 0.6.1's loader (LeRobotDataset, uint8 frames); CrabDataset decoding video (the default); CrabDataset
-# with the frame cache.
+# with the frame cache. Both CrabDataset loaders as the trainer reads them: uint8 frames, converted after collate.
 REAL_LOADERS = ("lerobot", "crab", "cached")
-# `--real-uint8-prototype`: CrabDataset decoding, its frames kept uint8 across the worker boundary and converted
-# after collating as lerobot-train does (a change Crab does not have; measured to size it, never in the headline).
-PROTOTYPE = "crab_uint8"
-
-
-def keep_frames_uint8(*_) -> None:
-    """Prototype only (also a DataLoader worker_init_fn): CrabDataset's decoded frames stay uint8."""
-    import crab.data.lerobot_reader as reader
-
-    reader.to_float = lambda frames: frames
 REAL_RESOLUTION = (512, 512)  # smolvla_base's resize_imgs_with_padding: the frame cache's resolution
 
 
@@ -290,10 +282,9 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
     if loader == "cached":
         cache = real_frame_cache(manifest)[0]
         evict_from_page_cache(cache)
-    crab = CrabDataset(rows, RewardSpec(chunk_size=args.real_chunk), frame_cache=cache, resolution=REAL_RESOLUTION)
+    spec = RewardSpec(chunk_size=args.real_chunk)
+    crab = CrabDataset(rows, spec, frame_cache=cache, resolution=REAL_RESOLUTION, return_uint8=True)
     ds = lerobot_uint8_dataset(crab) if loader == "lerobot" else crab
-    if loader == PROTOTYPE:
-        keep_frames_uint8()
     cams = crab.meta.camera_keys
     # Every worker delivers a batch before the timing starts: spawned workers import torch, lerobot and Crab
     # first, and a worker still starting would put that into the timed batches.
@@ -321,17 +312,17 @@ def real_shaped_loader(manifest: Path, loader: str, workers: int, args: argparse
         batch_size=args.real_batch,
         sampler=indices.tolist(),
         num_workers=workers,
-        worker_init_fn=keep_frames_uint8 if loader == PROTOTYPE else None,
         **lerobot_worker_kwargs(workers),
     )
     batches = iter(loader_)
 
     def next_batch() -> dict:
         batch = next(batches)
-        if loader in ("lerobot", PROTOTYPE):  # lerobot-train's loop, before its preprocessor
-            for key in cams:
-                if key in batch and batch[key].dtype == torch.uint8:
-                    batch[key] = batch[key].to(dtype=torch.float32) / 255.0
+        if loader != "lerobot":  # Crab's trainer, before its preprocessor (`prepare` in train.py)
+            return float_frames(batch, crab.video_keys)
+        for key in cams:  # lerobot-train's loop, before its preprocessor
+            if key in batch and batch[key].dtype == torch.uint8:
+                batch[key] = batch[key].to(dtype=torch.float32) / 255.0
         return batch
 
     for _ in range(warmup):  # starts the workers, opens the decoders
@@ -398,11 +389,10 @@ def real_shaped(args: argparse.Namespace) -> None:
         f"{index['build_seconds']:.0f} s; read from the disk (evicted from the page cache before each run)"
     )
     del crab, cached, lerobot, lerobot_u8
-    loaders = REAL_LOADERS + ((PROTOTYPE,) if args.real_uint8_prototype else ())
-    runs = {(loader, w): [] for w in args.real_workers for loader in loaders}
+    runs = {(loader, w): [] for w in args.real_workers for loader in REAL_LOADERS}
     for r in range(args.repeats):
         for w in args.real_workers:
-            for loader in loaders if (r + w) % 2 == 0 else loaders[::-1]:
+            for loader in REAL_LOADERS if (r + w) % 2 == 0 else REAL_LOADERS[::-1]:
                 cmd = [sys.executable, __file__, "--real-measure", f"{loader},{w}", *sys.argv[1:]]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
@@ -434,16 +424,6 @@ def real_shaped(args: argparse.Namespace) -> None:
     def median_rate(name: str, w: int) -> float:
         return statistics.median(run["items_per_s"] for run in runs[name, w])
 
-    if args.real_uint8_prototype:
-        for w in args.real_workers:
-            per_repeat = [c["items_per_s"] / b["items_per_s"] for c, b in zip(runs[PROTOTYPE, w], runs["lerobot", w], strict=True)]
-            cpu = statistics.median(run["cpu_ms_per_item"] for run in runs[PROTOTYPE, w])
-            rss = statistics.median(run["peak_rss_mb"] for run in runs[PROTOTYPE, w])
-            print(
-                f"  prototype, not Crab's loader ({PROTOTYPE}: decoded frames kept uint8, / 255 after collate), {w} workers: "
-                f"{median_rate(PROTOTYPE, w):.1f} items/s, {statistics.median(per_repeat):.2f}x lerobot, "
-                f"{cpu:.1f} CPU ms/item, peak RSS {rss:.0f} MB (ratios per repeat: {', '.join(f'{r:.2f}' for r in per_repeat)})"
-            )
 
     best = {name: max(args.real_workers, key=lambda w, n=name: median_rate(n, w)) for name in REAL_LOADERS}
     # Each CrabDataset loader at its best worker count against lerobot at its best: per repeat, median.
@@ -574,11 +554,6 @@ def main() -> None:
         "--real-warmup", type=int, default=3, help="untimed batches per run (starts workers; at least one per worker)"
     )
     real.add_argument("--real-chunk", type=int, default=50, help="action chunk (smolvla_base: 50)")
-    real.add_argument(
-        "--real-uint8-prototype",
-        action="store_true",
-        help=f"also measure {PROTOTYPE}: CrabDataset with uint8 frames (a prototype of a change, not Crab's loader)",
-    )
     real.add_argument("--real-measure", help=argparse.SUPPRESS)  # internal: one measurement subprocess
     args = p.parse_args()
     if args.threads:

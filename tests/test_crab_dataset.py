@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import ALL_ROWS, OPEN, PLACE, synthetic_episode, write, write_manifest
 
+from crab.data.lerobot_reader import float_frames
 from crab.data.lerobot_writer import LABELS_FILE
 from crab.training import reward_stats
 from crab.training.crab_dataset import CrabDataset, annotate, scale_counts
@@ -184,6 +185,32 @@ def test_fast_path_items_in_spawned_workers(workers, dataset, image_dataset):
             d, local = ds.locate(i)
             theirs = reference[d][local]
             assert_same_item({k: item[k] for k in theirs if k in item}, {k: v for k, v in theirs.items() if k in item}, f"item {i}")
+
+
+def test_uint8_frames_through_a_spawn_worker_convert_to_lerobot_items(dataset, data_root, tmp_path):
+    """The trainer's read: video frames cross the worker boundary as uint8 (`return_uint8`, lerobot's own
+    uint8 item) and `float_frames` after collate gives lerobot's float item, bit for bit."""
+    rows = load_manifest(write_manifest(tmp_path / "all.csv", ALL_ROWS), data_root)
+    ds = CrabDataset(rows, SPEC, return_uint8=True)
+    assert ds.video_keys == ["observation.images.top"]
+    indices = boundary_and_random_indices(ds, 8, seed=5)
+    loader = torch.utils.data.DataLoader(
+        ds, sampler=indices, batch_size=4, num_workers=1, multiprocessing_context="spawn"
+    )
+    floats = [ds.lerobot_dataset(d) for d in range(len(ds.datasets))]
+    uint8s = [ds.lerobot_dataset(d, return_uint8=True) for d in range(len(ds.datasets))]
+    key, seen = "observation.images.top", 0
+    for start, batch in zip(range(0, len(indices), 4), loader, strict=True):
+        converted = float_frames(batch, ds.video_keys)
+        assert batch[key].dtype == torch.uint8 and converted[key].dtype == torch.float32
+        assert torch.equal(converted["action"], batch["action"])  # other keys untouched
+        for j, i in enumerate(indices[start : start + 4]):
+            d, local = ds.locate(i)
+            assert torch.equal(batch[key][j], uint8s[d][local][key]), i
+            assert torch.equal(converted[key][j], floats[d][local][key]), i
+            assert torch.equal(converted[key][j], dataset[i][key]), i
+            seen += 1
+    assert seen == len(indices)
 
 
 def preflight_rows(printed: str) -> dict[str, dict[str, str]]:

@@ -18,6 +18,7 @@ from test_train import config, setup, step_log  # noqa: F401 (setup: the trainin
 
 from crab.data import frame_cache
 from crab.data.frame_cache import FrameCacheError, cached_size, policy_resize_is_identity, to_policy_input
+from crab.data.lerobot_reader import float_frames
 from crab.training import train
 from crab.training.crab_dataset import CrabDataset
 from crab.training.manifest import load_manifest
@@ -93,6 +94,13 @@ def test_cached_items_equal_lerobot_items_after_the_policy_resize(kind, cache, m
         padded += bool(theirs["action_is_pad"].any())
     assert padded >= 1
     assert 0 < worst <= TOLERANCE  # rounded, but by at most half a uint8 level
+    # As the trainer reads it: cached video frames stay uint8 until after collate, then the same floats.
+    uint8 = CrabDataset(rows, SPEC, frame_cache=cache, resolution=RESIZED, return_uint8=True)
+    for i in boundary_and_random_indices(ds, 5, seed=8):
+        item = uint8[i]
+        assert item["observation.images.top"].dtype == (torch.uint8 if kind == "video" else torch.float32)
+        for key, value in float_frames(item, uint8.video_keys).items():
+            assert torch.equal(value, ds[i][key]) if isinstance(value, torch.Tensor) else value == ds[i][key], key
 
 
 def test_frames_smaller_than_the_resolution_are_stored_as_decoded(manifests, data_root, tmp_path):

@@ -16,6 +16,7 @@ from test_train import config, setup  # noqa: F401 (setup is a fixture)
 
 from crab.sim.policy_eval import SmolVLAActor
 from crab.training import train
+from crab.training.conditioning import conditioned_task
 from crab.training.config import PolicyConfig
 from crab.training.crab_smolvla_wrapper import TINY_SMOLVLA_DEFAULTS, make_policy, policy_config
 from crab.training.tiny_smolvla import ensure_tiny_vlm
@@ -73,16 +74,19 @@ def test_crab_fine_tunes_a_checkpoint_written_by_lerobot_train(setup, lerobot_ch
     assert any(not torch.equal(trained[k], saved[k]) for k in saved)  # it trained
 
 
-def test_lerobot_make_policy_acts_on_a_crab_checkpoint_as_crab_evaluation_does(setup):  # noqa: F811
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_lerobot_make_policy_acts_on_a_crab_checkpoint_as_crab_evaluation_does(setup, conditioned):  # noqa: F811
     """A robot's deploy loop in lerobot 0.6.1 (`make_policy`, `make_pre_post_processors`, `select_action`
     then the postprocessor, one action per call) gives the actions of Crab's evaluation (`SmolVLAActor`:
-    one chunk) on the same observation and flow noise."""
+    one chunk) on the same observation and flow noise. A checkpoint trained with advantage conditioning
+    is deployed the same way, with "Advantage: positive." after the task, which Crab's evaluation asks."""
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
     from lerobot.policies.factory import make_policy as lerobot_make_policy
     from lerobot.policies.factory import make_pre_post_processors
 
-    run = train.train(config(setup, "to_lerobot", **{"train.steps": 2, "train.save_every": 2}))
+    extra = {"conditioning.enabled": "true"} if conditioned else {}
+    run = train.train(config(setup, f"to_lerobot_{conditioned}", **{"train.steps": 2, "train.save_every": 2, **extra}))
     checkpoint = run / "step_000002"
     folder = checkpoint / "pretrained_model"
 
@@ -95,6 +99,7 @@ def test_lerobot_make_policy_acts_on_a_crab_checkpoint_as_crab_evaluation_does(s
     actor = SmolVLAActor(checkpoint, device="cpu")
     actor.reset(seed=3)
     chunk = actor(obs)  # (H, A)
+    assert actor.label == ("positive" if conditioned else None) and actor.guidance == 1.0
 
     cfg = PreTrainedConfig.from_pretrained(folder)
     cfg.pretrained_path, cfg.device = folder, "cpu"
@@ -105,7 +110,7 @@ def test_lerobot_make_policy_acts_on_a_crab_checkpoint_as_crab_evaluation_does(s
     frame = {
         "observation.images.top": torch.from_numpy(obs["observation.images.top"]).permute(2, 0, 1)[None].float() / 255,
         "observation.state": torch.from_numpy(obs["observation.state"])[None],
-        "task": [obs["task"]],
+        "task": [conditioned_task(obs["task"], actor.label)],
     }
     noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(3))
     actions = [post(policy.select_action(pre(frame), noise=noise))[0].numpy() for _ in range(cfg.n_action_steps)]

@@ -45,6 +45,13 @@ def to_float(frames: torch.Tensor) -> torch.Tensor:
     return (frames / 255.0).type(torch.float32)
 
 
+def float_frames(batch: dict, keys: list[str]) -> dict:
+    """`batch` with the uint8 frames of cameras `keys` (items read with `return_uint8`) as lerobot's float32
+    items hold them, as lerobot-train converts each batch after its loader: the same floats, but a quarter
+    of the bytes cross the DataLoader's worker boundary."""
+    return {k: to_float(v) if k in keys and v.dtype == torch.uint8 else v for k, v in batch.items()}
+
+
 class FrameTimestampError(ValueError):
     """A decoded frame is further from its query timestamp than the tolerance."""
 
@@ -54,7 +61,8 @@ class LeRobotFrames(torch.utils.data.Dataset):
     video_backend=...)` (lerobot 0.6.1, no image transforms), with `meta` its `LeRobotDatasetMetadata`.
 
     With `frame_cache` (crab/data/frame_cache.py) the cameras' frames are read from the cache, at the
-    policy's input resolution, instead of decoded."""
+    policy's input resolution, instead of decoded. With `return_uint8`, as lerobot's argument of that name,
+    video frames (decoded or cached) stay uint8 (`float_frames` converts a batch of them)."""
 
     def __init__(
         self,
@@ -66,6 +74,7 @@ class LeRobotFrames(torch.utils.data.Dataset):
         tolerance_s: float = 1e-4,
         max_open_videos: int = MAX_OPEN_VIDEOS,
         frame_cache: CachedFrames | None = None,
+        return_uint8: bool = False,
     ):
         from lerobot.datasets.feature_utils import (
             check_delta_timestamps,
@@ -78,6 +87,7 @@ class LeRobotFrames(torch.utils.data.Dataset):
         self.root, self.video_backend, self.tolerance_s = Path(root), video_backend, tolerance_s
         self.max_open_videos = max_open_videos
         self.frame_cache = frame_cache  # the cameras' frames at the policy's resolution, read instead of decoded
+        self.return_uint8 = return_uint8
         self.meta = LeRobotDatasetMetadata(repo_id, root=self.root)
         features = get_hf_features_from_features(self.meta.features)
         hf = load_nested_dataset(self.root / "data", features=features, episodes=episodes)
@@ -169,8 +179,10 @@ class LeRobotFrames(torch.utils.data.Dataset):
         return torch.tensor(self.columns[key][rows])
 
     def _cached(self, key: str, rows: np.ndarray) -> torch.Tensor:
-        """Float (n, C, h, w) frames of camera `key` at `rows` from the frame cache (rows by frame `index`)."""
-        return to_float(self.frame_cache.read(key, self.index[rows]))
+        """(n, C, h, w) frames of camera `key` at `rows` from the frame cache (rows by frame `index`): float,
+        or uint8 for a video camera with `return_uint8`."""
+        frames = self.frame_cache.read(key, self.index[rows])
+        return frames if self.return_uint8 and key in self.video_keys else to_float(frames)
 
     def _image(self, key: str, row: int) -> torch.Tensor:
         from torchvision.transforms.functional import to_tensor
@@ -200,8 +212,9 @@ class LeRobotFrames(torch.utils.data.Dataset):
         if self.video_backend != "torchcodec":
             from lerobot.datasets.video_utils import decode_video_frames
 
-            return decode_video_frames(path, timestamps, self.tolerance_s, self.video_backend)
-        return to_float(self._frames_at(path, timestamps))
+            return decode_video_frames(path, timestamps, self.tolerance_s, self.video_backend, self.return_uint8)
+        frames = self._frames_at(path, timestamps)
+        return frames if self.return_uint8 else to_float(frames)
 
     def _frames_at(self, path: str, timestamps: list[float]) -> torch.Tensor:
         """The uint8 (n, C, H, W) frames of a video file at `timestamps`, decoded in one batched call."""

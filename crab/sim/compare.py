@@ -74,6 +74,11 @@ class Method:
     horizon: int | None = None  # reward_weighting.credit_horizon override (per-chunk signals; default the chunk)
     apply: str | None = None  # reward_weighting.apply override (the configs' is `loss`)
     extra: tuple[str, ...] = ()  # further `key=value` overrides of the row's config
+    # Rows that evaluate another row's trained runs (same training, other question at evaluation): that
+    # row's name, and what a conditioned policy is asked (`policy_eval.SmolVLAActor`: label, guidance).
+    evaluates: str | None = None
+    ask: str | None = "positive"
+    guidance: float | None = None
 
 
 IL_CLEAN = Method("il_clean", IL_CONFIG, "clean", "IL, clean only (baseline IL config = filtering)")
@@ -199,6 +204,35 @@ CHUNK_Q_PHASE_DROP_FRAMENORM_MIXED = dataclasses.replace(
     "(`normalization_counts: frame`)",
     extra=(*CHUNK_Q_PHASE_DROP_MIXED.extra, "reward_weighting.normalization_counts=frame"),
 )
+# Advantage conditioning (issue 32, crab/training/conditioning.py): every frame imitated (weighting off), its
+# prompt labelled by `chunk_q` at the recipe's two-chunk horizon, 20% of the samples unlabelled. Evaluated
+# asking "positive"; the same runs with guidance at two betas and asked "negative" (a check that the label
+# is used: it should crack more); and the label on top of the chunk_q recipe's draw.
+CONDITIONED_MIXED = Method(
+    "cond_chunk_q_h20_mixed", CRACKED_FACTOR_CONFIG, "mixed",
+    "advantage-conditioned (`conditioning.enabled`, labels by `chunk_q`, horizon 20), weighting and anchor off",
+    anchor=False, signal="chunk_q", horizon=LONG_CREDIT_HORIZON,
+    extra=("reward_weighting.enabled=false", "conditioning.enabled=true"),
+)  # fmt: skip
+CONDITIONED_GUIDED = tuple(
+    dataclasses.replace(
+        CONDITIONED_MIXED, name=f"cond_chunk_q_h20_cfg{beta:g}_mixed".replace(".", "p"),
+        label=f"{CONDITIONED_MIXED.label}; classifier-free guidance beta {beta:g}",
+        evaluates=CONDITIONED_MIXED.name, guidance=beta,
+    )
+    for beta in (1.5, 3.0)
+)  # fmt: skip
+CONDITIONED_NEGATIVE = dataclasses.replace(
+    CONDITIONED_MIXED, name="cond_chunk_q_h20_asked_negative_mixed",
+    label=f"{CONDITIONED_MIXED.label}; asked for \"Advantage: negative\" (the label's check)",
+    evaluates=CONDITIONED_MIXED.name, ask="negative",
+)  # fmt: skip
+CONDITIONED_CHUNK_Q_MIXED = dataclasses.replace(
+    CHUNK_Q_PHASE_DROP_MIXED, name="cond_" + CHUNK_Q_PHASE_DROP_MIXED.name,
+    label=f"{CHUNK_Q_PHASE_DROP_MIXED.label}; advantage-conditioned as well",
+    extra=(*CHUNK_Q_PHASE_DROP_MIXED.extra, "conditioning.enabled=true"),
+)  # fmt: skip
+CONDITIONED_METHODS = (CONDITIONED_MIXED, *CONDITIONED_GUIDED, CONDITIONED_NEGATIVE, CONDITIONED_CHUNK_Q_MIXED)
 # Rows of the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in
 # today's). Without the cap, chunk advantages (spread over several RMS units) collapse onto a few chunks.
 RWFM_SAMPLE_MIXED = as_sampling(RWFM_MIXED)
@@ -249,7 +283,10 @@ METHODS = (
     CHUNK_Q_PHASE_DROP_MIXED,  # today's data has no failure nothing locates: the same draw as the row above
     CHUNK_Q_PHASE_DROP_FRAMENORM_MIXED,
 )
-SCARCE_METHODS = (IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS)
+SCARCE_METHODS = (
+    IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS,
+    *CONDITIONED_METHODS,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -362,6 +399,10 @@ def select(args: argparse.Namespace) -> list[tuple[Regime, list[Method]]]:
         if unknown:
             raise SystemExit(f"unknown method(s) {unknown} in regime(s) {regimes}; choose from {sorted(every)} or all")
         plan = [(regime, [m for m in methods if m.name in args.methods]) for regime, methods in plan]
+        for _, methods in plan:
+            missing = sorted({m.evaluates for m in methods if m.evaluates} - {m.name for m in methods})
+            if missing:
+                raise SystemExit(f"--methods: rows {missing} train the runs other rows evaluate; add them")
         empty = [regime.name for regime, methods in plan if not methods]
         if empty:
             raise SystemExit(
@@ -571,7 +612,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
     data_root = args.work_dir / regime.data_dir
     stem = getattr(regime, method.data)
     overrides = [
-        f"run_name={method.name}_seed{seed_index}",
+        f"run_name={method.evaluates or method.name}_seed{seed_index}",
         f"output_dir={args.work_dir / regime.runs_dir}",
         f"seed={1000 + seed_index}",
         f"data.manifest={manifest_path(stem)}",
@@ -718,12 +759,15 @@ def train_or_reuse(cfg) -> tuple[Path, float]:
 
 
 def evaluate_or_reuse(
-    checkpoint: Path, episodes: int, seed: int, n_action_steps: int, image_size: int, tasks: Sequence[str] = TASKS
+    checkpoint: Path, episodes: int, seed: int, n_action_steps: int, image_size: int, tasks: Sequence[str] = TASKS,
+    ask: str | None = "positive", guidance: float | None = None,
 ) -> dict:
-    """Closed-loop evaluation of `tasks`; a saved one of the same checkpoint and settings is reused."""
+    """Closed-loop evaluation of `tasks`; a saved one of the same checkpoint and settings is reused.
+    `ask`, `guidance`: what a conditioned checkpoint is asked (`policy_eval.SmolVLAActor`)."""
     from crab.sim.policy_eval import evaluate_checkpoint, format_results
 
-    path = checkpoint.parent / f"eval_{checkpoint.name}_{episodes}ep_seed{seed}_n{n_action_steps}.json"
+    question = ("" if ask == "positive" else f"_ask{ask}") + ("" if guidance is None else f"_cfg{guidance:g}")
+    path = checkpoint.parent / f"eval_{checkpoint.name}_{episodes}ep_seed{seed}_n{n_action_steps}{question}.json"
     saved = None
     if path.is_file() and path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime:
         saved = json.loads(path.read_text())
@@ -732,7 +776,8 @@ def evaluate_or_reuse(
             list(saved["tasks"][t].get("outcomes", {})) == list(outcome_categories(t)) for t in tasks
         ):
             return saved
-    result = evaluate_checkpoint(checkpoint, episodes, seed, n_action_steps, image_size, tasks=tuple(tasks))
+    result = evaluate_checkpoint(checkpoint, episodes, seed, n_action_steps, image_size, tasks=tuple(tasks),
+                                 label=ask, guidance=guidance)  # fmt: skip
     print(format_results(result), flush=True)
     for task in set(tasks) & set(saved["tasks"] if saved else ()):
         before, now = (success_crack_counts(r["tasks"][task]) for r in (saved, result))
@@ -749,18 +794,23 @@ def success_crack_counts(summary: dict) -> tuple[int, int]:
 
 
 def train_and_evaluate(
-    cfg, episodes: int, seed: int, n_action_steps: int, image_size: int, threads: int, tasks: Sequence[str] = TASKS
-) -> tuple[dict, float, float]:
-    """One run of the table: (evaluation summary of `tasks`, training seconds, evaluation seconds)."""
+    cfg, episodes: int, seed: int, n_action_steps: int, image_size: int, threads: int, tasks: Sequence[str],
+    questions: Sequence[tuple[str, str | None, float | None]],
+) -> tuple[dict[str, dict], float, float]:
+    """One run of the table, evaluated once per row of `questions` (row name, what it asks, guidance): ({row:
+    evaluation summary of `tasks`}, training seconds, evaluation seconds)."""
     import torch
 
     torch.set_num_threads(threads)
     checkpoint, train_s = train_or_reuse(cfg)
     start = time.perf_counter()
-    result = evaluate_or_reuse(checkpoint, episodes, seed, n_action_steps, image_size, tasks)
+    results = {
+        row: evaluate_or_reuse(checkpoint, episodes, seed, n_action_steps, image_size, tasks, ask, guidance)
+        for row, ask, guidance in questions
+    }
     eval_s = time.perf_counter() - start
     print(f"{cfg.run_name}: trained {train_s / 60:.1f} min, evaluated {eval_s / 60:.1f} min", flush=True)
-    return result, train_s, eval_s
+    return results, train_s, eval_s
 
 
 def weight_analysis(
@@ -1150,9 +1200,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     twins = {regime.name: il_twins(regime, methods, args) for regime, methods in plan}
     runs = [(regime, m, seed) for regime, methods in plan for seed in range(args.seeds) for m in methods
-            if m.name not in twins[regime.name]]  # fmt: skip
+            if m.name not in twins[regime.name] and m.evaluates is None]  # fmt: skip
+    # Each training is one job, evaluated for its own row and for the rows that evaluate its runs.
+    questions = {(r.name, m.name): [(v.name, v.ask, v.guidance) for v in methods if m.name in (v.name, v.evaluates)]
+                 for r, methods in plan for m in methods}  # fmt: skip
     jobs = [(run_config(m, seed, args, regime), args.episodes, seed, args.n_action_steps, args.image_size,
-             args.threads, regime.tasks) for regime, m, seed in runs]  # fmt: skip
+             args.threads, regime.tasks, questions[regime.name, m.name]) for regime, m, seed in runs]  # fmt: skip
     if args.jobs > 1:  # spawn: the same on Linux and Windows, and no forked torch thread pools
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool_:
             done = list(pool_.map(train_and_evaluate, *zip(*jobs, strict=True)))
@@ -1165,10 +1218,10 @@ def main(argv: list[str] | None = None) -> dict:
             "train_s": {m.name: [] for m in methods},
             "twins": twins[regime.name],
         }
-        for (r, m, _), (result, seconds, _) in zip(runs, done, strict=True):
-            if r.name == regime.name:
-                res["per_seed"][m.name].append(result)
-                res["train_s"][m.name].append(seconds)
+        for (r, _, _), (results, seconds, _) in zip(runs, done, strict=True):
+            for name, result in results.items() if r.name == regime.name else ():
+                res["per_seed"][name].append(result)
+                res["train_s"][name].append(seconds)
         for name, il in res["twins"].items():
             res["per_seed"][name], res["train_s"][name] = res["per_seed"][il], res["train_s"][il]
         rw = cracked_factor_config(args).reward_weighting

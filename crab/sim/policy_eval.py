@@ -21,6 +21,8 @@ import torch
 
 from crab.sim.egg_env import IMAGE_KEY, STATE_KEY, TASKS
 from crab.sim.evaluate import evaluate
+from crab.training.conditioning import NEGATIVE, POSITIVE, conditioned_task
+from crab.training.smolvla_internals import guided_action_chunk
 
 PRETRAINED_DIRNAME = "pretrained_model"
 
@@ -37,10 +39,26 @@ def pretrained_dir(checkpoint: str | Path) -> Path:
     return folder
 
 
-class SmolVLAActor:
-    """`act(obs) -> (H, A)` numpy chunk around a lerobot SmolVLA policy and its processors."""
+def run_conditioning(checkpoint: str | Path):
+    """The `conditioning` section of the Crab run that saved `checkpoint` (its crab_config.yaml), or None for
+    a checkpoint without one (lerobot's own, or saved before conditioning existed)."""
+    from crab.training.config import saved_conditioning
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
+    saved = pretrained_dir(checkpoint).parent / "crab_config.yaml"
+    return saved_conditioning(saved) if saved.is_file() else None
+
+
+class SmolVLAActor:
+    """`act(obs) -> (H, A)` numpy chunk around a lerobot SmolVLA policy and its processors.
+
+    A checkpoint trained with advantage conditioning (`conditioning.enabled` in its crab_config.yaml) is
+    asked for "Advantage: positive" (`label`, None: no label) with the run's `conditioning.guidance` as beta
+    (`guidance` overrides it; 1: no guidance, one policy pass per denoising step; above 1, the unconditioned
+    prompt runs beside it)."""
+
+    def __init__(
+        self, checkpoint: str | Path, device: str | None = None, label: str | None = POSITIVE, guidance: float | None = None
+    ) -> None:
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import make_pre_post_processors
         from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
@@ -59,6 +77,9 @@ class SmolVLAActor:
             preprocessor_overrides={"device_processor": {"device": self.device}},
         )
         self.generator = torch.Generator(self.device)
+        conditioning = run_conditioning(checkpoint)
+        self.label = label if conditioning is not None and conditioning.enabled else None
+        self.guidance = 1.0 if self.label is None else guidance if guidance is not None else conditioning.guidance
 
     @property
     def n_action_steps(self) -> int:
@@ -73,15 +94,17 @@ class SmolVLAActor:
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
         image = torch.from_numpy(np.ascontiguousarray(obs[IMAGE_KEY])).permute(2, 0, 1)[None].float() / 255.0
-        batch = {
-            IMAGE_KEY: image,
-            STATE_KEY: torch.as_tensor(obs[STATE_KEY], dtype=torch.float32)[None],
-            "task": [obs["task"]],
-        }
+        state = torch.as_tensor(obs[STATE_KEY], dtype=torch.float32)[None]
         cfg = self.policy.config
         noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=self.generator, device=self.device)
-        chunk = self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(batch), noise=noise))
-        return chunk[0].float().cpu().numpy()
+        task = conditioned_task(obs["task"], self.label)
+        if self.guidance == 1.0:
+            batch = {IMAGE_KEY: image, STATE_KEY: state, "task": [task]}
+            actions = self.policy.predict_action_chunk(self.preprocessor(batch), noise=noise)
+        else:  # the conditioned and the unconditioned prompt on the same observation
+            batch = {IMAGE_KEY: image.repeat(2, 1, 1, 1), STATE_KEY: state.repeat(2, 1), "task": [task, obs["task"]]}
+            actions = guided_action_chunk(self.policy, self.preprocessor(batch), self.guidance, noise)
+        return self.postprocessor(actions)[0].float().cpu().numpy()
 
 
 def evaluate_checkpoint(
@@ -93,23 +116,29 @@ def evaluate_checkpoint(
     video_dir: Path | None = None,
     videos: int = 2,
     tasks: tuple[str, ...] = TASKS,
+    label: str | None = POSITIVE,
+    guidance: float | None = None,
 ) -> dict:
-    """Evaluate one checkpoint; returns {checkpoint, n_action_steps, seed, wall_s, tasks: {task: summary}}."""
+    """Evaluate one checkpoint; returns {checkpoint, n_action_steps, seed, label, guidance, wall_s, tasks:
+    {task: summary}} (`label`, `guidance`: what a conditioned checkpoint is asked, see `SmolVLAActor`)."""
     start = time.perf_counter()
-    actor = SmolVLAActor(checkpoint)
+    actor = SmolVLAActor(checkpoint, label=label, guidance=guidance)
     steps = n_action_steps or actor.n_action_steps
     results = evaluate(actor, tasks, episodes, seed, steps, image_size, video_dir, videos)
     return {
         "checkpoint": str(checkpoint),
         "n_action_steps": steps,
         "seed": seed,
+        "label": actor.label,
+        "guidance": actor.guidance,
         "wall_s": time.perf_counter() - start,
         "tasks": results,
     }
 
 
 def format_results(result: dict) -> str:
-    lines = [f"{result['checkpoint']} (n_action_steps {result['n_action_steps']}, seed {result['seed']}):"]
+    asked = "" if result.get("label") is None else f", asked {result['label']}, guidance {result['guidance']:g}"
+    lines = [f"{result['checkpoint']} (n_action_steps {result['n_action_steps']}, seed {result['seed']}{asked}):"]
     for task, s in result["tasks"].items():
         lines.append(
             f"  {task:<28} n={s['episodes']:<4} success {s['success_rate']:.0%} "
@@ -130,12 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-dir", type=Path)
     parser.add_argument("--videos", type=int, default=2, help="videos saved per task with --video-dir")
     parser.add_argument("--task", action="append", choices=TASKS, help="evaluate this task (repeat; default: all)")
+    parser.add_argument("--label", choices=(POSITIVE, NEGATIVE, "none"), default=POSITIVE,
+                        help="what a checkpoint trained with advantage conditioning is asked for (none: no label)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance beta (default: the run's "
+                        "conditioning.guidance; 1: none)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     try:
         result = evaluate_checkpoint(
             args.checkpoint, args.episodes, args.seed, args.n_action_steps, args.image_size, args.video_dir, args.videos,
-            tuple(args.task or TASKS),
+            tuple(args.task or TASKS), None if args.label == "none" else args.label, args.guidance,
         )
     except FileNotFoundError as e:
         parser.exit(2, f"error: {e}\n")

@@ -121,6 +121,24 @@ class AnchorConfig:
 
 
 @dataclass
+class ConditioningConfig:
+    # Advantage conditioning (RECAP-style; crab/training/conditioning.py): every frame is imitated, its task
+    # text labelled "Advantage: positive" or "negative" by its chunk's `reward_weighting.signal` (with its
+    # inputs: data.value_file for the per-chunk signals), with or without `reward_weighting.enabled`.
+    enabled: bool = False
+    # Positive: the signal is at least its task-and-phase group's mean plus this many standard deviations
+    # (groups: `reward_weighting.phase_bins` parts of each episode). Chunks into located damage and failures
+    # nothing locates are negative whatever their signal.
+    positive_threshold: float = 0.0
+    # Share of the training samples whose prompt carries no label (p): the unconditioned policy that
+    # guidance steers away from.
+    unconditioned_fraction: float = 0.2
+    # Classifier-free guidance at evaluation (beta): 1 asks the conditioned policy alone; above 1 each
+    # denoising step also runs the unconditioned prompt (twice the expert passes).
+    guidance: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     # Optimiser, learning-rate schedule and gradient clipping are lerobot's SmolVLA presets; change them
     # through `policy.overrides` (optimizer_lr, scheduler_warmup_steps, optimizer_grad_clip_norm, ...).
@@ -145,6 +163,7 @@ class CrabConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     reward_weighting: RewardWeightingConfig = field(default_factory=RewardWeightingConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     # task instruction -> indices of the action dimensions its loss counts. Empty: all dimensions
     # for every task; otherwise every task of the manifest needs an entry.
     task_masks: dict[str, list[int]] = field(default_factory=dict)
@@ -280,10 +299,10 @@ def load_config(paths: str | Path | list, overrides: list[str] = ()) -> CrabConf
 
 
 def _check_values(cfg: CrabConfig, source: str) -> None:
-    rw, anchor = cfg.reward_weighting, cfg.anchor
+    rw, anchor, cond = cfg.reward_weighting, cfg.anchor, cfg.conditioning
     checks = [
         (rw.enabled and not cfg.data.reward_stats, "`data.reward_stats` is required when `reward_weighting.enabled`"),
-        (rw.enabled and rw.signal in VALUE_SIGNALS and not cfg.data.value_file,
+        ((rw.enabled or cond.enabled) and rw.signal in VALUE_SIGNALS and not cfg.data.value_file,
          f"`data.value_file` is required by `reward_weighting.signal: {rw.signal}` "
          "(fit it with `python -m crab.training.value_fit`)"),
         (rw.enabled and rw.signal == "chunk_q" and rw.normalize != "phase",
@@ -303,6 +322,11 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (rw.unlocated_failures == "drop" and rw.apply != "sample",
          "`reward_weighting.unlocated_failures: drop` needs `reward_weighting.apply: sample` (it leaves those "
          "episodes out of the draw)"),
+        (not 0 <= cond.unconditioned_fraction < 1, "`conditioning.unconditioned_fraction` must be in [0, 1)"),
+        (cond.guidance != 1 and cond.unconditioned_fraction == 0,
+         "`conditioning.guidance` other than 1 needs `conditioning.unconditioned_fraction` > 0 (the unconditioned "
+         "policy it steers away from is trained on the unlabelled samples)"),
+        (cond.guidance < 0, "`conditioning.guidance` must be >= 0"),
         (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
         (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
         (anchor.replay_manifest is not None and not anchor.enabled,
@@ -349,6 +373,13 @@ def config_warnings(cfg: CrabConfig) -> list[str]:
             "their failure (`reward_weighting.unlocated_failures: drop` leaves them out, as the recipe does)"
         )
     return warnings
+
+
+def saved_conditioning(path: Path) -> ConditioningConfig | None:
+    """The `conditioning` section of a run's saved crab_config.yaml (None when the file has none: saved
+    before the section existed)."""
+    raw = _yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    return None if "conditioning" not in raw else _build(ConditioningConfig, raw["conditioning"], "conditioning.", str(path))
 
 
 def to_dict(cfg: CrabConfig) -> dict:

@@ -194,6 +194,8 @@ class CrabDataset(Dataset):
     for `credit_horizon`).
     With `frame_cache` (a folder built by `python -m crab.data.frame_cache`) the cameras' frames come from
     that cache, which must have been built for `resolution`, the policy's `resize_imgs_with_padding`.
+    With `return_uint8` video frames stay uint8, as in lerobot's trainer: the trainer converts each batch
+    (`float_frames(batch, ds.video_keys)`) after its loader.
     """
 
     def __init__(
@@ -208,6 +210,7 @@ class CrabDataset(Dataset):
         credit_horizon: int | None = None,
         frame_cache: str | Path | None = None,
         resolution: tuple[int, int] | None = None,
+        return_uint8: bool = False,
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
@@ -235,6 +238,7 @@ class CrabDataset(Dataset):
                 delta_timestamps=self.delta_timestamps,
                 video_backend=video_backend,
                 frame_cache=None if frame_cache is None else open_cached_frames(frame_cache, row, resolution, cameras),
+                return_uint8=return_uint8,
             )
             own_values = None if state_values is None else state_values.get(row.name)
             table = annotate(row, spec, signal, own_values, credit_horizon)
@@ -246,6 +250,7 @@ class CrabDataset(Dataset):
             self._rewards.append(torch.from_numpy(values.astype(np.float32)))
             self._rows_of_items.append(pos)  # each served item's row in `table`
         self.meta = first
+        self.video_keys = list(first.video_keys)
         # Features only some datasets have (e.g. `next.reward`) would break default collate; the
         # reward fields carry what they mean.
         keys = [set(ds.meta.features) for ds in self.datasets]
@@ -334,6 +339,7 @@ class CrabDataset(Dataset):
         item["dataset_name"] = row.name
         item["task_name"] = item["task"]
         item["quality"] = row.quality
+        item["item_index"] = idx  # where the run's per-frame arrays (advantage labels) hold this item
         return item
 
 

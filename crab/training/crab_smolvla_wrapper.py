@@ -484,7 +484,9 @@ class CrabSmolVLA(nn.Module):
             v = full_velocity(self.policy, inp, x_t, time)
         if not with_reference:
             return v, u_t, None
-        with torch.no_grad():
+        # inference_mode skips no_grad's version-counter and view bookkeeping (a few % of a small step);
+        # v_ref is then an inference tensor, which the anchor loss only subtracts, never saves.
+        with torch.inference_mode():
             if naive:
                 v_ref = full_velocity(self.reference, prepare_inputs(self.reference, batch), x_t, time)
             else:

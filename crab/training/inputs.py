@@ -39,6 +39,11 @@ def values_digest(values: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
     return _digest(*(np.ascontiguousarray(a, dtype=np.float64).tobytes() for v in values.values() for a in v))
 
 
+def labels_digest(positive: np.ndarray) -> str:
+    """A run's advantage labels, frame by frame (other values, threshold or phases label other frames)."""
+    return _digest(np.packbits(np.asarray(positive, dtype=bool)).tobytes(), str(len(positive)).encode())
+
+
 def policy_digest(folder: str | Path) -> str:
     """A saved policy folder (lerobot format): its config.json and weights, byte for byte."""
     folder = Path(folder)
@@ -92,3 +97,17 @@ def changed_inputs(saved: dict, now: dict) -> list[str]:
     """The inputs whose fingerprints differ, as 'name (saved X, now Y)'; inputs a checkpoint lacks are not
     compared (it was saved before they were recorded)."""
     return [f"{k} (saved {saved[k]}, now {now.get(k)})" for k in sorted(saved) if saved[k] != now.get(k)]
+
+
+def run_inputs(cfg, train_ds, reward_stats: dict, values, retention_ds, replay_ds) -> dict[str, str | None]:
+    """The fingerprints a checkpoint records of the inputs a run reads besides its config (None: not used)."""
+    return {
+        "data": train_ds.fingerprint,
+        "reward_stats": stats_fingerprint(reward_stats) if reward_stats else None,
+        "value_file": None if values is None else values_digest(values),
+        "retention_data": retention_ds.fingerprint if retention_ds else None,
+        "replay_data": replay_ds.fingerprint if replay_ds else None,
+        "reference": reference_fingerprint(
+            reference_source(cfg.anchor.enabled, cfg.anchor.reference, cfg.policy.pretrained_path)
+        ),
+    }

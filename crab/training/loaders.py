@@ -109,20 +109,21 @@ def replay_batches(cfg: CrabConfig, replay_ds: CrabDataset | None, accelerator, 
     return batches()
 
 
-def retention_loss(model: CrabSmolVLA, retention_ds: CrabDataset | None, preprocessor, cfg: CrabConfig) -> dict[str, float]:
+def retention_loss(model: CrabSmolVLA, retention_ds: CrabDataset | None, prepare, cfg: CrabConfig) -> dict[str, float]:
     """Validation loss per task of the retention manifest, keyed `RETENTION_PREFIX + task` ({} without one)."""
     if retention_ds is None:
         return {}
-    losses = validation_loss(model, retention_ds, preprocessor, cfg, group_by="task")
+    losses = validation_loss(model, retention_ds, prepare, cfg, group_by="task")
     return {RETENTION_PREFIX + task.rstrip("\n"): loss for task, loss in losses.items()}
 
 
 @torch.no_grad()
 def validation_loss(
-    model: CrabSmolVLA, val_ds: CrabDataset, preprocessor, cfg: CrabConfig, group_by: str = "quality"
+    model: CrabSmolVLA, val_ds: CrabDataset, prepare, cfg: CrabConfig, group_by: str = "quality"
 ) -> dict[str, float]:
     """Unweighted masked flow loss on held-out episodes, per `group_by` value (a string field of the
-    batch: quality, task), with fixed noise and time."""
+    batch: quality, task), with fixed noise and time; `prepare` turns a loader's batch into the policy's
+    input (the trainer's frame conversion and preprocessor)."""
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed)
     # A fixed subset spread evenly over the held-out frames, so every dataset (and quality) is seen.
@@ -135,7 +136,7 @@ def validation_loss(
     totals: dict[str, list[float]] = {}
     for batch in loader:
         groups = batch[group_by]
-        losses = model.validation_loss(preprocessor(batch), generator).cpu().tolist()
+        losses = model.validation_loss(prepare(batch), generator).cpu().tolist()
         for q, loss in zip(groups, losses, strict=True):
             totals.setdefault(q, []).append(loss)
     model.train()

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from crab.training.conditioning import advantage_labels, label_table
 from crab.training.config import DataConfig, RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.files import check_output_file, write_atomically, write_text_atomic
+from crab.training.inputs import labels_digest
 from crab.training.manifest import ManifestError, ManifestRow, load_datasets
 from crab.training.rewards import SIGNALS, VALUE_SIGNALS, RewardSpec, damage_free_chunks, normaliser
 from crab.training.value_fit import load_values
@@ -261,6 +263,8 @@ def config_argv(paths: list[str], overrides: list[str]) -> list[str]:
     argv += ["--credit-horizon", rw.credit_horizon] if rw.credit_horizon is not None else []
     argv += ["--value-file", cfg.data.value_file] if cfg.data.value_file is not None else []
     argv += ["--phase-bins", rw.phase_bins] if rw.normalize == "phase" else []
+    cond = cfg.conditioning
+    argv += ["--positive-threshold", cond.positive_threshold, "--label-phase-bins", rw.phase_bins] if cond.enabled else []
     return [str(a) for a in argv]
 
 
@@ -302,6 +306,11 @@ def main(argv: list[str] | None = None) -> None:
                    default=RewardWeightingConfig.normalization_counts, help="reward_weighting.normalization_counts")
     p.add_argument("--val-episodes-per-dataset", type=int, default=DataConfig.val_episodes_per_dataset,
                    help="data.val_episodes_per_dataset: the episodes the printed table leaves out, as training does")
+    p.add_argument("--positive-threshold", type=float, help="also label each training frame's chunk positive or "
+                   "negative as advantage conditioning does (conditioning.positive_threshold), print the positive "
+                   "shares and record the labels in the statistics")  # fmt: skip
+    p.add_argument("--label-phase-bins", type=int, default=RewardWeightingConfig.phase_bins,
+                   help="parts of each episode the labels compare chunks within (reward_weighting.phase_bins)")
     p.add_argument("--lerobot-weights", type=Path, metavar="DIR",
                    help="write each dataset's per-frame weights (those printed: after --unlocated-failures and "
                    "--phase-bins) to DIR/<dataset>.parquet, columns `index` and `weight`, for lerobot's "
@@ -311,8 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--chunk-size must be >= 1 (the policy's chunk_size)")
     if not (args.alpha >= 0 and args.std_floor > 0 and 0 <= args.clip_min < args.clip_max):  # also refuses nan
         p.error("need --alpha >= 0, --std-floor > 0 and 0 <= --clip-min < --clip-max (as reward_weighting's keys)")
-    if args.phase_bins is not None and args.phase_bins < 1:
-        p.error("--phase-bins must be >= 1")
+    if (args.phase_bins is not None and args.phase_bins < 1) or args.label_phase_bins < 1:
+        p.error("--phase-bins and --label-phase-bins must be >= 1")
     if args.val_episodes_per_dataset < 0:
         p.error("--val-episodes-per-dataset must be >= 0")
     if args.apply == "loss" and (args.phase_bins is not None or args.unlocated_failures == "drop"):
@@ -355,6 +364,13 @@ def main(argv: list[str] | None = None) -> None:
             everything = run_weights(rw, [training_frames(row, t, 0) for row, t in zip(rows, tables, strict=True)], mean, std)
     except WeightingError as e:
         sys.exit(f"error: {args.manifest}: {e}")
+    positive = None
+    if args.positive_threshold is not None:  # the training frames' labels, as the run computes them
+        positive = advantage_labels(weights.datasets, horizon, args.label_phase_bins, args.positive_threshold)
+        stats["advantage_labels"] = {
+            "positive_threshold": args.positive_threshold, "phase_bins": args.label_phase_bins,
+            "held_out": held_out, "positive_share": float(positive.mean()), "digest": labels_digest(positive),
+        }  # fmt: skip
     # Written once nothing above refused the data: a refusal leaves the previous statistics in place.
     write_text_atomic(args.out, json.dumps(stats, indent=2) + "\n")
     o = stats["overall"]
@@ -387,6 +403,10 @@ def main(argv: list[str] | None = None) -> None:
             mine, group = trained[s], groups[s]
             parts = [f"{mine[group == g].sum() / part_total[g]:.0%}" if part_total[g] > 0 else "-" for g in np.unique(group)]
             print(f"  {d.name}: share of each part's draw, first to last: " + " ".join(parts))
+    if positive is not None:
+        print(f"advantage labels (positive: signal >= its phase's mean + {args.positive_threshold:g} std; "
+              f"{args.label_phase_bins} parts of each episode):\n"
+              f"{label_table(weights.datasets, positive, args.label_phase_bins)}")  # fmt: skip
     if args.lerobot_weights is not None:
         for path in write_lerobot_weights(args.lerobot_weights, rows, tables, everything.trained):
             print(f"lerobot sample weights: {path}")

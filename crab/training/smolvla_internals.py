@@ -12,7 +12,9 @@ composition (masks, weights, anchor) lives in `crab_smolvla_wrapper.py` and call
 - `shared_context(policy, inp)` + `expert_velocity(policy, ctx, state, x_t, time)`: the same velocity with
   the frozen VLM's image+language keys/values computed once (exact when `shared_prefix_supported`);
 - `frozen_memo(policy)`, `shares_vlm(a, b)`: what a frozen reference copy may share with the policy;
-- `resize_images(img, resolution)`: SmolVLA's image resize (the frame cache stores frames at its size).
+- `resize_images(img, resolution)`: SmolVLA's image resize (the frame cache stores frames at its size);
+- `guided_action_chunk(policy, batch, beta, noise)`: an action chunk with classifier-free guidance between
+  two prompts (advantage conditioning, crab/training/conditioning.py).
 
 Shapes: B batch, H chunk size, D = max_action_dim (padded action size).
 """
@@ -249,6 +251,7 @@ def expert_velocity(policy: SmolVLAPolicy, ctx: SharedContext, state: Tensor, x_
     head_dim = vwe.vlm.config.text_config.head_dim
     attend = vwe.get_attention_interface()
     h_state, h_act = state_emb, suffix_emb
+    last = vwe.num_vlm_layers - 1
     for i in range(vwe.num_vlm_layers):
         vlm_layer, expert_layer = vlm_layers[i], expert_layers[i]
         q_s, k_s, v_s = _qkv(vlm_layer, h_state)
@@ -272,7 +275,11 @@ def expert_velocity(policy: SmolVLAPolicy, ctx: SharedContext, state: Tensor, x_
         else:
             keys = torch.cat([ctx_k, apply_rope(k_s, pos_state)], dim=1)  # (B, n_prefix, kv_heads, head_dim)
             values = torch.cat([ctx_v, v_s], dim=1)
-            att_state = attend(mask[:, :1, :n_prefix], batch_size, head_dim, apply_rope(q_s, pos_state), keys, values)
+            # The state token's own output feeds only the next layer: the last one skips it (at the test
+            # size, a fifth of an expert pass's operator calls; the anchor's reference pays it again).
+            if i < last:
+                q_state = apply_rope(q_s, pos_state)
+                att_state = attend(mask[:, :1, :n_prefix], batch_size, head_dim, q_state, keys, values)
             if expert_layer is not None:
                 e_attn = expert_layer.self_attn
                 dtype = e_attn.k_proj.weight.dtype
@@ -282,11 +289,41 @@ def expert_velocity(policy: SmolVLAPolicy, ctx: SharedContext, state: Tensor, x_
                 v_a = e_attn.v_proj(values.to(dtype).flatten(2)).view(batch_size, n_prefix, -1, e_attn.head_dim)
                 q_a = apply_rope(q_a, pos_act_cross)
                 att_act = attend(mask[:, 1:, :n_prefix], batch_size, head_dim, q_a, k_a, v_a)
-        h_state = _finish_layer(vlm_layer, att_state, h_state)
+        if i < last:
+            h_state = _finish_layer(vlm_layer, att_state, h_state)
         if expert_layer is not None:
             h_act = _finish_layer(expert_layer, att_act, h_act)
     h_act = vwe.lm_expert.norm(h_act)
     return flow.action_out_proj(h_act[:, -chunk:].to(torch.float32))
+
+
+def guided_action_chunk(policy: SmolVLAPolicy, batch: Mapping[str, Any], beta: float, noise: Tensor) -> Tensor:
+    """`policy.predict_action_chunk` with classifier-free guidance: at each denoising step the velocity is
+    v_u + beta * (v_c - v_u). `batch` (preprocessed) holds 2B rows, the first B with the conditioned prompt
+    and the last B the same observations with the unconditioned one (tokenised together, so padded alike);
+    `noise` (B, H, D). Returns (B, H, action dim), as `predict_action_chunk`.
+
+    lerobot's sampler runs unchanged on the 2B-row prefix (one KV cache for both prompts); only its
+    `denoise_step` is wrapped for the call: it gets the B-row x_t, runs it for both halves and mixes them.
+    """
+    flow = policy.model
+    denoise = flow.denoise_step
+
+    def guided(prefix_pad_masks: Tensor, past_key_values: Any, x_t: Tensor, timestep: Tensor) -> Tensor:
+        both = denoise(
+            prefix_pad_masks=prefix_pad_masks,
+            past_key_values=past_key_values,
+            x_t=torch.cat([x_t, x_t]),
+            timestep=torch.cat([timestep, timestep]),
+        )
+        v_c, v_u = both.chunk(2)
+        return v_u + beta * (v_c - v_u)
+
+    flow.denoise_step = guided
+    try:
+        return policy.predict_action_chunk(dict(batch), noise=noise)
+    finally:
+        del flow.denoise_step  # the class's method again
 
 
 def shared_prefix_supported(policy: SmolVLAPolicy) -> str | None:

@@ -17,18 +17,13 @@ from pathlib import Path
 
 import torch
 
+from crab.data.lerobot_reader import float_frames
 from crab.training import checkpoint as ckpt
+from crab.training.conditioning import advantage_labels, label_table, labelled_tasks, unconditioned
 from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, to_dict
 from crab.training.crab_dataset import CrabDataset
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
-from crab.training.inputs import (
-    changed_inputs,
-    check_reference_action_space,
-    reference_fingerprint,
-    reference_source,
-    stats_fingerprint,
-    values_digest,
-)
+from crab.training.inputs import changed_inputs, check_reference_action_space, labels_digest, run_inputs
 from crab.training.loaders import (
     batch_loader,
     replay_batches,
@@ -106,7 +101,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
     rows = load_datasets(cfg.data.manifest, cfg.data.data_root)
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
-    kind = cfg.reward_weighting.signal if cfg.reward_weighting.enabled else "outcome"  # unused when off
+    labelled = cfg.conditioning.enabled
+    kind = cfg.reward_weighting.signal if cfg.reward_weighting.enabled or labelled else "outcome"  # unused when off
     values = None  # out-of-episode values V(s), for chunk advantages only
     if kind in VALUE_SIGNALS:
         values, _ = load_values(cfg.data.value_file, rows, spec, cfg.data.manifest, cfg.data.data_root)
@@ -114,6 +110,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     data_kw = {"video_backend": cfg.data.video_backend, "cache": cfg.data.cache_items, "signal": kind, "state_values": values}
     data_kw |= {"credit_horizon": horizon}
     data_kw |= {"frame_cache": cfg.data.frame_cache, "resolution": smolvla_cfg.resize_imgs_with_padding}
+    data_kw |= {"return_uint8": True}  # converted after collate (`prepare` below), as lerobot-train does
     train_ds = CrabDataset(rows, spec, episodes=train_eps, **data_kw)
     val_ds = CrabDataset(rows, spec, episodes=val_eps, **data_kw) if val_eps else None
     retention_ds = retention_dataset(cfg, rows, spec, data_kw)
@@ -125,29 +122,25 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             kind, cfg.data.value_file, horizon,
         )  # fmt: skip
     signal = reward_stats.get("overall", {}).get("signal", {})
-    inputs = {
-        "data": train_ds.fingerprint,
-        "reward_stats": stats_fingerprint(reward_stats) if reward_stats else None,
-        "value_file": None if values is None else values_digest(values),
-        "retention_data": retention_ds.fingerprint if retention_ds else None,
-        "replay_data": replay_ds.fingerprint if replay_ds else None,
-        "reference": reference_fingerprint(
-            reference_source(cfg.anchor.enabled, cfg.anchor.reference, cfg.policy.pretrained_path)
-        ),
-    }
-    if resume_state is not None and (changed := changed_inputs(resume_state.get("inputs", {}), inputs)):
-        raise TrainingError(
-            f"cannot resume from {resume}: input(s) changed since it was saved, though their paths did not: "
-            f"{'; '.join(changed)}. Put back the files the run started with (the checkpoint's reward_stats.json "
-            "holds the statistics it used), or train a new run on the new ones (--set run_name=...)"
-        )
-
+    inputs = run_inputs(cfg, train_ds, reward_stats, values, retention_ds, replay_ds)
     # The run's per-frame weights, computed once: the loss, the draw, the normalisation and the table below.
     try:
         weights = run_weights(cfg.reward_weighting, train_ds.weight_frames(val_eps), signal.get("mean", 0.0), signal.get("std", 1.0))
     except WeightingError as e:
         raise TrainingError(f"{cfg.data.manifest}: {e}") from None
     log("training data, before step 1:\n" + preflight_table(weights, cfg.reward_weighting.normalization_counts))
+    positive = None  # with conditioning: each training frame's advantage label, from the frames weighed above
+    if labelled:
+        bins = cfg.reward_weighting.phase_bins
+        positive = advantage_labels(weights.datasets, spec.horizon(horizon), bins, cfg.conditioning.positive_threshold)
+        log(f"advantage labels ({bins} parts of each episode):\n{label_table(weights.datasets, positive, bins)}")
+        inputs["advantage_labels"] = labels_digest(positive)
+    if resume_state is not None and (changed := changed_inputs(resume_state.get("inputs", {}), inputs)):
+        raise TrainingError(
+            f"cannot resume from {resume}: input(s) changed since it was saved, though their paths did not: "
+            f"{'; '.join(changed)}. Put back the files the run started with (the checkpoint's reward_stats.json "
+            "holds the statistics it used), or train a new run on the new ones (--set run_name=...)"
+        )
     for warning in config_warnings(cfg):
         log(f"warning: {warning}")
     if main_process and cfg.reward_weighting.enabled:  # the signal over a few episodes of each dataset
@@ -158,6 +151,15 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     # `reward_weighting.normalization_counts` says (dropped episodes not at all).
     dataset_stats = train_ds.normalization_stats(weights.normalization_counts(cfg.reward_weighting.normalization_counts))
     policy, preprocessor, postprocessor = make_policy(smolvla_cfg, cfg.policy, train_ds.meta.features, dataset_stats)
+
+    def prepare(batch: dict, step: int | None = None) -> dict:
+        """A loader's batch as the policy takes it: uint8 frames to lerobot's floats, then preprocessed. With
+        conditioning, a training batch (`step` given) carries its advantage labels in the task text."""
+        if positive is not None and step is not None:
+            skip = unconditioned(cfg.seed, step, accelerator.process_index, len(batch["task"]), cfg.conditioning.unconditioned_fraction)
+            batch = {**batch, "task": labelled_tasks(batch["task"], positive[batch["item_index"].numpy()], skip)}
+        return preprocessor(float_frames(batch, train_ds.video_keys))
+
     if cfg.anchor.enabled and cfg.anchor.reference is not None:
         state = policy.config.input_features.get("observation.state")
         check_reference_action_space(
@@ -311,13 +313,13 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     while step < cfg.train.steps:
         sampler.set_epoch(epoch, start=position)
         for batch in loader:
-            batch = preprocessor(batch)
+            batch = prepare(batch, step)
             lambda_anchor = lambda_anchor_at(
                 step, cfg.anchor.lambda_anchor if cfg.anchor.enabled else 0.0, cfg.anchor.warmup_steps, cfg.anchor.ramp_steps
             )
             # Drawn at every step, used or not, so that the replay batch of a step does not depend on the
             # anchor schedule or on where the run was resumed.
-            replay_batch = preprocessor(next(replay)) if replay is not None else None
+            replay_batch = prepare(next(replay)) if replay is not None else None
             row, weights = training_step(
                 model, batch, replay_batch, lambda_anchor, accelerator, optimizer, scheduler, params, smolvla_cfg
             )
@@ -341,8 +343,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
             # The last epoch validates too, complete or not, so the last summary carries validation losses.
             due = finished or (epoch + 1) % val_every == 0
             if val_ds is not None and main_process and due:
-                val = validation_loss(accelerator.unwrap_model(model), val_ds, preprocessor, cfg)
-                val.update(retention_loss(accelerator.unwrap_model(model), retention_ds, preprocessor, cfg))
+                val = validation_loss(accelerator.unwrap_model(model), val_ds, prepare, cfg)
+                val.update(retention_loss(accelerator.unwrap_model(model), retention_ds, prepare, cfg))
             if main_process and accumulator.rows:
                 summary = accumulator.summary(epoch, step, time.perf_counter() - epoch_start, val, complete=epoch_done)
                 summaries.append(summary)

@@ -1,0 +1,195 @@
+"""Advantage conditioning: the label rule by hand, the prompts the trainer feeds, resume on changed labels,
+classifier-free guidance against the two prompts alone, and the shared-prefix anchor with labelled prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_crab_smolvla_wrapper import PICK, build, metrics_and_grads_per_anchor_mode, raw_batch, take_steps
+from test_train import config, setup  # noqa: F401 (setup is a fixture)
+
+from crab.training import train
+from crab.training.conditioning import (
+    advantage_labels,
+    conditioned_task,
+    label_shares,
+    labelled_tasks,
+    unconditioned,
+)
+from crab.training.config import AnchorConfig, ConfigError, RewardWeightingConfig
+from crab.training.crab_smolvla_wrapper import CrabSmolVLA
+from crab.training.smolvla_internals import guided_action_chunk
+from crab.training.weighting import DatasetFrames
+
+
+def frames(name, signal, episodes, step_reward, success) -> DatasetFrames:
+    return DatasetFrames(name, "Put.", "q", np.asarray(signal, float), np.asarray(episodes), np.asarray(step_reward, float),
+                         np.asarray(success, float))  # fmt: skip
+
+
+# The worked example of crab/training/docs/reward_weighting.md ("Advantage labels"): two parts per episode,
+# credit horizon 2. Episode 0 succeeds; episode 1 cracks the egg at its frame 2; the failed episode holds
+# no reward at all.
+WORKED = [
+    frames("mixed", [2, 0, 2, 2, 0, 2, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 0, 0, -1, 0], [1] * 8),
+    frames("failed", [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0] * 4),
+]
+
+
+def test_advantage_labels_worked_example():
+    # Part 0 holds signals 2,0 | 0,2 | 1,1 (mean 1), part 1 holds 2,2 | 0,0 | 1,1 (mean 1). At or above the
+    # mean: frames 0, 2, 3 of episode 0, frame 1 of episode 1 (but its chunk holds the crack), and the
+    # failed episode (but nothing locates its failure).
+    positive = advantage_labels(WORKED, horizon=2, bins=2, threshold=0.0)
+    assert positive.tolist() == [True, False, True, True] + [False] * 4 + [False] * 4
+    # One standard deviation (sqrt(2/3) in both parts) above the mean: only the 2s clear it.
+    assert advantage_labels(WORKED, 2, 2, 1.0).tolist() == positive.tolist()
+    assert not advantage_labels(WORKED, 2, 2, 3.0).any()
+    # Without the damage step episode 1's frame 1 is positive; the rule, not its signal, made it negative.
+    undamaged = [WORKED[0].__class__(**{**WORKED[0].__dict__, "step_reward": np.zeros(8)}), WORKED[1]]
+    assert advantage_labels(undamaged, 2, 2, 0.0)[5]
+    shares = label_shares(WORKED, positive, 2)
+    assert shares["mixed"] == (pytest.approx(3 / 8), [0.25, 0.5]) and shares["failed"] == (0.0, [0.0, 0.0])
+
+
+def test_prompts_and_the_unlabelled_draw():
+    assert conditioned_task("Put the egg.\n", "positive") == "Put the egg. Advantage: positive."
+    assert conditioned_task("Put the egg.", None) == "Put the egg."
+    assert labelled_tasks(["A.", "B.", "C."], [True, False, True], [False, False, True]) == [
+        "A. Advantage: positive.", "B. Advantage: negative.", "C.",
+    ]  # fmt: skip
+    first = unconditioned(7, 12, 0, 4000, 0.2)
+    assert np.array_equal(first, unconditioned(7, 12, 0, 4000, 0.2))  # a resumed run draws the same
+    assert not np.array_equal(first, unconditioned(7, 13, 0, 4000, 0.2))
+    assert not np.array_equal(first, unconditioned(7, 12, 1, 4000, 0.2))  # each process its own
+    assert abs(first.mean() - 0.2) < 0.03
+
+
+def test_config_refuses_guidance_without_an_unconditioned_policy(setup):  # noqa: F811
+    with pytest.raises(ConfigError, match="unconditioned_fraction"):
+        config(setup, "bad", **{"conditioning.enabled": "true", "conditioning.guidance": 2.0,
+                                "conditioning.unconditioned_fraction": 0.0})  # fmt: skip
+
+
+def test_trainer_feeds_each_sample_its_label_and_resume_refuses_other_labels(setup, monkeypatch):  # noqa: F811
+    from crab.training.checkpoint import load_checkpoint
+    from crab.training.crab_dataset import CrabDataset
+    from crab.training.manifest import load_manifest
+    from crab.training.rewards import RewardSpec
+
+    fed, original = [], train.labelled_tasks
+
+    def recording(tasks, positive, skip):
+        out = original(tasks, positive, skip)
+        fed.append((list(tasks), np.asarray(positive).copy(), out))
+        return out
+
+    monkeypatch.setattr(train, "labelled_tasks", recording)
+    extra = {"train.steps": 6, "train.save_every": 3, "conditioning.enabled": "true",
+             "conditioning.unconditioned_fraction": 0.3}  # fmt: skip
+    cfg = config(setup, "conditioned", **extra)
+    run = train.train(cfg)
+    ds = CrabDataset(load_manifest(setup["manifest"], setup["data_root"]), RewardSpec(chunk_size=10))
+    expected = advantage_labels(ds.weight_frames(), 10, cfg.reward_weighting.phase_bins, 0.0)
+    assert 0 < expected.mean() < 1
+    prompts = [p for _, _, out in fed for p in out]
+    assert len(fed) == 6 and len(prompts) == 24
+    for tasks, positive, out in fed:
+        for task, pos, prompt in zip(tasks, positive, out, strict=True):
+            assert prompt in (task, conditioned_task(task, "positive" if pos else "negative"))
+    assert 0 < sum("Advantage" not in p for p in prompts) < 24  # some unlabelled, most labelled
+    assert sum(p.endswith("positive.") for p in prompts) and sum(p.endswith("negative.") for p in prompts)
+    _, state, _ = load_checkpoint(run / "step_000003")
+    inputs = state["inputs"]
+    assert inputs["advantage_labels"]
+    # Same data, other labels: the resume is refused by the labels' fingerprint even with the config's
+    # check passed (the threshold is a training setting, so the config check alone would also refuse).
+    monkeypatch.setattr(train, "advantage_labels", lambda *a: ~expected)
+    with pytest.raises(train.TrainingError, match="advantage_labels"):
+        train.train(cfg, resume=run / "step_000003")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build()
+
+
+def chunk(policy, pre, tasks, beta=None, seed=3):
+    """One action chunk for the same observation: the plain prompt (beta None) or guided between two."""
+    raw = raw_batch(batch_size=1, seed=4)
+    obs = {k: raw[k] for k in ("observation.images.top", "observation.state")}
+    noise = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim, generator=torch.Generator().manual_seed(seed))
+    policy.reset()
+    with torch.no_grad():
+        if beta is None:
+            return policy.predict_action_chunk(pre({**obs, "task": tasks}), noise=noise)
+        both = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in obs.items()}
+        return guided_action_chunk(policy, pre({**both, "task": tasks}), beta, noise)
+
+
+def test_guidance_interpolates_between_the_two_prompts(tiny):
+    """beta 0 is the unconditioned prompt alone, beta 1 the conditioned one; beta 2 extrapolates past it.
+    The two prompts share one (padded) prefix, hence a tolerance rather than bit equality."""
+    policy, pre, _ = tiny
+    labelled, plain = conditioned_task(PICK, "positive"), PICK
+    alone_c, alone_u = chunk(policy, pre, [labelled]), chunk(policy, pre, [plain])
+    assert (alone_c - alone_u).abs().max() > 1e-4  # the label changes the actions
+    torch.testing.assert_close(chunk(policy, pre, [labelled, plain], beta=0.0), alone_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunk(policy, pre, [labelled, plain], beta=1.0), alone_c, rtol=1e-5, atol=1e-6)
+    beyond = chunk(policy, pre, [labelled, plain], beta=2.0)
+    assert (beyond - alone_c).abs().max() > 1e-5
+    assert type(policy.model).denoise_step is policy.model.denoise_step.__func__  # unwrapped afterwards
+
+
+def test_shared_prefix_anchor_equals_naive_with_labelled_prompts():
+    """Per-sample prompts (each its own label, one unlabelled): the shared context still gives the naive
+    anchor's loss and gradients."""
+    policy, pre, _ = build()
+    crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), AnchorConfig(enabled=True))
+    tasks = labelled_tasks([PICK] * 6, [True, False, True, False, True, False], [False] * 5 + [True])
+    batch = pre(raw_batch(batch_size=6, tasks=tasks))
+    take_steps(crab, batch, steps=3)
+    (shared, shared_grads), (naive, naive_grads) = metrics_and_grads_per_anchor_mode(crab, batch)
+    assert naive["loss_anchor"].item() > 1e-3
+    for key in ("loss_anchor", "loss_weighted", "loss"):
+        torch.testing.assert_close(shared[key], naive[key], rtol=1e-5, atol=1e-7)
+    for a, b in zip(shared_grads, naive_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_path, capsys):  # noqa: F811
+    """The conditioning recipe layered on the run's config: `reward_stats --config` prints the positive
+    shares training prints before step 1 and records the labels the run's checkpoint records."""
+    import itertools
+    import json
+
+    from test_train import CONFIGS, overrides
+
+    from crab.training import reward_stats
+    from crab.training.checkpoint import load_checkpoint
+    from crab.training.config import load_config
+
+    layers = [CONFIGS / "train_cycle1_rwfm_anchor_cracked_factor.yaml", CONFIGS / "demo_overrides.yaml",
+              CONFIGS / "recipe_conditioned.yaml"]  # fmt: skip
+    stats = tmp_path / "stats.json"
+    sets = overrides(setup, "recipe_conditioned", **{
+        "data.reward_stats": stats.as_posix(), "data.value_file": "null", "reward_weighting.signal": "outcome",
+        "reward_weighting.credit_horizon": "null", "train.steps": 1, "train.save_every": 1,
+    })  # fmt: skip
+    reward_stats.main([*(a for layer in layers for a in ("--config", str(layer))), *(a for s in sets for a in ("--set", s))])
+    printed = capsys.readouterr().out
+    run = train.train(load_config(layers, sets))
+    logged = capsys.readouterr().out
+
+    def table(text):
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("advantage labels"))
+        return list(itertools.takewhile(lambda line: line.startswith("  "), lines[start + 1 :]))
+
+    assert table(printed) == table(logged) and len(table(printed)) == 3  # clean, labelled, stepwise
+    assert all("positive" in line for line in table(printed))
+    recorded = json.loads(stats.read_text())["advantage_labels"]
+    _, state, _ = load_checkpoint(run / "step_000001")
+    assert recorded["digest"] == state["inputs"]["advantage_labels"]
+    assert 0 < recorded["positive_share"] < 1
