@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import OPEN, PLACE
 from test_crab_smolvla_wrapper import PICK, build, metrics_and_grads_per_anchor_mode, raw_batch, take_steps
 from test_train import config, setup  # noqa: F401 (setup is a fixture)
 
@@ -86,8 +87,10 @@ def test_trainer_feeds_each_sample_its_label_and_resume_refuses_other_labels(set
         return out
 
     monkeypatch.setattr(train, "labelled_tasks", recording)
+    # Task masks are looked up by the dataset's task, not by the labelled prompt.
+    masks = f'{{"{PLACE}": [0, 1, 2, 3], "{OPEN}": [0, 1, 2]}}'
     extra = {"train.steps": 6, "train.save_every": 3, "conditioning.enabled": "true",
-             "conditioning.unconditioned_fraction": 0.3}  # fmt: skip
+             "conditioning.unconditioned_fraction": 0.3, "task_masks": masks}  # fmt: skip
     cfg = config(setup, "conditioned", **extra)
     run = train.train(cfg)
     ds = CrabDataset(load_manifest(setup["manifest"], setup["data_root"]), RewardSpec(chunk_size=10))

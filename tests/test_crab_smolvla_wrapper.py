@@ -60,6 +60,7 @@ def raw_batch(batch_size: int = 4, seed: int = 1, tasks=None) -> dict:
         "action": torch.randn(batch_size, CHUNK, ACTION_DIM, generator=g),
         "action_is_pad": pad,
         "task": tasks or [PICK, OPEN] * (batch_size // 2),
+        "task_name": tasks or [PICK, OPEN] * (batch_size // 2),
         "step_reward": torch.zeros(batch_size),
         "chunk_return": torch.randn(batch_size, generator=g),
         "episode_reward": torch.randn(batch_size, generator=g, dtype=torch.float64),
@@ -67,7 +68,6 @@ def raw_batch(batch_size: int = 4, seed: int = 1, tasks=None) -> dict:
         "episode_damage": torch.zeros(batch_size),
         "signal": torch.randn(batch_size, generator=g, dtype=torch.float64),
         "dataset_name": ["clean"] * batch_size,
-        "task_name": ["t"] * batch_size,
         "quality": ["clean"] * batch_size,
     }
 

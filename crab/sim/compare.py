@@ -172,12 +172,12 @@ def per_phase(method: Method) -> Method:
 # chunk_q is drawn per phase only (config validation). Without the cap its centre cancels in each phase
 # and the phase's best chunks take its draw; capped (the ablation row, scarce regimes), the chunks above
 # the manifest's mean all weigh about the cap, and the sloppy releases kept 6% of the last tenths' draw
-# and cracked 15% of the eggs at the release against 4% (docs/sim_benchmark.md, 2026-12-04).
+# and cracked 15% of the eggs at the release against 4% (docs/sim_benchmark_findings.md, 2026-12-04).
 CHUNK_Q_PHASE_MIXED = per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED, uncapped=True), LONG_CREDIT_HORIZON))
 # A milder temperature: alpha 4 over Q's std of about 0.5 turns the value model's noise among alike chunks
 # into a draw concentrated on a few of them (in the first half of the episodes, an effective sample size
 # of 4-17% of the frames); alpha 2 keeps 21-49% and still gives the last tenths' draw 96-99% to the clean
-# transfers (scarce regime, 2 clean transfers). Measured: no difference in closed loop (docs/sim_benchmark.md).
+# transfers (scarce regime, 2 clean transfers). Measured: no difference in closed loop (docs/sim_benchmark_findings.md).
 CHUNK_Q_PHASE_ALPHA2_MIXED = dataclasses.replace(
     CHUNK_Q_PHASE_MIXED,
     name=CHUNK_Q_PHASE_MIXED.name.removesuffix("_mixed") + "_alpha2_mixed",
@@ -326,7 +326,7 @@ def egg_only(regime: Regime) -> Regime:
     """A scarce regime's data without the carton openings: every row trains on the egg task alone, so
     filtering and the mixed-data rows spend the same number of samples on it. In `scarce` filtering draws
     the egg task at 22% (10 transfers beside 49 openings) and the mixed rows at up to 62%, which alone was
-    worth +9 to +24 points (docs/sim_benchmark.md, 2026-12-03)."""
+    worth +9 to +24 points (docs/sim_benchmark_findings.md, 2026-12-03)."""
     name = f"{regime.name}_eggonly"
     return dataclasses.replace(
         regime, name=name, title=f"{regime.title}, the egg task alone", clean="scarce_eggonly",
@@ -338,7 +338,7 @@ def without_failed(regime: Regime) -> Regime:
     """An egg-only regime's mixed data without the failed attempts (misses, weak grips, early releases),
     which no per-chunk signal can locate: they have no damage step, and the value model does not see the
     miss. Their removal was worth 22 points to `chunk_advantage` at 10 clean transfers
-    (docs/sim_benchmark.md, 2026-12-03), so this regime measures what the damaged transfers add alone."""
+    (docs/sim_benchmark_findings.md, 2026-12-03), so this regime measures what the damaged transfers add alone."""
     name = f"{regime.name}_nofailed"
     return dataclasses.replace(
         regime, name=name, title=f"{regime.title}, without the failed attempts", mixed=f"{name}_mixed",

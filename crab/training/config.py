@@ -349,7 +349,7 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
 
 
 # Below this `clip_max` binds on `chunk_q`'s best chunks (spread over several std units), which the recipe
-# measured without a cap (docs/sim_benchmark.md: capped, the scarce regime's row fell behind).
+# measured without a cap (docs/sim_benchmark_findings.md: capped, the scarce regime's row fell behind).
 CHUNK_Q_UNCAPPED = 1000.0
 
 

@@ -441,9 +441,10 @@ class CrabSmolVLA(nn.Module):
         return v, u
 
     def loss_mask(self, batch: Mapping[str, Any]) -> Tensor:
-        """Bool (B, H, D): in-episode steps x counted action dimensions of each sample's task."""
+        """Bool (B, H, D): in-episode steps x counted action dimensions of each sample's task (its dataset's
+        `task_name` where the batch has one: the prompt in `task` may carry an advantage label)."""
         batch_size = batch[OBS_STATE].shape[0]
-        dims = self.dim_mask(batch.get("task"), batch_size, batch[OBS_STATE].device)
+        dims = self.dim_mask(batch.get("task_name", batch.get("task")), batch_size, batch[OBS_STATE].device)
         return loss_mask(batch.get(ACTION_IS_PAD), dims, self.chunk_size)
 
     def per_sample_loss(self, batch: Mapping[str, Any], noise: Tensor, time: Tensor) -> Tensor:

@@ -60,7 +60,7 @@ class ValueFitSettings:
     folds: int = 5
     # The most epochs; each fold's model is the epoch with the lowest loss on its validation episodes
     # (early stopping). Trained for a fixed 40 epochs, V overfit the 60 egg episodes of the scarce regime:
-    # held-out RMSE 0.673 against 0.608 for a constant (docs/sim_benchmark.md, findings of 2026-12-03).
+    # held-out RMSE 0.673 against 0.608 for a constant (docs/sim_benchmark_findings.md, 2026-12-03).
     epochs: int = 40
     patience: int = 5  # stop after this many epochs without a lower validation loss
     batch_size: int = 256
