@@ -14,6 +14,7 @@ from crab.sim import compare, open_loop, policy_eval
 from crab.sim.demonstrators import rollout
 from crab.sim.egg_env import IMAGE_KEY, PUT_EGG, STATE_KEY
 from crab.sim.evaluate import EGG_OUTCOMES, wilson_interval
+from crab.training.config import to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,15 +117,32 @@ def test_regime_and_method_selection():
         "oracle_sample_h20_phase_mixed", "rwfm_chunk_q_sample_h20_phase_mixed",
         "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed",
         "rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_drop_framenorm_mixed",
+        "cond_chunk_q_h20_mixed", "cond_chunk_q_h20_cfg1p5_mixed", "cond_chunk_q_h20_cfg3_mixed",
+        "cond_chunk_q_h20_asked_negative_mixed", "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed",
     ]  # fmt: skip
-    assert compare.run_config(plan[1][1][-5], 0, args_of(), plan[1][0]).reward_weighting.clip_max == 10.0
-    assert compare.run_config(plan[1][1][-3], 0, args_of(), plan[1][0]).reward_weighting.alpha == 2.0
-    drop = compare.run_config(plan[1][1][-2], 0, args_of(), plan[1][0]).reward_weighting
+    rows = {m.name: m for m in plan[1][1]}
+
+    def settings(name):
+        return compare.run_config(rows[name], 0, args_of(), plan[1][0])
+
+    assert settings("rwfm_chunk_q_sample_h20_phase_mixed").reward_weighting.clip_max == 10.0
+    assert settings("rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed").reward_weighting.alpha == 2.0
+    drop = settings("rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed").reward_weighting
     assert (drop.unlocated_failures, drop.alpha, drop.signal, drop.normalization_counts) == ("drop", 4.0, "chunk_q", "weight")
-    framenorm = compare.run_config(plan[1][1][-1], 0, args_of(), plan[1][0]).reward_weighting
+    framenorm = settings("rwfm_chunk_q_sample_uncapped_h20_phase_drop_framenorm_mixed").reward_weighting
     assert (framenorm.unlocated_failures, framenorm.normalization_counts) == ("drop", "frame")
-    for method in (plan[1][1][-10], plan[1][1][-4]):
-        cfg = compare.run_config(method, 0, args_of(), plan[1][0])
+    # The conditioned rows: every frame imitated with its label; the guided and negative rows evaluate the
+    # same runs (one run directory), asking other questions.
+    conditioned = settings("cond_chunk_q_h20_mixed")
+    assert conditioned.conditioning.enabled and not conditioned.reward_weighting.enabled
+    assert (conditioned.reward_weighting.signal, conditioned.reward_weighting.credit_horizon) == ("chunk_q", 20)
+    for name in ("cond_chunk_q_h20_cfg1p5_mixed", "cond_chunk_q_h20_cfg3_mixed", "cond_chunk_q_h20_asked_negative_mixed"):
+        assert to_dict(settings(name)) == to_dict(conditioned)
+    assert (rows["cond_chunk_q_h20_cfg1p5_mixed"].guidance, rows["cond_chunk_q_h20_asked_negative_mixed"].ask) == (1.5, "negative")
+    both = settings("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed")
+    assert both.conditioning.enabled and both.reward_weighting == drop
+    for name in ("rwfm_sample_uncapped_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_mixed"):
+        cfg = settings(name)
         phase = cfg.reward_weighting
         assert (phase.normalize, phase.apply, phase.clip_max) == ("phase", "sample", 1000000)
     assert (phase.signal, phase.credit_horizon, phase.std_floor) == ("chunk_q", 20, 0.1)
@@ -233,7 +251,7 @@ def test_an_evaluation_saved_without_outcomes_is_redone(tmp_path, monkeypatch, c
     (checkpoint / "pretrained_model").mkdir(parents=True)
     calls = []
 
-    def fake_evaluate(checkpoint, episodes, seed, n_action_steps, image_size, tasks):
+    def fake_evaluate(checkpoint, episodes, seed, n_action_steps, image_size, tasks, label, guidance):
         calls.append(tasks)
         return {"tasks": {PUT_EGG: {"task": PUT_EGG, **summary(4, 1, 2)}}}
 
