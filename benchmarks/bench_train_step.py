@@ -144,7 +144,7 @@ def raw_batch(batch_size: int, cfg) -> dict:
         "episode_damage": torch.zeros(batch_size, dtype=torch.float64),
         "signal": torch.randn(batch_size, generator=g, dtype=torch.float64),
         "dataset_name": ["egg_carton_to_tray"] * batch_size,
-        "task_name": ["egg_carton_to_tray"] * batch_size,
+        "task_name": [TASKS[i % 2] for i in range(batch_size)],  # the dataset's task (CrabDataset's item)
         "quality": ["clean"] * batch_size,
     }
 
