@@ -116,7 +116,7 @@ def test_regime_and_method_selection():
         "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed",
         "oracle_sample_h20_phase_mixed", "rwfm_chunk_q_sample_h20_phase_mixed",
         "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed",
-        "rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_drop_framenorm_mixed",
+        "rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed",
         "cond_chunk_q_h20_mixed", "cond_chunk_q_h20_cfg1p5_mixed", "cond_chunk_q_h20_cfg3_mixed",
         "cond_chunk_q_h20_asked_negative_mixed", "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed",
     ]  # fmt: skip
@@ -128,9 +128,9 @@ def test_regime_and_method_selection():
     assert settings("rwfm_chunk_q_sample_h20_phase_mixed").reward_weighting.clip_max == 10.0
     assert settings("rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed").reward_weighting.alpha == 2.0
     drop = settings("rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed").reward_weighting
-    assert (drop.unlocated_failures, drop.alpha, drop.signal, drop.normalization_counts) == ("drop", 4.0, "chunk_q", "weight")
-    framenorm = settings("rwfm_chunk_q_sample_uncapped_h20_phase_drop_framenorm_mixed").reward_weighting
-    assert (framenorm.unlocated_failures, framenorm.normalization_counts) == ("drop", "frame")
+    assert (drop.unlocated_failures, drop.alpha, drop.signal, drop.normalization_counts) == ("drop", 4.0, "chunk_q", "frame")
+    weightnorm = settings("rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed").reward_weighting
+    assert (weightnorm.unlocated_failures, weightnorm.normalization_counts) == ("drop", "weight")
     # The conditioned rows: every frame imitated with its label; the guided and negative rows evaluate the
     # same runs (one run directory), asking other questions.
     conditioned = settings("cond_chunk_q_h20_mixed")

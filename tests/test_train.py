@@ -67,7 +67,8 @@ def step_log(run_dir):
 def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    cfg = config(setup, "full", **{"train.steps": 12, "train.save_every": 6, "train.tensorboard": "true"})
+    cfg = config(setup, "full", **{"train.steps": 12, "train.save_every": 6, "train.tensorboard": "true",
+                                   "reward_weighting.normalization_counts": "weight"})  # fmt: skip
     run_dir = train.train(cfg)
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_000006", "step_000012"]
     logged = step_log(run_dir)
@@ -93,8 +94,9 @@ def test_run_writes_agreeing_summaries_plots_and_lerobot_checkpoints(setup):
 
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
-    # Normalisation statistics pool the episodes by their training weight (`normalization_counts: weight`;
-    # with `apply: loss` each frame's clipped raw weight over the constant): the counts add up to the frames,
+    # With `normalization_counts: weight` (the default counts every kept frame once) the statistics pool the
+    # episodes by their training weight (with `apply: loss` each frame's clipped raw weight over the
+    # constant): the counts add up to the frames,
     # the mean is the weighted one, not lerobot's plain pooling.
     from safetensors.torch import load_file
 

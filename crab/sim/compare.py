@@ -195,14 +195,14 @@ CHUNK_Q_PHASE_DROP_MIXED = dataclasses.replace(
     label=f"{CHUNK_Q_PHASE_MIXED.label}; failures nothing locates left out (`unlocated_failures: drop`)",
     extra=(*CHUNK_Q_PHASE_MIXED.extra, "reward_weighting.unlocated_failures=drop"),
 )
-# The recipe's normalisation alternative (issue 33): every kept frame counts once in the action/state
-# statistics, instead of by its share of the draw (the default, `normalization_counts: weight`).
-CHUNK_Q_PHASE_DROP_FRAMENORM_MIXED = dataclasses.replace(
+# The recipe's normalisation alternative (issue 33): each episode counts in the action/state statistics by
+# its share of the draw, instead of every kept frame once (the default, `normalization_counts: frame`).
+CHUNK_Q_PHASE_DROP_WEIGHTNORM_MIXED = dataclasses.replace(
     CHUNK_Q_PHASE_DROP_MIXED,
-    name=CHUNK_Q_PHASE_DROP_MIXED.name.removesuffix("_mixed") + "_framenorm_mixed",
-    label=f"{CHUNK_Q_PHASE_DROP_MIXED.label}; normalisation statistics count every kept frame once "
-    "(`normalization_counts: frame`)",
-    extra=(*CHUNK_Q_PHASE_DROP_MIXED.extra, "reward_weighting.normalization_counts=frame"),
+    name=CHUNK_Q_PHASE_DROP_MIXED.name.removesuffix("_mixed") + "_weightnorm_mixed",
+    label=f"{CHUNK_Q_PHASE_DROP_MIXED.label}; normalisation statistics count each episode by its draw "
+    "(`normalization_counts: weight`)",
+    extra=(*CHUNK_Q_PHASE_DROP_MIXED.extra, "reward_weighting.normalization_counts=weight"),
 )
 # Advantage conditioning (issue 32, crab/training/conditioning.py): every frame imitated (weighting off), its
 # prompt labelled by `chunk_q` at the recipe's two-chunk horizon, 20% of the samples unlabelled. Evaluated
@@ -263,7 +263,7 @@ SAMPLE_METHODS = (
     CHUNK_Q_PHASE_MIXED,
     CHUNK_Q_PHASE_ALPHA2_MIXED,
     CHUNK_Q_PHASE_DROP_MIXED,
-    CHUNK_Q_PHASE_DROP_FRAMENORM_MIXED,
+    CHUNK_Q_PHASE_DROP_WEIGHTNORM_MIXED,
 )
 # Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
 METHODS = (
@@ -281,7 +281,7 @@ METHODS = (
     ORACLE_PHASE_MIXED,
     CHUNK_Q_PHASE_MIXED,
     CHUNK_Q_PHASE_DROP_MIXED,  # today's data has no failure nothing locates: the same draw as the row above
-    CHUNK_Q_PHASE_DROP_FRAMENORM_MIXED,
+    CHUNK_Q_PHASE_DROP_WEIGHTNORM_MIXED,
 )
 SCARCE_METHODS = (
     IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS,

@@ -94,11 +94,12 @@ class RewardWeightingConfig:
     # draws them as the signal weighs them. "drop" needs `apply: sample` (docs/reward_weighting.md,
     # "Failures nothing locates").
     unlocated_failures: Literal["keep", "drop"] = "keep"
-    # How each training episode counts in the action/state normalisation statistics: "weight" by its
-    # frames' training weight (the draw with `apply: sample`, the loss weight with `apply: loss`), so the
-    # scale is that of the data the run learns from; "frame" every kept frame once, as imitation learning
-    # of the kept episodes. Dropped episodes never count (docs/reward_weighting.md, "Normalisation").
-    normalization_counts: Literal["weight", "frame"] = "weight"
+    # How each training episode counts in the action/state normalisation statistics: "frame" every kept
+    # frame once, as imitation learning of the kept episodes; "weight" by its frames' training weight (the
+    # draw with `apply: sample`, the loss weight with `apply: loss`). Dropped episodes never count. "frame"
+    # was level or ahead wherever both were measured (docs/sim_benchmark_findings.md, 2026-12-06): a few
+    # heavily weighted episodes no longer set the scale of every input.
+    normalization_counts: Literal["weight", "frame"] = "frame"
 
 
 @dataclass
