@@ -96,7 +96,7 @@ def test_lerobot_make_policy_acts_on_a_crab_checkpoint_as_crab_evaluation_does(s
         "observation.state": rng.normal(size=6).astype(np.float32),
         "task": "Put the egg into the tray.",
     }
-    actor = SmolVLAActor(checkpoint, device="cpu")
+    actor = SmolVLAActor(checkpoint, device="cpu", guidance=1.0)  # lerobot's own loop has no guidance
     actor.reset(seed=3)
     chunk = actor(obs)  # (H, A)
     assert actor.label == ("positive" if conditioned else None) and actor.guidance == 1.0

@@ -117,7 +117,7 @@ def test_regime_and_method_selection():
         "oracle_sample_h20_phase_mixed", "rwfm_chunk_q_sample_h20_phase_mixed",
         "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed",
         "rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed",
-        "cond_chunk_q_h20_mixed", "cond_chunk_q_h20_cfg1p5_mixed", "cond_chunk_q_h20_cfg3_mixed",
+        "cond_chunk_q_h20_mixed", "cond_chunk_q_h20_cfg1p5_mixed", "cond_chunk_q_h20_cfg3_mixed", "cond_chunk_q_h20_cfg5_mixed",
         "cond_chunk_q_h20_asked_negative_mixed", "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed",
     ]  # fmt: skip
     rows = {m.name: m for m in plan[1][1]}

@@ -22,7 +22,7 @@ and signal, then per seed the same tiny SmolVLA trained with each method and eva
 (`crab.sim.policy_eval`) for `--episodes` episodes per task (`--jobs` trainings at a time, each in its own
 process). Writes the markdown report (the sections of the regimes run: give a subset its own `--out`), a
 PNG per regime next to it and `results.json` under the work dir. Finished trainings with the same training
-settings (`config.training_settings`: speed-only keys such as `data.cache_items` aside), their evaluations
+settings (`config.training_settings`: keys such as `data.cache_items` aside), their evaluations
 and a value model fitted with the same data and settings are reused, so an interrupted benchmark continues
 where it stopped; hand-written notes below `NOTES_MARKER` in the report are kept.
 """
@@ -206,13 +206,14 @@ CHUNK_Q_PHASE_DROP_WEIGHTNORM_MIXED = dataclasses.replace(
 )
 # Advantage conditioning (issue 32, crab/training/conditioning.py): every frame imitated (weighting off), its
 # prompt labelled by `chunk_q` at the recipe's two-chunk horizon, 20% of the samples unlabelled. Evaluated
-# asking "positive"; the same runs with guidance at two betas and asked "negative" (a check that the label
-# is used: it should crack more); and the label on top of the chunk_q recipe's draw.
+# asking "positive" without guidance; the same runs with guidance at three betas (5: the config's default)
+# and asked "negative" (a check that the label is used: it should crack more); and the label on top of the
+# chunk_q recipe's draw.
 CONDITIONED_MIXED = Method(
     "cond_chunk_q_h20_mixed", CRACKED_FACTOR_CONFIG, "mixed",
     "advantage-conditioned (`conditioning.enabled`, labels by `chunk_q`, horizon 20), weighting and anchor off",
     anchor=False, signal="chunk_q", horizon=LONG_CREDIT_HORIZON,
-    extra=("reward_weighting.enabled=false", "conditioning.enabled=true"),
+    extra=("reward_weighting.enabled=false", "conditioning.enabled=true"), guidance=1.0,
 )  # fmt: skip
 CONDITIONED_GUIDED = tuple(
     dataclasses.replace(
@@ -220,7 +221,7 @@ CONDITIONED_GUIDED = tuple(
         label=f"{CONDITIONED_MIXED.label}; classifier-free guidance beta {beta:g}",
         evaluates=CONDITIONED_MIXED.name, guidance=beta,
     )
-    for beta in (1.5, 3.0)
+    for beta in (1.5, 3.0, 5.0)
 )  # fmt: skip
 CONDITIONED_NEGATIVE = dataclasses.replace(
     CONDITIONED_MIXED, name="cond_chunk_q_h20_asked_negative_mixed",
@@ -766,7 +767,8 @@ def evaluate_or_reuse(
     `ask`, `guidance`: what a conditioned checkpoint is asked (`policy_eval.SmolVLAActor`)."""
     from crab.sim.policy_eval import evaluate_checkpoint, format_results
 
-    question = ("" if ask == "positive" else f"_ask{ask}") + ("" if guidance is None else f"_cfg{guidance:g}")
+    # Named by what was asked beyond the plain question ("positive", no guidance: beta 1).
+    question = ("" if ask == "positive" else f"_ask{ask}") + ("" if guidance in (None, 1.0) else f"_cfg{guidance:g}")
     path = checkpoint.parent / f"eval_{checkpoint.name}_{episodes}ep_seed{seed}_n{n_action_steps}{question}.json"
     saved = None
     if path.is_file() and path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime:

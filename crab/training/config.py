@@ -135,8 +135,9 @@ class ConditioningConfig:
     # guidance steers away from.
     unconditioned_fraction: float = 0.2
     # Classifier-free guidance at evaluation (beta): 1 asks the conditioned policy alone; above 1 each
-    # denoising step also runs the unconditioned prompt (twice the expert passes).
-    guidance: float = 1.0
+    # denoising step also runs the unconditioned prompt (twice the expert rows). 5: the best of 1, 1.5, 3 and
+    # 5 in the scarce regime (docs/sim_benchmark_findings.md, 2026-12-06), success still rising with beta.
+    guidance: float = 5.0
 
 
 @dataclass
@@ -387,20 +388,21 @@ def to_dict(cfg: CrabConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-# Keys that change only how fast the batches come, never which: the sampler fixes the order, and items
-# are the same whether decoded by a worker, the main process or read from the cache.
-SPEED_ONLY = {"data": ("num_workers", "cache_items")}
+# Keys that never change the trained weights: how fast the batches come (the sampler fixes the order, and
+# items are the same whether decoded by a worker, the main process or read from the cache), and the guidance
+# an evaluation asks of a conditioned policy.
+NOT_TRAINED = {"data": ("num_workers", "cache_items"), "conditioning": ("guidance",)}
 
 
 def training_settings(cfg_dict: dict) -> dict:
-    """A config dict (`to_dict`, or a saved crab_config.yaml) without its speed-only keys: runs that agree
-    on it train the same weights, and a run may be resumed or reused with other speed settings. Keys a
-    saved config lacks (written before they existed) count as their defaults."""
+    """A config dict (`to_dict`, or a saved crab_config.yaml) without its `NOT_TRAINED` keys: runs that agree
+    on it train the same weights, and a run may be resumed or reused with other speed or guidance settings.
+    Keys a saved config lacks (written before they existed) count as their defaults."""
     try:
         out = to_dict(_build(CrabConfig, cfg_dict, "", "saved config"))
     except ConfigError:  # not a valid config today (a key since removed): compared as it is
         out = dict(cfg_dict)
-    for section, keys in SPEED_ONLY.items():
+    for section, keys in NOT_TRAINED.items():
         if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k not in keys}
     return out
