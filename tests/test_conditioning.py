@@ -1,5 +1,6 @@
 """Advantage conditioning: the label rule by hand, the prompts the trainer feeds, resume on changed labels,
-classifier-free guidance against the two prompts alone, and the shared-prefix anchor with labelled prompts."""
+classifier-free guidance against the two prompts alone (the shared-prefix anchor with labelled prompts:
+tests/test_crab_smolvla_wrapper.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import OPEN, PLACE
-from test_crab_smolvla_wrapper import PICK, build, metrics_and_grads_per_anchor_mode, raw_batch, take_steps
+from test_crab_smolvla_wrapper import PICK, build, raw_batch
 from test_train import config, setup  # noqa: F401 (setup is a fixture)
 
 from crab.training import train
@@ -18,8 +19,7 @@ from crab.training.conditioning import (
     labelled_tasks,
     unconditioned,
 )
-from crab.training.config import AnchorConfig, ConfigError, RewardWeightingConfig
-from crab.training.crab_smolvla_wrapper import CrabSmolVLA
+from crab.training.config import ConfigError
 from crab.training.smolvla_internals import guided_action_chunk
 from crab.training.weighting import DatasetFrames
 
@@ -143,22 +143,6 @@ def test_guidance_interpolates_between_the_two_prompts(tiny):
     beyond = chunk(policy, pre, [labelled, plain], beta=2.0)
     assert (beyond - alone_c).abs().max() > 1e-5
     assert type(policy.model).denoise_step is policy.model.denoise_step.__func__  # unwrapped afterwards
-
-
-def test_shared_prefix_anchor_equals_naive_with_labelled_prompts():
-    """Per-sample prompts (each its own label, one unlabelled): the shared context still gives the naive
-    anchor's loss and gradients."""
-    policy, pre, _ = build()
-    crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), AnchorConfig(enabled=True))
-    tasks = labelled_tasks([PICK] * 6, [True, False, True, False, True, False], [False] * 5 + [True])
-    batch = pre(raw_batch(batch_size=6, tasks=tasks))
-    take_steps(crab, batch, steps=3)
-    (shared, shared_grads), (naive, naive_grads) = metrics_and_grads_per_anchor_mode(crab, batch)
-    assert naive["loss_anchor"].item() > 1e-3
-    for key in ("loss_anchor", "loss_weighted", "loss"):
-        torch.testing.assert_close(shared[key], naive[key], rtol=1e-5, atol=1e-7)
-    for a, b in zip(shared_grads, naive_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_path, capsys):  # noqa: F811

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from crab.training.conditioning import labelled_tasks
 from crab.training.config import AnchorConfig, PolicyConfig, RewardWeightingConfig
 from crab.training.crab_smolvla_wrapper import (
     CrabSmolVLA,
@@ -265,10 +266,21 @@ def metrics_and_grads_per_anchor_mode(crab: CrabSmolVLA, batch) -> list[tuple[di
     return results
 
 
-def test_shared_prefix_anchor_equals_naive_anchor():
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        [PICK, OPEN, "Carry it over there, slowly."] * 2,
+        # advantage-conditioned prompts: each sample its own label, one unlabelled
+        labelled_tasks([PICK] * 6, [True, False, True, False, True, False], [False] * 5 + [True]),
+    ],
+    ids=["tasks", "labelled"],
+)
+def test_shared_prefix_anchor_equals_naive_anchor(tasks):
+    """Per-sample prompts of different lengths: the shared context still gives the naive anchor's loss and
+    gradients."""
     policy, pre, _ = build()
     crab = CrabSmolVLA(policy, RewardWeightingConfig(enabled=True), AnchorConfig(enabled=True))
-    batch = pre(raw_batch(batch_size=6, tasks=[PICK, OPEN, "Carry it over there, slowly."] * 2))
+    batch = pre(raw_batch(batch_size=6, tasks=tasks))
     take_steps(crab, batch, steps=3)
     (shared, shared_grads), (naive, naive_grads) = metrics_and_grads_per_anchor_mode(crab, batch)
     assert naive["loss_anchor"].item() > 1e-3
