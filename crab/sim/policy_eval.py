@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                         "conditioning.guidance; 1: none)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.guidance is not None and not args.guidance >= 0:  # also refuses nan
+        parser.error("--guidance must be >= 0 (as conditioning.guidance)")
     try:
         result = evaluate_checkpoint(
             args.checkpoint, args.episodes, args.seed, args.n_action_steps, args.image_size, args.video_dir, args.videos,
