@@ -110,3 +110,14 @@ def test_training_settings_drop_only_speed_keys():
     older = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "cache_items"}}  # saved before the key
     assert training_settings(older) == training_settings(cfg)
     assert training_settings({**cfg, "seed": 1}) != training_settings(cfg)
+
+
+def test_training_settings_ignore_normalization_counts_only_while_weighting_is_off():
+    """With weighting off every frame weighs 1, so both counts give the same statistics; with it on they differ."""
+    il = to_dict(load_config([CONFIGS / "train_cycle1_baseline_il.yaml"]))
+    assert not il["reward_weighting"]["enabled"]
+    by_weight = {**il, "reward_weighting": {**il["reward_weighting"], "normalization_counts": "weight"}}
+    assert training_settings(by_weight) == training_settings(il)
+    on = {**il, "reward_weighting": {**il["reward_weighting"], "enabled": True}}
+    on_by_weight = {**on, "reward_weighting": {**on["reward_weighting"], "normalization_counts": "weight"}}
+    assert training_settings(on_by_weight) != training_settings(on)

@@ -405,4 +405,9 @@ def training_settings(cfg_dict: dict) -> dict:
     for section, keys in NOT_TRAINED.items():
         if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    rw = out.get("reward_weighting")
+    if isinstance(rw, dict) and not rw.get("enabled", True):
+        # With weighting off every frame weighs 1 and none is dropped, so both ways of counting frames in
+        # the normalisation statistics give the same statistics (`weighting.RunWeights.normalization_counts`).
+        out["reward_weighting"] = {k: v for k, v in rw.items() if k != "normalization_counts"}
     return out
