@@ -93,7 +93,7 @@ def training(d: dict, work: Path, kills: int, steps: int, rng: random.Random) ->
         "data.reward_stats": stats.as_posix(), "data.data_root": d["data"].as_posix(),
         "data.frame_cache": cache.as_posix(), "data.cache_items": "false", "data.batch_size": 4,
         "data.val_episodes_per_dataset": 1, "task_masks": "{}", "reward_weighting.apply": "sample",
-        "anchor.replay_manifest": d["replay"].as_posix(), "anchor.replay_batch_size": 2,
+        "replay.manifest": d["replay"].as_posix(), "replay.batch_size": 2,
         "anchor.warmup_steps": 2, "anchor.ramp_steps": 4, "train.steps": steps, "train.save_every": 3,
         "train.log_every": 2, "train.keep_last": 2, "train.progress_bar": "false",
     }  # fmt: skip

@@ -20,7 +20,7 @@ def pooled(egg: dict[str, int], open_: dict[str, int], close: dict[str, int]) ->
             for task, rows in ((PUT_EGG, egg), (OPEN_CARTON, open_), (CLOSE_CARTON, close))}  # fmt: skip
 
 
-BATCH_ONLY = [(0.0, False), (0.1, False), (1.0, False)]  # (lambda_anchor, replay) settings without replay
+BATCH_ONLY = [ab.Finetune(0.0), ab.Finetune(0.1), ab.Finetune(1.0)]  # the anchor on the fine-tuning batches only
 
 
 def test_bar_and_recommendation_hand_checked():
@@ -35,7 +35,7 @@ def test_bar_and_recommendation_hand_checked():
     assert wilson_interval(40, 100)[0] == pytest.approx(0.309, abs=1e-3)
     bar, recommended = ab.check_bar(p, BATCH_ONLY)
     assert [ok for _, ok, _ in bar] == [True, True, False]
-    assert recommended == (0.1, False)
+    assert recommended == ab.Finetune(0.1)
     assert "-30 points" in bar[0][2] and "92%" in bar[1][2]
 
     # One carton task forgets only 10 points: no forgetting bar; 89% retention misses the 90% bar.
@@ -45,7 +45,7 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 100, "lambda0": 90, "lambda0.1": 89, "lambda1": 95},
     )
     bar, recommended = ab.check_bar(p, BATCH_ONLY)
-    assert [ok for _, ok, _ in bar] == [False, False, True] and recommended == (1.0, False)
+    assert [ok for _, ok, _ in bar] == [False, False, True] and recommended == ab.Finetune(1.0)
     assert math.isnan(ab.retention(rate(10), rate(0)))
 
     # A task the base succeeds at less than 15% of the time cannot lose 15 points: left out, and named.
@@ -55,15 +55,21 @@ def test_bar_and_recommendation_hand_checked():
         {"base": 10, "lambda0": 0, "lambda0.1": 0, "lambda1": 0},
     )
     bar, recommended = ab.check_bar(p, BATCH_ONLY)
-    assert [ok for _, ok, _ in bar] == [True, True, True] and recommended == (0.1, False)
+    assert [ok for _, ok, _ in bar] == [True, True, True] and recommended == ab.Finetune(0.1)
     assert "Close the carton. not learned by the base (10%)" in bar[0][2] and "Close" not in bar[1][2].split(";")[0]
     # With replay at the same lambda and egg success tied, no replay is preferred; higher egg success wins.
+    replayed, rehearsal = ab.Finetune(0.1, 32), ab.Finetune(0.0, 4, imitate=True)
     for task, k in ((PUT_EGG, 40), (OPEN_CARTON, 60), (CLOSE_CARTON, 0)):
-        p[task]["replay_lambda0.1"] = rate(k)
-    assert ab.check_bar(p, [(0.0, False), (0.1, False), (0.1, True)])[1] == (0.1, False)
-    p[PUT_EGG]["replay_lambda0.1"] = rate(45)
-    bar, recommended = ab.check_bar(p, [(0.0, False), (0.1, False), (0.1, True)])
-    assert recommended == (0.1, True) and bar[2][0].startswith("lambda 0.1 + replayed carton frames")
+        p[task][replayed.name] = p[task][rehearsal.name] = rate(k)
+    assert replayed.name == "replay32_lambda0.1" and rehearsal.name == "rehearsal4"
+    assert ab.check_bar(p, [ab.Finetune(0.0), ab.Finetune(0.1), replayed])[1] == ab.Finetune(0.1)
+    p[PUT_EGG][replayed.name] = rate(45)
+    bar, recommended = ab.check_bar(p, [ab.Finetune(0.0), ab.Finetune(0.1), replayed])
+    assert recommended == replayed and bar[2][0].startswith("lambda 0.1 + 32 carton frames a step replayed into the anchor")
+    # Rehearsal (anchor off) is a candidate too: at egg success tied with the anchor, lambda 0 is preferred.
+    p[PUT_EGG][rehearsal.name] = rate(45)
+    bar, recommended = ab.check_bar(p, [ab.Finetune(0.0), replayed, rehearsal])
+    assert recommended == rehearsal and bar[2][0].startswith("rehearsal (4 carton frames a step imitated), anchor off")
     p[OPEN_CARTON] = {k: rate(10) for k in p[OPEN_CARTON]}
     assert [ok for _, ok, _ in ab.check_bar(p, BATCH_ONLY)[0]] == [False, False, False]
 
@@ -76,7 +82,7 @@ def test_runs_configs(tmp_path):
     assert base.data.manifest.endswith("dataset_manifest_anchor_base.csv") and base.train.steps == 40
     assert set(base.task_masks) == {PUT_EGG, OPEN_CARTON, CLOSE_CARTON} and base.seed == 1001
     checkpoint = str(tmp_path / "runs" / "base_seed1" / "step_000040")
-    free, anchored = (ab.run_config(ab.Run(ab.run_name(lam), 1, lam), args) for lam in (0.0, 1.0))
+    free, anchored = (ab.run_config(ab.Run(ft.name, 1, ft), args) for ft in (ab.Finetune(0.0), ab.Finetune(1.0)))
     for cfg in (free, anchored):
         assert cfg.policy.pretrained_path == checkpoint and cfg.policy.normalization == "pretrained"
         assert cfg.data.manifest.endswith("anchor_egg_mixed.csv") and cfg.data.retention_manifest.endswith("retention.csv")
@@ -84,10 +90,20 @@ def test_runs_configs(tmp_path):
     assert not free.anchor.enabled
     assert anchored.anchor.enabled and anchored.anchor.lambda_anchor == 1.0 and anchored.anchor.reference == checkpoint
     assert (anchored.anchor.warmup_steps, anchored.anchor.ramp_steps) == (1, 2)
-    assert anchored.anchor.replay_manifest is None
-    replayed = ab.run_config(ab.Run(ab.run_name(1.0, True), 1, 1.0, True), args)
-    assert replayed.run_name == "replay_lambda1_seed1" and replayed.anchor.replay_manifest.endswith("retention.csv")
-    assert ab.settings(args) == [(0.0, False), (1.0, False), (0.1, True), (1.0, True), (10.0, True)]
+    assert anchored.replay.manifest is None
+    ft = ab.Finetune(1.0, 32)
+    replayed = ab.run_config(ab.Run(ft.name, 1, ft), args)
+    assert replayed.run_name == "replay32_lambda1_seed1" and replayed.replay.manifest.endswith("retention.csv")
+    assert (replayed.replay.batch_size, replayed.replay.anchor, replayed.replay.imitate) == (32, True, False)
+    ft = ab.Finetune(0.0, 4, imitate=True)
+    rehearsal = ab.run_config(ab.Run(ft.name, 1, ft), args)
+    assert not rehearsal.anchor.enabled and rehearsal.run_name == "rehearsal4_seed1"
+    assert (rehearsal.replay.batch_size, rehearsal.replay.anchor, rehearsal.replay.imitate) == (4, False, True)
+    assert ab.settings(args) == [ab.Finetune(0.0), ab.Finetune(1.0), *(ab.Finetune(x, 32) for x in (0.1, 1.0, 10.0))]
+    shares = ab.parse_args(["--work-dir", str(tmp_path), "--replay-batches", "4", "1", "--share-lambda", "1", "--mixes", "0.5"])
+    assert [ft.name for ft in ab.settings(shares)][-6:] == [
+        "replay1_lambda1", "rehearsal1", "rehearsal1_lambda1", "replay4_lambda1", "rehearsal4", "rehearsal4_lambda1"]
+    assert len(ab.settings(shares)) == 11 and shares.mixes == [0.5]
     with pytest.raises(SystemExit):
         ab.parse_args(["--lambdas", "0.1", "1"])  # lambda 0 is the bar's reference
     with pytest.raises(SystemExit):

@@ -92,7 +92,7 @@ def test_resume_refuses_inputs_changed_at_the_same_paths(setup, tmp_path, monkey
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["data.manifest", "data.retention_manifest", "anchor.replay_manifest"])
+@pytest.mark.parametrize("key", ["data.manifest", "data.retention_manifest", "replay.manifest"])
 def test_a_missing_dataset_folder_names_its_manifest_row(setup, tmp_path, key):  # noqa: F811
     missing = write_manifest(tmp_path / "missing.csv", [("stepwise", OPEN, "clean"), ("gone", OPEN, "clean")])
     extra = {key: missing.as_posix()}

@@ -84,10 +84,14 @@ def test_unknown_key_names_key_and_file(tmp_path):
          "`data.value_file` is required by `reward_weighting.signal: chunk_q`"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\ntrain: {val_every_epochs: 0}\n",
          "`train.val_every_epochs` must be >= 1"),
-        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\nanchor: {replay_manifest: r.csv}\n",
-         "`anchor.replay_manifest` is set but the anchor is off"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\nreplay: {manifest: r.csv}\n",
+         "`replay.anchor` needs the anchor on"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\n"
-         "anchor: {enabled: true, replay_batch_size: 0}\n", "`anchor.replay_batch_size` must be >= 1"),
+         "replay: {manifest: r.csv, anchor: false}\n", "neither `replay.anchor` nor `replay.imitate`"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\n"
+         "replay: {batch_size: 0}\n", "`replay.batch_size` must be >= 1"),
+        ("run_name: x\ndata: {manifest: m.csv}\nanchor: {enabled: true, replay_manifest: r.csv}\n",
+         "`anchor.replay_manifest` is now `replay.manifest`"),
     ],
 )
 def test_bad_values(tmp_path, text, message):

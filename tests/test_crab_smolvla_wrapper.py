@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crab.training.conditioning import labelled_tasks
-from crab.training.config import AnchorConfig, PolicyConfig, RewardWeightingConfig
+from crab.training.config import AnchorConfig, PolicyConfig, ReplayConfig, RewardWeightingConfig
 from crab.training.crab_smolvla_wrapper import (
     CrabSmolVLA,
     FlowPolicy,
@@ -333,6 +333,51 @@ def test_replayed_batch_joins_the_anchor_only():
             torch.testing.assert_close(ours, hand, rtol=1e-5, atol=1e-7)
     assert sum(float(g.abs().sum()) for g in replay_part if g is not None) > 0
 
+
+
+@pytest.mark.parametrize("anchored", [False, True])
+def test_rehearsal_imitates_the_replayed_batch_at_weight_one(anchored):
+    """`replay.imitate`: the weighted flow loss is the mean over both batches' samples (fine-tuning samples at
+    their weights, replayed ones at 1; replay noise drawn after the fine-tuning batch's); with the anchor on
+    the replay too (`replay.anchor`), L_anchor spans both batches. Loss and gradient by hand (a detached
+    replay loss would lose the gradient's rehearsal part)."""
+    policy, pre, _ = build()
+    rw, anchor = RewardWeightingConfig(enabled=True), AnchorConfig(enabled=anchored)
+    crab = CrabSmolVLA(policy, rw, anchor, replay=ReplayConfig(manifest="r.csv", anchor=anchored, imitate=True))
+    batch, replay = pre(raw_batch(seed=1)), pre(raw_batch(batch_size=2, seed=3, tasks=[OPEN, OPEN]))
+    take_steps(crab, batch, steps=3)
+    noise, time = noise_time(seed=5)
+    lam = 0.3 if anchored else 0.0
+    params = [p for p in crab.policy.parameters() if p.requires_grad]
+    torch.manual_seed(7)
+    loss, metrics = crab(batch, lam, noise, time, replay=replay)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+
+    torch.manual_seed(7)
+    v, u, v_ref = crab._velocities(batch, noise, time, with_reference=anchored)
+    v_r, u_r, v_ref_r = crab._velocities(replay, *crab.sample_noise_time(replay), with_reference=anchored)
+    mask, mask_r = crab.loss_mask(batch), crab.loss_mask(replay)
+    per_sample, per_replay = masked_per_sample_loss(v, u, mask), masked_per_sample_loss(v_r, u_r, mask_r)
+    w = crab._weights(batch, per_sample)[0]
+    assert not torch.allclose(w, torch.ones_like(w))  # weights that matter, so weight 1 on the replay shows
+    imitation = ((w * per_sample).sum() + per_replay.sum()) / (len(per_sample) + len(per_replay))
+    total = imitation
+    if anchored:
+        squares = [(torch.where(m, a - b, 0.0) ** 2).sum() for a, b, m in ((v, v_ref, mask), (v_r, v_ref_r, mask_r))]
+        anchor_loss = sum(squares) / (mask.sum() + mask_r.sum())
+        torch.testing.assert_close(metrics["loss_anchor"], anchor_loss.detach())
+        assert metrics["loss_anchor"].item() > 0
+        total = imitation + lam * anchor_loss
+    torch.testing.assert_close(metrics["loss_weighted"], imitation.detach())
+    torch.testing.assert_close(metrics["loss_unweighted"], per_sample.mean().detach())
+    torch.testing.assert_close(loss.detach(), total.detach())
+    by_hand = torch.autograd.grad(total, params, allow_unused=True, retain_graph=True)
+    rehearsal_part = torch.autograd.grad(per_replay.sum(), params, allow_unused=True)
+    for ours, hand in zip(grads, by_hand, strict=True):
+        assert (ours is None) == (hand is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, hand, rtol=1e-5, atol=1e-7)
+    assert sum(float(g.abs().sum()) for g in rehearsal_part if g is not None) > 0
 
 def test_resume_loads_trained_weights_into_the_policy_only(tmp_path):
     """The trainer rebuilds the starting policy (same seed/path), then loads the checkpoint: the

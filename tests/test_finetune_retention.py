@@ -70,10 +70,11 @@ def test_finetuning_logs_retention_keeps_normalisation_and_pulls_to_the_checkpoi
 
 
 def test_resume_with_a_checkpoint_reference_and_replay_is_bit_identical(setup, base, monkeypatch):  # noqa: F811
-    """Anchored to the base on the egg batches and on replayed frames of another dataset (image-encoded;
-    its training split holds 2 replay batches, so their epochs turn over), interrupted and resumed."""
+    """Anchored to the base on the egg batches and on replayed frames of another dataset, which it also
+    imitates (rehearsal; image-encoded; its training split holds 2 replay batches, so their epochs turn
+    over), interrupted and resumed."""
     images = write_manifest(setup["out"].parent / "replay.csv", [("images", PLACE, "clean")])
-    replay = {"anchor.replay_manifest": images.as_posix(), "anchor.replay_batch_size": 3}
+    replay = {"replay.manifest": images.as_posix(), "replay.batch_size": 3, "replay.imitate": True}
     straight = train.train(finetune_config(setup, base, "ft_straight", **replay))
     cfg = finetune_config(setup, base, "ft_interrupted", **replay)
     train_until_first_checkpoint(monkeypatch, cfg)
@@ -95,3 +96,37 @@ def test_retention_manifest_must_hold_other_tasks(setup, base):  # noqa: F811
         train.train(cfg)
     with pytest.raises(ConfigError, match="no policy at"):
         train.train(finetune_config(setup, base, "noref", **{"anchor.reference": "outputs/nowhere/step_000001"}))
+
+
+def test_interpolated_policy_mixes_the_weights_and_loads_in_lerobot(setup, base, tmp_path):  # noqa: F811
+    """`crab.training.interpolate`: base + mix x (fine-tuned - base) per tensor, a checkpoint lerobot loads
+    (through Crab's evaluation actor); refused onto an existing folder or across normalisations."""
+    from safetensors.torch import save_file
+
+    from crab.sim.policy_eval import SmolVLAActor
+    from crab.training import interpolate
+
+    tuned = train.train(finetune_config(setup, base, "to_mix", **{"train.steps": 3, "train.save_every": 3})) / "step_000003"
+    out = tmp_path / "mixed"
+    args = ["--base", str(base["checkpoint"]), "--finetuned", str(tuned), "--mix", "0.25", "--out", str(out)]
+    assert interpolate.main(args) == out
+    a, b, mixed = (load_file(p / "pretrained_model" / "model.safetensors") for p in (base["checkpoint"], tuned, out))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # fine-tuning moved some weights
+    for k in a:
+        torch.testing.assert_close(mixed[k], a[k] + 0.25 * (b[k] - a[k]))
+    assert (out / "crab_config.yaml").is_file() and not (out / "training_state.pt").exists()
+    loaded = SmolVLAActor(out, device="cpu").policy.state_dict()
+    assert all(torch.equal(loaded[k].cpu(), mixed[k]) for k in mixed if k in loaded)
+
+    with pytest.raises(SystemExit, match="exists"):
+        interpolate.main(args)
+    other = tmp_path / "other_stats"
+    (other / "pretrained_model").mkdir(parents=True)
+    for f in (tuned / "pretrained_model").iterdir():
+        (other / "pretrained_model" / f.name).write_bytes(f.read_bytes())
+    (stats_file,) = (other / "pretrained_model").glob("*preprocessor*normalizer_processor.safetensors")
+    stats = load_file(stats_file)
+    save_file({k: v * 2 if v.is_floating_point() else v for k, v in stats.items()}, stats_file)
+    with pytest.raises(SystemExit, match="normalise their inputs differently"):
+        interpolate.main(["--base", str(base["checkpoint"]), "--finetuned", str(other), "--mix", "0.5", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -1,8 +1,9 @@
 """The anchor's job, measured: fine-tune a multi-task policy on egg transfer and see what it keeps of the others.
 
     python -m crab.sim.anchor_benchmark --out docs/anchor.md [--seeds 3] [--episodes 50] [--base-steps 10000] \
-        [--steps 2000] [--lambdas 0 0.1] [--replay-lambdas 0.1 1 10] [--batch-size 32] \
-        [--work-dir outputs/anchor_benchmark] [--jobs 2] [--threads 1] [--bases-only]
+        [--steps 2000] [--lambdas 0 0.1] [--replay-lambdas 0.1 1 10] [--replay-batches 1 4 32] \
+        [--share-lambda 10] [--mixes 0.5 0.75] [--batch-size 32] [--work-dir outputs/anchor_benchmark] \
+        [--jobs 2] [--threads 1] [--bases-only]
 
 Per training seed: a **base** policy, imitation learning on clean data of every simulated task
 (`dataset_manifest_anchor_base.csv`: egg transfer, carton opening, carton closing); then **fine-tuned from
@@ -11,7 +12,11 @@ pretrained`) on the egg data of the mixed-quality cycle (`dataset_manifest_ancho
 cracked transfers) with the cracked-factor cycle config (RWFM as it sets it) and the base as the anchor's
 frozen reference (`anchor.reference`), once per `--lambdas` value with the anchor on the fine-tuning
 batches only (0 = anchor off), and once per `--replay-lambdas` value with the anchor also on replayed
-frames of the carton tasks (`anchor.replay_manifest`: their training episodes). The carton tasks'
+frames of the carton tasks (`replay.manifest`: their training episodes). The question the anchor must
+answer against the standard remedy, rehearsal (imitating the same frames, `replay.imitate`): per
+`--replay-batches` size, the anchor on the replayed frames (at `--share-lambda`), rehearsal with the anchor
+off, and both; and against weight interpolation between the base and the anchor-off fine-tuning (`--mixes`,
+`crab.training.interpolate`; evaluated, not trained). The carton tasks'
 held-out episodes give the retention validation loss while fine-tuning (`data.retention_manifest`). Every
 checkpoint is evaluated closed loop on every task (`--episodes` seeded episodes per task, the same scenes
 for every run of a seed). Writes the markdown report (`--out`) and `results.json` under the work dir; the
@@ -28,6 +33,7 @@ import json
 import math
 import multiprocessing
 import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -64,14 +70,41 @@ RETENTION_BAR = 0.9  # with the anchor, each other task keeps at least this shar
 
 
 @dataclass(frozen=True)
+class Finetune:
+    """One fine-tuning of a seed's base: the anchor's weight (0: off) and the carton frames replayed beside
+    each egg batch (`replay.batch_size`; 0: none), which feed the anchor when it is on (`replay.anchor`) and
+    are imitated too with `imitate` (rehearsal, `replay.imitate`)."""
+
+    lambda_anchor: float
+    replay_batch: int = 0
+    imitate: bool = False
+
+    @property
+    def name(self) -> str:
+        anchor = f"lambda{self.lambda_anchor:g}"
+        if not self.replay_batch:
+            return anchor
+        kind = "rehearsal" if self.imitate else "replay"
+        return f"{kind}{self.replay_batch}" + (f"_{anchor}" if self.lambda_anchor > 0 else "")
+
+    def describe(self) -> str:
+        anchor = f"lambda {self.lambda_anchor:g}" if self.lambda_anchor > 0 else "anchor off"
+        if not self.replay_batch:
+            return anchor
+        frames = f"{self.replay_batch} carton frames a step"
+        if self.imitate:
+            return f"rehearsal ({frames} imitated)" + (f" + {anchor} on both batches" if self.lambda_anchor > 0 else ", anchor off")
+        return f"{anchor} + {frames} replayed into the anchor"
+
+
+@dataclass(frozen=True)
 class Run:
-    name: str  # run_name(lambda_anchor, replay)
+    name: str  # "base" or the fine-tuning's name
     seed: int
-    lambda_anchor: float | None = None  # None: the base
-    replay: bool = False  # the anchor also on replayed carton frames (`anchor.replay_manifest`)
+    finetune: Finetune | None = None  # None: the base
 
 
-Setting = tuple[float, bool]  # a fine-tuning's (lambda_anchor, replay)
+ANCHOR_OFF = Finetune(0.0)  # the bar's reference: fine-tuning without the anchor or replay
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
@@ -87,23 +120,23 @@ def fmt_retention(kept: float) -> str:
 
 
 def check_bar(
-    pooled: dict[str, dict[str, dict]], settings: list[Setting]
-) -> tuple[list[tuple[str, bool, str]], Setting | None]:
-    """The issue's bar on pooled results `pooled[task][run name]`: (criterion, passed, numbers) per
-    criterion, and the recommended (lambda_anchor, replay) (None when no tested setting meets the anchor
-    criterion).
+    pooled: dict[str, dict[str, dict]], finetunes: list[Finetune]
+) -> tuple[list[tuple[str, bool, str]], Finetune | None]:
+    """The bar on pooled results `pooled[task][run name]`: (criterion, passed, numbers) per criterion, and
+    the recommended fine-tuning (None when no tested one meets the retention criterion).
 
     Both count the non-target tasks the base can lose 15 points on (base success >= 15%); the others are
     named in the first criterion's numbers ("not learned by the base"), and with none left both fail.
 
     1. Without the anchor (lambda 0) every such task loses >= 15 points of the base's success.
-    2. At some setting with lambda > 0 every such task keeps >= 90% of the base's success while
-       egg-transfer success stays inside lambda 0's Wilson interval (or above it). The recommendation is
-       the passing setting with the highest egg success (on ties the smallest lambda, then no replay).
+    2. Per other fine-tuning (the anchor, replay, rehearsal or both): every such task keeps >= 90% of the
+       base's success while egg-transfer success stays inside lambda 0's Wilson interval (or above it).
+       The recommendation is the passing one with the highest egg success (on ties the smallest lambda,
+       then the fewest replayed frames, then no imitation: the cheapest).
     """
-    base, free = pooled[TARGET]["base"], pooled[TARGET][run_name(0.0)]
+    base, free = pooled[TARGET]["base"], pooled[TARGET][ANCHOR_OFF.name]
     measurable = [t for t in OTHERS if pooled[t]["base"]["success_rate"] >= FORGETTING_POINTS - 1e-9]
-    drops = {t: pooled[t]["base"]["success_rate"] - pooled[t][run_name(0.0)]["success_rate"] for t in measurable}
+    drops = {t: pooled[t]["base"]["success_rate"] - pooled[t][ANCHOR_OFF.name]["success_rate"] for t in measurable}
     unlearned = [f"{t} not learned by the base ({pooled[t]['base']['success_rate']:.0%})" for t in OTHERS if t not in measurable]
     results = [
         (
@@ -113,33 +146,23 @@ def check_bar(
         )
     ]
     passing = []
-    for lam, replay in (x for x in settings if x[0] > 0):
-        name = run_name(lam, replay)
+    for ft in (f for f in finetunes if f != ANCHOR_OFF):
+        name = ft.name
         kept = {t: retention(pooled[t][name], pooled[t]["base"]) for t in measurable}
         egg = pooled[TARGET][name]
         egg_ok = egg["success_rate"] >= free["success_ci95"][0] - 1e-9
         ok = bool(measurable) and egg_ok and all(k >= RETENTION_BAR - 1e-9 for k in kept.values())
         if ok:
-            passing.append((egg["success_rate"], -lam, not replay, (lam, replay)))
+            passing.append((egg["success_rate"], -ft.lambda_anchor, -ft.replay_batch, not ft.imitate, ft))
         results.append((
-            f"{describe(lam, replay)}: every non-target task keeps >= {RETENTION_BAR:.0%} of the base's success, egg "
+            f"{ft.describe()}: every non-target task keeps >= {RETENTION_BAR:.0%} of the base's success, egg "
             "success inside lambda 0's interval or above",
             ok,
             ", ".join(f"{t} {k:.0%}" for t, k in kept.items())
             + f"; egg {egg['success_rate']:.0%} vs {fmt_rate(free['success_rate'], free['success_ci95'])}"
             + f" (base {base['success_rate']:.0%})",
         ))  # fmt: skip
-    return results, (max(passing)[3] if passing else None)
-
-
-def run_name(lambda_anchor: float | None, replay: bool = False) -> str:
-    if lambda_anchor is None:
-        return "base"
-    return f"{'replay_' if replay else ''}lambda{lambda_anchor:g}"
-
-
-def describe(lambda_anchor: float, replay: bool) -> str:
-    return f"lambda {lambda_anchor:g}" + (" + replayed carton frames" if replay else "")
+    return results, (max(passing, key=lambda x: x[:4])[4] if passing else None)
 
 
 # --- pipeline ---------------------------------------------------------------------------------------
@@ -184,7 +207,7 @@ def run_config(run: Run, args: argparse.Namespace):
     reference)."""
     from crab.training.config import load_config
 
-    if run.lambda_anchor is None:
+    if run.finetune is None:
         overrides = [
             *common_overrides(run, args, args.base_steps),
             f"data.manifest={MANIFESTS['base']}",
@@ -193,7 +216,7 @@ def run_config(run: Run, args: argparse.Namespace):
             f"policy.overrides={{n_action_steps: {args.n_action_steps}}}",
         ]
         return load_config([CONFIG_DIR / BASE_CONFIG], overrides)
-    base = base_checkpoint(run.seed, args)
+    base, ft = base_checkpoint(run.seed, args), run.finetune
     steps = args.steps
     overrides = [
         *common_overrides(run, args, steps),
@@ -202,10 +225,12 @@ def run_config(run: Run, args: argparse.Namespace):
         f"data.retention_manifest={MANIFESTS['retention']}",
         f"policy.pretrained_path={base}",
         "policy.normalization=pretrained",
-        f"anchor.enabled={str(run.lambda_anchor > 0).lower()}",
-        *([f"anchor.lambda_anchor={run.lambda_anchor}"] if run.lambda_anchor > 0 else []),
+        f"anchor.enabled={str(ft.lambda_anchor > 0).lower()}",
+        *([f"anchor.lambda_anchor={ft.lambda_anchor}"] if ft.lambda_anchor > 0 else []),
         # The carton tasks' training episodes (the retention manifest's held-out ones stay unseen).
-        *([f"anchor.replay_manifest={MANIFESTS['retention']}"] if run.replay else []),
+        *([f"replay.manifest={MANIFESTS['retention']}", f"replay.batch_size={ft.replay_batch}",
+           f"replay.anchor={str(ft.lambda_anchor > 0).lower()}", f"replay.imitate={str(ft.imitate).lower()}"]
+          if ft.replay_batch else []),
         f"anchor.reference={base}",
         # The cycle configs' anchor schedule (warmup 1000, ramp 2000 of 20000 steps), scaled to the run.
         f"anchor.warmup_steps={steps // 20}",
@@ -250,11 +275,31 @@ def final_retention_val(run_dir: Path) -> dict[str, float]:
     return {k[len(RETENTION_PREFIX):]: v for k, v in summaries[-1]["val_loss"].items() if k.startswith(RETENTION_PREFIX)}
 
 
+def mix_name(mix: float) -> str:
+    return f"mix{mix:g}"
+
+
+def mix_checkpoint(seed: int, mix: float, args: argparse.Namespace) -> Path:
+    """The policy interpolated between a seed's base and its fine-tuning without the anchor
+    (`crab.training.interpolate`), rebuilt unless newer than that fine-tuning."""
+    from crab.training.checkpoint import step_dir
+    from crab.training.interpolate import write_interpolated
+
+    tuned = step_dir(run_config(Run(ANCHOR_OFF.name, seed, ANCHOR_OFF), args).run_dir, args.steps)
+    out = args.work_dir / "runs" / f"{mix_name(mix)}_seed{seed}" / tuned.name
+    weights = "pretrained_model/model.safetensors"
+    if (out / weights).is_file() and (out / weights).stat().st_mtime > (tuned / weights).stat().st_mtime:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    return write_interpolated(base_checkpoint(seed, args), tuned, mix, out)
+
+
 def execute(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     """Train and evaluate every run, `--jobs` at a time: a seed's fine-tunings start when its base is
-    trained. Returns (evaluations, training seconds), each keyed by (name, seed)."""
+    trained, its weight interpolations (`--mixes`) are built when its fine-tuning without the anchor is.
+    Returns (evaluations, training seconds), each keyed by (name, seed)."""
     runs = [Run("base", s) for s in range(args.seeds)]
-    finetunes = [] if args.bases_only else [Run(run_name(*x), s, *x) for s in range(args.seeds) for x in settings(args)]
+    finetunes = [] if args.bases_only else [Run(ft.name, s, ft) for s in range(args.seeds) for ft in settings(args)]
     results, train_s = {}, {}
     ctx = multiprocessing.get_context("spawn")  # the same on Linux and Windows; no forked torch thread pools
     with ProcessPoolExecutor(args.jobs, mp_context=ctx) as executor:
@@ -278,9 +323,13 @@ def execute(args: argparse.Namespace) -> tuple[dict, dict, dict]:
                     checkpoint = step_dir(cfg.run_dir, cfg.train.steps)
                     job = (checkpoint, args.episodes, run.seed, args.n_action_steps, args.image_size, args.threads)
                     pending[executor.submit(eval_job, *job)] = ("eval", run)
-                    if run.lambda_anchor is None:
+                    if run.finetune is None:
                         for ft in (f for f in finetunes if f.seed == run.seed):
                             submit_train(ft)
+                    if run.finetune == ANCHOR_OFF:
+                        for mix in args.mixes:
+                            job = (mix_checkpoint(run.seed, mix, args), *job[1:])
+                            pending[executor.submit(eval_job, *job)] = ("eval", Run(mix_name(mix), run.seed))
                 else:
                     results[key] = future.result()
                     print(f"{run.name} seed {run.seed}: evaluated", flush=True)
@@ -290,11 +339,12 @@ def execute(args: argparse.Namespace) -> tuple[dict, dict, dict]:
 def report(args, names: list[str], results: dict, train_s: dict, timings: dict, command: str, val: dict) -> tuple[str, dict]:
     seeds = range(args.seeds)
     pooled = {t: {n: pool([results[(n, s)]["tasks"][t] for s in seeds]) for n in names} for t in TASKS}
-    ft_cfg = run_config(Run(run_name(args.lambdas[-1]), 0, args.lambdas[-1]), args)
-    rw = ft_cfg.reward_weighting
+    rw = run_config(Run(ANCHOR_OFF.name, 0, ANCHOR_OFF), args).reward_weighting
     labels = {"base": "base: IL on clean data of all three tasks"}
-    labels.update({run_name(lam, replay): f"fine-tuned, {describe(lam, replay)}" + (" (anchor off)" if lam == 0 else "")
-                   for lam, replay in settings(args)})  # fmt: skip
+    labels.update({ft.name: f"fine-tuned, {ft.describe()}" for ft in settings(args)})
+    labels.update({mix_name(m): f"weights: base + {m:g} x (fine-tuned, anchor off - base)" for m in args.mixes})
+    ms_per_step = {n: 1000 * sum(train_s[(n, s)] for s in seeds) / (args.seeds * args.steps)
+                   for n in names if all((n, s) in train_s for s in seeds) and n != "base"}  # fmt: skip
     lines = [
         "# The anchor's job: fine-tune on egg transfer, keep the other tasks",
         "",
@@ -318,10 +368,15 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         f"1000/2000 of 20000, scaled), lambda_anchor in {{{', '.join(f'{x:g}' for x in args.lambdas)}}} with the "
         "anchor on the fine-tuning batches only (lambda 0 = anchor off), and in "
         f"{{{', '.join(f'{x:g}' for x in args.replay_lambdas)}}} with it also on replayed carton frames "
-        f"(`anchor.replay_manifest: {MANIFESTS['retention'].name}`: each step a batch of {args.batch_size} frames "
+        f"(`replay.manifest: {MANIFESTS['retention'].name}`: each step a batch of {args.batch_size} frames "
         "from the carton datasets' training episodes beside the egg batch; only their observations and noisy "
-        "actions enter, through the anchor; nothing of them is imitated). The learning rate and its schedule are "
-        "the base's (lerobot's presets).",
+        "actions enter, through the anchor; nothing of them is imitated)"
+        + (f"; per replayed batch size in {{{', '.join(map(str, args.replay_batches))}}}: the anchor at lambda "
+           f"{args.share_lambda:g} on them, rehearsal (`replay.imitate`: imitated beside the egg batch, anchor "
+           "off) and both" if args.replay_batches else "")
+        + (f"; the base's and the anchor-off fine-tuning's weights interpolated (`crab.training.interpolate`) at "
+           f"{', '.join(f'{m:g}' for m in args.mixes)}" if args.mixes else "")
+        + ". The learning rate and its schedule are the base's (lerobot's presets).",
         f"- Training seeds: {args.seeds} (1000, 1001, ...); evaluation: {args.episodes} closed-loop episodes per "
         "task per seed, the same scenes for every run of a seed. Rates pool the seeds' episodes (Wilson 95% "
         "interval); 'per seed' lists each seed's rate. Retention = fine-tuned success / base success (pooled).",
@@ -335,16 +390,41 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         rows = []
         for n in names:
             p = pooled[task][n]
-            keep = "" if n == "base" or task == TARGET else fmt_retention(retention(p, pooled[task]["base"]))
+            if task == TARGET:  # the fine-tuning's gain over the base
+                keep = "" if n == "base" else f"{(p['success_rate'] - pooled[task]['base']['success_rate']) * 100:+.0f} points"
+            else:
+                keep = "" if n == "base" else fmt_retention(retention(p, pooled[task]["base"]))
             rows.append([
                 labels[n], fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
                 fmt_rate(p["crack_rate"], p["crack_ci95"]), fmt_seeds(p["seed_crack"]), keep,
+                f"{ms_per_step[n]:.0f}" if n in ms_per_step else "",
             ])  # fmt: skip
         role = "target task" if task == TARGET else "not in the fine-tuning data"
+        last = "gain over the base" if task == TARGET else "retention"
         lines += [
             f"## {task} ({role}; {pooled[task]['base']['episodes']} episodes per row)",
             "",
-            markdown_table(["run", "success", "per seed", "crack", "per seed", "retention"], rows),
+            markdown_table(["run", "success", "per seed", "crack", "per seed", last, "ms/step"], rows),
+            "",
+        ]
+    if args.replay_batches:
+        rows = []
+        for b in args.replay_batches:
+            for ft in share_finetunes(b, args.share_lambda):
+                egg = pooled[TARGET][ft.name]
+                rows.append([
+                    ft.describe(), f"{b / (args.batch_size + b):.0%}",
+                    f"{(egg['success_rate'] - pooled[TARGET]['base']['success_rate']) * 100:+.0f} points",
+                    *(fmt_retention(retention(pooled[t][ft.name], pooled[t]["base"])) for t in OTHERS),
+                    f"{ms_per_step[ft.name]:.0f}" if ft.name in ms_per_step else "",
+                ])  # fmt: skip
+        lines += [
+            "## The anchor against rehearsal, at matched shares of replayed frames",
+            "",
+            "Share: the replayed frames' part of each step's frames. Gain: egg success over the base's (pooled); "
+            "retention: each other task's success over the base's.",
+            "",
+            markdown_table(["fine-tuning", "replayed share", "egg gain", *(f"retention: {t}" for t in OTHERS), "ms/step"], rows),
             "",
         ]
     if val:
@@ -363,16 +443,23 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
     lines += [
         "",
         "Recommended setting: "
-        + (f"**{describe(*recommended)}**" if recommended is not None else "none of the tested settings meets the bar")
+        + (f"**{recommended.describe()}**" if recommended is not None else "none of the tested settings meets the bar")
         + ".",
         "",
     ]
     return "\n".join(lines), {"pooled": pooled, "bar": bar, "recommended": recommended}
 
 
-def settings(args: argparse.Namespace) -> list[Setting]:
-    """Every fine-tuning's (lambda_anchor, replay), in the report's order."""
-    return [(lam, False) for lam in args.lambdas] + [(lam, True) for lam in args.replay_lambdas]
+def share_finetunes(replay_batch: int, share_lambda: float) -> list[Finetune]:
+    """At one replayed batch size: the anchor on the replayed frames, rehearsal alone, and both."""
+    return [Finetune(share_lambda, replay_batch), Finetune(0.0, replay_batch, True), Finetune(share_lambda, replay_batch, True)]
+
+
+def settings(args: argparse.Namespace) -> list[Finetune]:
+    """Every fine-tuning, in the report's order (each once)."""
+    every = [Finetune(lam) for lam in args.lambdas] + [Finetune(lam, args.batch_size) for lam in args.replay_lambdas]
+    every += [ft for b in args.replay_batches for ft in share_finetunes(b, args.share_lambda)]
+    return list(dict.fromkeys(every))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -386,6 +473,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="lambda_anchor values with the anchor on the fine-tuning batches only; 0 = off")  # fmt: skip
     p.add_argument("--replay-lambdas", type=float, nargs="*", default=[0.1, 1.0, 10.0],
                    help="lambda_anchor values with the anchor also on replayed carton frames (all > 0)")  # fmt: skip
+    p.add_argument("--replay-batches", type=int, nargs="*", default=[],
+                   help="replayed carton frames per step at which the anchor (at --share-lambda), rehearsal and both "
+                   "are compared, e.g. 1 4 32 (about 2%%, 10%% and 50%% of a step's frames at batch 32)")
+    p.add_argument("--share-lambda", type=float, default=10.0, help="lambda_anchor of the --replay-batches rows")
+    p.add_argument("--mixes", type=float, nargs="*", default=[],
+                   help="weight interpolations base + m x (anchor-off fine-tuning - base) to evaluate, m in (0, 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
     p.add_argument("--episodes-per-dataset", type=int, default=50)
@@ -402,7 +495,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--lambdas needs 0 (the anchor off, the bar's reference) and at least one value > 0")
     if any(x <= 0 for x in args.replay_lambdas):
         p.error("--replay-lambdas must be > 0 (replay feeds the anchor only)")
+    if any(b < 1 for b in args.replay_batches) or args.share_lambda <= 0:
+        p.error("--replay-batches must be >= 1 and --share-lambda > 0")
+    if any(not 0 < m < 1 for m in args.mixes):
+        p.error("--mixes must be in (0, 1) (0 is the base, 1 the fine-tuned policy: both are rows already)")
     args.lambdas, args.replay_lambdas = sorted(set(args.lambdas)), sorted(set(args.replay_lambdas))
+    args.replay_batches, args.mixes = sorted(set(args.replay_batches)), sorted(set(args.mixes))
     return args
 
 
@@ -421,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     from crab.training.crab_smolvla_wrapper import TINY_SMOLVLA_DEFAULTS
 
-    rw = run_config(Run("lambda0", 0, 0.0), args).reward_weighting
+    rw = run_config(Run(ANCHOR_OFF.name, 0, ANCHOR_OFF), args).reward_weighting
     ensure_stats(data_root, TINY_SMOLVLA_DEFAULTS["chunk_size"], rw)
     results, train_s = execute(args)
     timings["eval_s"] = sum(r["wall_s"] for r in results.values())  # as measured when evaluated (reuse too)
@@ -429,13 +527,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"wall time {timings['wall_s'] / 60:.1f} min", flush=True)
     if args.bases_only:
         return None
-    names = ["base", *(run_name(*x) for x in settings(args))]
+    names = ["base", *(ft.name for ft in settings(args)), *map(mix_name, args.mixes)]
     val = {}
-    for x in settings(args):
-        runs = [Run(run_name(*x), s, *x) for s in range(args.seeds)]
-        per_seed = [final_retention_val(run_config(r, args).run_dir) for r in runs]
+    for ft in settings(args):
+        per_seed = [final_retention_val(run_config(Run(ft.name, s, ft), args).run_dir) for s in range(args.seeds)]
         if all(per_seed):
-            val[run_name(*x)] = {t: sum(v[t] for v in per_seed) / len(per_seed) for t in OTHERS}
+            val[ft.name] = {t: sum(v[t] for v in per_seed) / len(per_seed) for t in OTHERS}
     text, summary = report(args, names, results, train_s, timings, command, val)
     notes = ""
     if args.out.is_file() and NOTES_MARKER in args.out.read_text():
@@ -449,15 +546,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(text)
     print(f"\nwrote {args.out}, {args.work_dir / 'results.json'}")
     pooled = summary["pooled"]
+    short = {ft.name: ft.describe() for ft in settings(args)} | {mix_name(m): f"weights mixed at {m:g}" for m in args.mixes}
     kept = {
-        describe(*x): ", ".join(fmt_retention(retention(pooled[t][run_name(*x)], pooled[t]["base"])) for t in OTHERS)
-        for x in settings(args)
+        short[n]: ", ".join(fmt_retention(retention(pooled[t][n], pooled[t]["base"])) for t in OTHERS) for n in names[1:]
     }
     recommended = summary["recommended"]
     print(
         f"headline: share of the base's success kept on {' / '.join(OTHERS)}: "
         + "; ".join(f"{name}: {k}" for name, k in kept.items())
-        + f"; recommended: {describe(*recommended) if recommended else 'none'}"
+        + f"; recommended: {recommended.describe() if recommended else 'none'}"
     )
     return out
 

@@ -121,7 +121,7 @@ def load_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
 # Keys that must match between a checkpoint's config and the resuming one. Others may change: log_every,
 # save_every, ..., and train.steps, which extends (or shortens) the run but never its learning-rate
 # schedule: that is fixed by the run's first length (see `train`).
-RESUME_MUST_MATCH = ("data", "policy", "reward_weighting", "anchor", "conditioning", "task_masks", "seed")
+RESUME_MUST_MATCH = ("data", "policy", "reward_weighting", "anchor", "replay", "conditioning", "task_masks", "seed")
 
 
 def check_resume_config(saved: dict, cfg: CrabConfig, path: str) -> None:

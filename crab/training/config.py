@@ -112,13 +112,22 @@ class AnchorConfig:
     # The frozen reference: null = the starting policy; or a checkpoint folder (outputs/<run>/step_XXXXXX
     # or its pretrained_model folder) of the same architecture, e.g. a multi-task base to retain.
     reference: str | None = None
-    # Replayed observations: a manifest of data (its training split; the actions only place the noisy
-    # action the two models are compared at, nothing is imitated) on which the anchor also holds the policy
-    # to the reference, each step a batch of `replay_batch_size` frames beside the fine-tuning batch. For
-    # skills the fine-tuning data lacks (e.g. the other tasks of a multi-task base): on the fine-tuning
-    # batches alone the anchor never sees their inputs (docs/anchor.md). null: fine-tuning batches only.
-    replay_manifest: str | None = None
-    replay_batch_size: int | None = None  # null: data.batch_size
+
+
+@dataclass
+class ReplayConfig:
+    # Frames of other data beside each fine-tuning batch, for skills the fine-tuning data lacks (e.g. the other
+    # tasks of a multi-task base: on the fine-tuning batches alone the anchor never sees their inputs,
+    # docs/anchor.md). Each step a batch of `batch_size` frames from `manifest`'s training split (its held-out
+    # episodes stay unseen, so the same manifest can be `data.retention_manifest`). null: no replay.
+    manifest: str | None = None
+    batch_size: int | None = None  # null: data.batch_size
+    # The anchor holds the policy to its reference on them too (needs `anchor.enabled`); their actions only
+    # place the noisy action the two models are compared at.
+    anchor: bool = True
+    # Rehearsal (co-training): they are imitated too, at weight 1, the imitation loss the mean over both
+    # batches' samples; `batch_size` / (data.batch_size + batch_size) is their share of each step's frames.
+    imitate: bool = False
 
 
 @dataclass
@@ -165,6 +174,7 @@ class CrabConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     reward_weighting: RewardWeightingConfig = field(default_factory=RewardWeightingConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     # task instruction -> indices of the action dimensions its loss counts. Empty: all dimensions
     # for every task; otherwise every task of the manifest needs an entry.
@@ -237,12 +247,19 @@ def _yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}{hint}") from None
 
 
+# Keys that moved, with their new place (configs written before the move get told where).
+MOVED = {"anchor.replay_manifest": "replay.manifest", "anchor.replay_batch_size": "replay.batch_size"}
+
+
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
+    moved = [f"`{prefix}{k}` is now `{MOVED[prefix + k]}`" for k in unknown if prefix + k in MOVED]
+    if moved:
+        raise ConfigError(f"{source}: {'; '.join(moved)}")
     if unknown:
         names = ", ".join(f"`{prefix}{k}`" for k in unknown)
         raise ConfigError(f"{source}: unknown key(s) {names}; known keys here: {sorted(fields)}")
@@ -301,7 +318,7 @@ def load_config(paths: str | Path | list, overrides: list[str] = ()) -> CrabConf
 
 
 def _check_values(cfg: CrabConfig, source: str) -> None:
-    rw, anchor, cond = cfg.reward_weighting, cfg.anchor, cfg.conditioning
+    rw, anchor, replay, cond = cfg.reward_weighting, cfg.anchor, cfg.replay, cfg.conditioning
     checks = [
         (rw.enabled and not cfg.data.reward_stats, "`data.reward_stats` is required when `reward_weighting.enabled`"),
         ((rw.enabled or cond.enabled) and rw.signal in VALUE_SIGNALS and not cfg.data.value_file,
@@ -331,9 +348,12 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (cond.guidance < 0, "`conditioning.guidance` must be >= 0"),
         (anchor.lambda_anchor < 0, "`anchor.lambda_anchor` must be >= 0"),
         (anchor.warmup_steps < 0 or anchor.ramp_steps < 0, "`anchor.warmup_steps`/`ramp_steps` must be >= 0"),
-        (anchor.replay_manifest is not None and not anchor.enabled,
-         "`anchor.replay_manifest` is set but the anchor is off (`anchor.enabled: false`): nothing would use it"),
-        (anchor.replay_batch_size is not None and anchor.replay_batch_size < 1, "`anchor.replay_batch_size` must be >= 1"),
+        (replay.manifest is not None and not (replay.anchor or replay.imitate),
+         "`replay.manifest` is set but neither `replay.anchor` nor `replay.imitate`: nothing would use it"),
+        (replay.manifest is not None and replay.anchor and not anchor.enabled,
+         "`replay.anchor` needs the anchor on (`anchor.enabled: true`); for rehearsal alone set "
+         "`replay.anchor: false` and `replay.imitate: true`"),
+        (replay.batch_size is not None and replay.batch_size < 1, "`replay.batch_size` must be >= 1"),
         (cfg.policy.normalization == "pretrained" and cfg.policy.pretrained_path == "tiny",
          "`policy.normalization: pretrained` needs `policy.pretrained_path` to be a saved policy, not tiny"),
         (cfg.data.batch_size < 1, "`data.batch_size` must be >= 1"),
@@ -394,12 +414,23 @@ def to_dict(cfg: CrabConfig) -> dict:
 NOT_TRAINED = {"data": ("num_workers", "cache_items"), "conditioning": ("guidance",)}
 
 
+def _moved_to_today(cfg_dict: dict) -> dict:
+    """A saved config dict with its `MOVED` keys at their new places (a copy; sections shallow-copied)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg_dict.items()}
+    for old, new in MOVED.items():
+        (section, key), (new_section, new_key) = old.split("."), new.split(".")
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out.setdefault(new_section, {})[new_key] = out[section].pop(key)
+    return out
+
+
 def training_settings(cfg_dict: dict) -> dict:
     """A config dict (`to_dict`, or a saved crab_config.yaml) without its `NOT_TRAINED` keys: runs that agree
     on it train the same weights, and a run may be resumed or reused with other speed or guidance settings.
-    Keys a saved config lacks (written before they existed) count as their defaults."""
+    Keys a saved config lacks (written before they existed) count as their defaults, and keys that moved
+    since (`MOVED`) are read at their new place."""
     try:
-        out = to_dict(_build(CrabConfig, cfg_dict, "", "saved config"))
+        out = to_dict(_build(CrabConfig, _moved_to_today(cfg_dict), "", "saved config"))
     except ConfigError:  # not a valid config today (a key since removed): compared as it is
         out = dict(cfg_dict)
     for section, keys in NOT_TRAINED.items():

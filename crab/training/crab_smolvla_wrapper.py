@@ -38,7 +38,7 @@ from lerobot.utils.constants import ACTION, DONE, OBS_PREFIX, OBS_STATE, REWARD,
 from lerobot.utils.feature_utils import dataset_to_policy_features
 from torch import Tensor, nn
 
-from crab.training.config import AnchorConfig, ConfigError, PolicyConfig, RewardWeightingConfig
+from crab.training.config import AnchorConfig, ConfigError, PolicyConfig, ReplayConfig, RewardWeightingConfig
 from crab.training.flow_loss import (
     TaskDimMask,
     loss_mask,
@@ -344,7 +344,8 @@ class CrabSmolVLA(nn.Module):
 
     Args:
         policy: the SmolVLA policy to train (already on its device).
-        reward_weighting / anchor: the run's config sections.
+        reward_weighting / anchor / replay: the run's config sections (replay: what a replayed batch given to
+            `forward` serves; default: the anchor only).
         signal_mean / signal_std: frame-level statistics of the return signal G of the manifest (its kind
             is `reward_weighting.signal`).
         weight_mean: the mean clipped raw weight over the training frames (`weighting.RunWeights.constant`),
@@ -365,11 +366,13 @@ class CrabSmolVLA(nn.Module):
         signal_std: float = 1.0,
         weight_mean: float = 1.0,
         task_masks: Mapping[str, Sequence[int]] | None = None,
+        replay: ReplayConfig | None = None,
     ):
         super().__init__()
         self.policy = policy
         self.reward_weighting = reward_weighting
         self.anchor = anchor
+        self.replay = replay or ReplayConfig()
         self.signal_mean = float(signal_mean)
         self.signal_std = float(signal_std)
         self.weight_mean = float(weight_mean)
@@ -518,9 +521,10 @@ class CrabSmolVLA(nn.Module):
 
         `noise` (B, H, D) / `time` (B,) are drawn when omitted. `lambda_anchor` is this step's value
         (see `schedules.lambda_anchor_at`); at 0, or with the anchor disabled, the reference is not run.
-        `replay` (`anchor.replay_manifest`'s batch, preprocessed) joins the anchor only: L_anchor is then
-        the masked mean over both batches' elements, the replay batch at its own noise and time (drawn
-        after the fine-tuning batch's, so those do not change).
+        `replay` (`replay.manifest`'s batch, preprocessed) is drawn at its own noise and time (after the
+        fine-tuning batch's, so those do not change). With `replay.anchor` it joins the anchor: L_anchor is
+        then the masked mean over both batches' elements. With `replay.imitate` (rehearsal) it joins the
+        imitation loss at weight 1: mean_i(w_i * l_i) becomes the mean over both batches' samples.
         `metrics["weights"]` holds the per-sample weights (B,), every other metric is 0-d.
         """
         if noise is None or time is None:
@@ -542,10 +546,17 @@ class CrabSmolVLA(nn.Module):
             loss_weighted = loss_unweighted
         alpha = rw.alpha if rw.enabled else 0.0
 
+        replay_anchored = use_anchor and replay is not None and self.replay.anchor
+        if replay is not None and (replay_anchored or self.replay.imitate):
+            v_r, u_r, v_ref_r = self._velocities(replay, *self.sample_noise_time(replay), with_reference=replay_anchored)
+            mask_r = self.loss_mask(replay)
+            if self.replay.imitate:
+                replay_losses = masked_per_sample_loss(v_r, u_r, mask_r)
+                loss_weighted = (loss_weighted * len(per_sample) + replay_losses.sum()) / (len(per_sample) + len(replay_losses))
+
         if use_anchor:
-            if replay is not None:
-                v_r, _, v_ref_r = self._velocities(replay, *self.sample_noise_time(replay), with_reference=True)
-                v, v_ref, mask = torch.cat([v, v_r]), torch.cat([v_ref, v_ref_r]), torch.cat([mask, self.loss_mask(replay)])
+            if replay_anchored:
+                v, v_ref, mask = torch.cat([v, v_r]), torch.cat([v_ref, v_ref_r]), torch.cat([mask, mask_r])
             loss_anchor = masked_mean_sq_diff(v, v_ref, mask)
             loss = loss_weighted + lambda_anchor * loss_anchor
         else:

@@ -53,11 +53,11 @@ def retention_dataset(cfg: CrabConfig, rows, spec: RewardSpec, data_kw: dict) ->
 
 
 def replay_dataset(cfg: CrabConfig, spec: RewardSpec, data_kw: dict) -> CrabDataset | None:
-    """The training split of `anchor.replay_manifest` (None without one): its held-out episodes stay
-    unseen, so the same manifest can also be the retention manifest whose validation loss they give."""
-    if cfg.anchor.replay_manifest is None:
+    """The training split of `replay.manifest` (None without one): its held-out episodes stay unseen, so the
+    same manifest can also be the retention manifest whose validation loss they give."""
+    if cfg.replay.manifest is None:
         return None
-    replay_rows = load_datasets(cfg.anchor.replay_manifest, cfg.data.data_root)
+    replay_rows = load_datasets(cfg.replay.manifest, cfg.data.data_root)
     episodes, _ = split_episodes(replay_rows, cfg.data.val_episodes_per_dataset)
     return unweighted_dataset(replay_rows, spec, episodes, data_kw)
 
@@ -91,13 +91,13 @@ def batch_loader(cfg: CrabConfig, ds: CrabDataset, batch_size: int, seed: int, a
 
 
 def replay_batches(cfg: CrabConfig, replay_ds: CrabDataset | None, accelerator, step: int):
-    """Endless iterator of the anchor's replay batches from training step `step` on (None without a
+    """Endless iterator of the replay batches from training step `step` on (None without a
     replay dataset). Batch k is a pure function of (seed, k) and the process, as the training batches
     are, so a resumed run draws what the uninterrupted one did."""
     if replay_ds is None:
         return None
-    size = cfg.anchor.replay_batch_size or cfg.data.batch_size
-    sampler, loader = batch_loader(cfg, replay_ds, size, cfg.seed + 1, accelerator, cfg.anchor.replay_manifest)
+    size = cfg.replay.batch_size or cfg.data.batch_size
+    sampler, loader = batch_loader(cfg, replay_ds, size, cfg.seed + 1, accelerator, cfg.replay.manifest)
 
     def batches():
         epoch, position = divmod(step, len(sampler))

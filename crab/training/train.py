@@ -173,6 +173,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         signal_std=signal.get("std", 1.0),
         weight_mean=weights.constant,
         task_masks=cfg.task_masks,
+        replay=cfg.replay,
     )
     extra_rows = [*(retention_ds.rows if retention_ds else []), *(replay_ds.rows if replay_ds else [])]
     model.check_tasks(sorted({row.task for row in [*rows, *extra_rows]}))
