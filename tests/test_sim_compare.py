@@ -170,17 +170,17 @@ def test_regime_configs_and_counts():
     cycle1, scarce = compare.REGIMES["cycle1"], compare.REGIMES["scarce"]
     work = Path("work")
     # Today's regime keeps its paths (finished runs of earlier invocations are reused).
-    cfg = compare.run_config(compare.RWFM_ANCHOR_MIXED, 2, args, cycle1)
+    cfg = compare.run_config(compare.ROW["rwfm_anchor_mixed"], 2, args, cycle1)
     assert (cfg.run_name, cfg.output_dir, cfg.seed) == ("rwfm_anchor_mixed_seed2", str(work / "runs"), 1002)
     assert cfg.data.manifest == "crab/training/docs/dataset_manifest_cycle1_with_cracked.csv"
     assert cfg.data.reward_stats == str(work / "data" / "reward_weighting_stats_cycle1_with_cracked.json")
     assert cfg.anchor.enabled and cfg.reward_weighting.signal == "outcome" and cfg.data.value_file is None
     # The scarce regime: its own data root, runs folder and manifests; one statistics file per signal.
-    il = compare.run_config(compare.IL_CLEAN, 0, args, scarce)
+    il = compare.run_config(compare.ROW["il_clean"], 0, args, scarce)
     assert il.data.manifest == "crab/training/docs/dataset_manifest_scarce_clean.csv"
     assert (il.data.data_root, il.output_dir) == (str(work / "data_scarce"), str(work / "runs_scarce"))
     assert not il.reward_weighting.enabled and not il.anchor.enabled
-    ca = compare.run_config(compare.CHUNK_ADVANTAGE_MIXED, 0, args, scarce)
+    ca = compare.run_config(compare.ROW["rwfm_chunk_adv_mixed"], 0, args, scarce)
     assert ca.data.manifest == "crab/training/docs/dataset_manifest_scarce_mixed.csv"
     assert ca.reward_weighting.signal == "chunk_advantage" and ca.reward_weighting.std_floor == 0.1
     assert (ca.reward_weighting.alpha, ca.reward_weighting.clip_min, ca.anchor.enabled) == (4.0, 0.0, False)
@@ -188,20 +188,32 @@ def test_regime_configs_and_counts():
     assert ca.data.reward_stats == str(
         work / "data_scarce" / "reward_weighting_stats_scarce_mixed_chunk_advantage.json"
     )
-    oracle = compare.run_config(compare.ORACLE_MIXED, 0, args, scarce)
+    oracle = compare.run_config(compare.ROW["oracle_mixed"], 0, args, scarce)
     assert oracle.reward_weighting.signal == "oracle" and oracle.data.value_file is None
     assert oracle.data.reward_stats.endswith("reward_weighting_stats_scarce_mixed_oracle.json")
     assert oracle.reward_weighting.std_floor == 1.0 and not oracle.anchor.enabled
     assert (oracle.reward_weighting.apply, ca.reward_weighting.apply) == ("loss", "loss")
-    drawn = compare.run_config(compare.CHUNK_ADVANTAGE_SAMPLE_MIXED, 0, args, scarce)
+    drawn = compare.run_config(compare.ROW["rwfm_chunk_adv_sample_mixed"], 0, args, scarce)
     assert drawn.reward_weighting.apply == "sample" and drawn.data.reward_stats == ca.data.reward_stats
-    uncapped = compare.run_config(compare.RWFM_SAMPLE_UNCAPPED_MIXED, 0, args, scarce)
+    uncapped = compare.run_config(compare.ROW["rwfm_sample_uncapped_mixed"], 0, args, scarce)
     assert (uncapped.reward_weighting.clip_max, uncapped.reward_weighting.apply) == (1e6, "sample")
     # A longer credit horizon: its own statistics file; the value model is the same.
-    longer = compare.run_config(compare.with_horizon(compare.CHUNK_ADVANTAGE_SAMPLE_MIXED, 20), 0, args, scarce)
+    longer = compare.run_config(compare.ROW["rwfm_chunk_adv_sample_h20_mixed"], 0, args, scarce)
     assert (longer.run_name, longer.reward_weighting.credit_horizon) == ("rwfm_chunk_adv_sample_h20_mixed_seed0", 20)
     assert longer.data.reward_stats.endswith("reward_weighting_stats_scarce_mixed_chunk_advantage_h20.json")
     assert longer.data.value_file == ca.data.value_file and drawn.reward_weighting.credit_horizon is None
+    # Each row's full settings in one place, printed by the report beside its label.
+    recipe = compare.CHUNK_Q_RECIPE
+    assert recipe.overrides() == [
+        "reward_weighting.signal=chunk_q", "reward_weighting.credit_horizon=20", "reward_weighting.apply=sample",
+        "reward_weighting.clip_max=1000000", "reward_weighting.normalize=phase",
+        "reward_weighting.unlocated_failures=drop", "anchor.enabled=false",
+    ]  # fmt: skip
+    assert recipe.settings().startswith("`signal: chunk_q`, `credit_horizon: 20`, `apply: sample`")
+    assert recipe.settings().endswith("`unlocated_failures: drop`, `anchor.enabled: false`")
+    assert compare.ROW["il_clean"].settings() == "the config's"
+    asked = compare.ROW["cond_chunk_q_h20_asked_negative_mixed"].settings()
+    assert asked.startswith("`reward_weighting.enabled: false`") and asked.endswith('`conditioning.enabled: true`, asked "negative"')
     # Dataset counts: the training episodes plus the held-out one; today's regime skips the sloppy data.
     counts = compare.regime_counts(scarce, args_of("--scarce-clean", "5"), held_out=1)
     assert counts == {
@@ -214,14 +226,14 @@ def test_regime_configs_and_counts():
     # The egg-only regime: the scarce regime's data (the same root and counts), its own runs and manifests.
     eggonly = compare.REGIMES["scarce_eggonly"]
     assert compare.regime_counts(eggonly, args_of("--scarce-clean", "5"), held_out=1) == counts
-    il = compare.run_config(compare.IL_CLEAN, 0, args, eggonly)
+    il = compare.run_config(compare.ROW["il_clean"], 0, args, eggonly)
     assert il.data.manifest == "crab/training/docs/dataset_manifest_scarce_eggonly.csv"
     assert (il.data.data_root, il.output_dir) == (str(work / "data_scarce"), str(work / "runs_scarce_eggonly"))
     assert "carton" not in compare.data_line(eggonly, args) and "carton" in compare.data_line(scarce, args)
     # Without the failed attempts: the same data, its own runs; the data line says they are left out.
     nofailed = compare.REGIMES["scarce_eggonly_nofailed"]
     assert compare.regime_counts(nofailed, args_of("--scarce-clean", "5"), held_out=1) == counts
-    assert compare.run_config(compare.IL_CLEAN, 0, args, nofailed).output_dir == str(work / "runs_scarce_eggonly_nofailed")
+    assert compare.run_config(compare.ROW["il_clean"], 0, args, nofailed).output_dir == str(work / "runs_scarce_eggonly_nofailed")
     assert "failed attempts are generated but left out" in compare.data_line(nofailed, args)
     assert "left out" not in compare.data_line(eggonly, args)
 

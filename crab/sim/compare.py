@@ -64,229 +64,157 @@ VALUE_SIGNAL_STD_FLOOR = 0.1
 
 @dataclass(frozen=True)
 class Method:
+    """One benchmark row: a cycle config under crab/training/configs, which of its regime's manifests it
+    trains on, and every setting it changes of that config (None / False: the config's own)."""
+
     name: str
-    config: str  # cycle config under crab/training/configs
-    data: str  # "clean" or "mixed": which of its regime's manifests
-    label: str
-    alpha: float | None = None  # reward_weighting.alpha override
-    anchor: bool | None = None  # anchor.enabled override
-    signal: str | None = None  # reward_weighting.signal override (the configs' is `outcome`)
-    horizon: int | None = None  # reward_weighting.credit_horizon override (per-chunk signals; default the chunk)
-    apply: str | None = None  # reward_weighting.apply override (the configs' is `loss`)
-    extra: tuple[str, ...] = ()  # further `key=value` overrides of the row's config
+    config: str
+    data: str  # "clean" or "mixed"
+    label: str  # what the row is for; its settings are `settings()`
+    weighting: bool | None = None  # reward_weighting.enabled
+    signal: str | None = None  # reward_weighting.signal (the configs': `outcome`)
+    horizon: int | None = None  # reward_weighting.credit_horizon (per-chunk signals; default the chunk)
+    alpha: float | None = None  # reward_weighting.alpha
+    apply: str | None = None  # reward_weighting.apply (the configs': `loss`)
+    uncapped: bool = False  # reward_weighting.clip_max high enough never to bind
+    normalize: str | None = None  # reward_weighting.normalize
+    drop: bool = False  # reward_weighting.unlocated_failures: drop
+    counts: str | None = None  # reward_weighting.normalization_counts (default `frame`)
+    anchor: bool | None = None  # anchor.enabled
+    conditioned: bool = False  # conditioning.enabled
     # Rows that evaluate another row's trained runs (same training, other question at evaluation): that
     # row's name, and what a conditioned policy is asked (`policy_eval.SmolVLAActor`: label, guidance).
     evaluates: str | None = None
     ask: str | None = "positive"
     guidance: float | None = None
 
+    def overrides(self) -> list[str]:
+        """The `key=value` overrides of the row's config."""
+        rw = "reward_weighting."
+        keys = [
+            (rw + "enabled", self.weighting), (rw + "alpha", self.alpha), (rw + "signal", self.signal),
+            (rw + "credit_horizon", self.horizon), (rw + "apply", self.apply),
+            (rw + "clip_max", 1000000 if self.uncapped else None), (rw + "normalize", self.normalize),
+            (rw + "unlocated_failures", "drop" if self.drop else None), (rw + "normalization_counts", self.counts),
+            ("anchor.enabled", self.anchor), ("conditioning.enabled", True if self.conditioned else None),
+        ]  # fmt: skip
+        return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in keys if v is not None]
 
-IL_CLEAN = Method("il_clean", IL_CONFIG, "clean", "IL, clean only (baseline IL config = filtering)")
-IL_MIXED = Method("il_mixed", IL_CONFIG, "mixed", "IL, mixed (naive mixing)")
-RWFM_ANCHOR_MIXED = Method(
-    "rwfm_anchor_mixed", CRACKED_FACTOR_CONFIG, "mixed", "RWFM + anchor, mixed (cracked-factor config)"
-)
-RWFM_MIXED = Method(
-    "rwfm_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    "RWFM `outcome`, mixed (cracked-factor config, anchor off: the anchor's ablation)",
-    anchor=False,
-)
-CHUNK_ADVANTAGE_MIXED = Method(
-    "rwfm_chunk_adv_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    f"RWFM `chunk_advantage`, mixed (cracked-factor config, anchor off, std floor {VALUE_SIGNAL_STD_FLOOR:g}, "
-    "out-of-episode value model)",
-    anchor=False,
-    signal="chunk_advantage",
-)
-CHUNK_Q_MIXED = Method(
-    "rwfm_chunk_q_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    f"RWFM `chunk_q`, mixed (cracked-factor config, anchor off, std floor {VALUE_SIGNAL_STD_FLOOR:g}, "
-    "out-of-episode value model)",
-    anchor=False,
-    signal="chunk_q",
-)
-ORACLE_MIXED = Method(
-    "oracle_mixed",
-    CRACKED_FACTOR_CONFIG,
-    "mixed",
-    "Oracle, mixed (`signal: oracle`: the chunks into the damage step weigh 0, all others 1; anchor off)",
-    anchor=False,
-    signal="oracle",
-)
-UNCAPPED = "reward_weighting.clip_max=1000000"  # clip_max high enough never to bind
+    def settings(self) -> str:
+        """The overrides as the report prints them ("the config's" when there are none)."""
+        # reward_weighting's keys by their own names (the rows are mostly about them); others in full.
+        shown = [o if o.startswith("reward_weighting.enabled") else o.removeprefix("reward_weighting.") for o in self.overrides()]
+        changed = [f"`{o.replace('=', ': ')}`" for o in shown]
+        asked = [] if self.evaluates is None else [f"asked \"{self.ask}\"" + (f", guidance beta {self.guidance:g}" if self.guidance not in (None, 1.0) else "")]
+        return ", ".join(changed + asked) or "the config's"
+
+
+CF = CRACKED_FACTOR_CONFIG
 # Two action chunks of the tiny policy (chunk 10): reaches back over a sloppy release's whole descent.
-LONG_CREDIT_HORIZON = 20
-
-
-def as_sampling(method: Method, uncapped: bool = False) -> Method:
-    """The same row with its weights choosing each batch's frames instead of scaling their losses
-    (`apply: sample`), and with `uncapped` no upper clip. On mostly-bad data the advantage is centred on a
-    low mean, so clip_max 10 binds on the clean transfers and not on the failed attempts (G = 0), which
-    keep 8% of the egg weight; without the cap they keep 2.4%, their exp(alpha * A) ratio (scarce regime)."""
-    suffix, label = "_sample", "weights as sampling (`apply: sample`)"
-    if uncapped:
-        suffix, label = "_sample_uncapped", label + ", no upper clip (`clip_max: 1000000`)"
-    return dataclasses.replace(
-        method,
-        name=method.name.removesuffix("_mixed") + suffix + "_mixed",
-        label=f"{method.label}; {label}",
-        apply="sample",
-        extra=(*method.extra, UNCAPPED) if uncapped else method.extra,
-    )
-
-
-def with_horizon(method: Method, horizon: int) -> Method:
-    """The same per-chunk row with its credit looking `horizon` steps ahead instead of one action chunk
-    (`credit_horizon`). A sloppy transfer slows its descent to a stop 2-6 cm too high in the last steps
-    before it lets go and the egg cracks: the chunks that start a little more than one chunk before the
-    crack imitate that slowing but end before the crack, so with the chunk as the horizon they keep
-    their weight. (Measured: the longer horizon alone does not help; with per-phase draws it does,
-    docs/sim_benchmark.md.)"""
-    return dataclasses.replace(
-        method,
-        name=method.name.removesuffix("_mixed") + f"_h{horizon}_mixed",
-        label=f"{method.label}; credit horizon {horizon} steps (`credit_horizon: {horizon}`)",
-        horizon=horizon,
-    )
-
-
-def per_phase(method: Method) -> Method:
-    """The same weights-as-sampling row with its weights normalised per task and tenth of the episode
-    (`normalize: phase`): the moment only the clean transfers do well (the careful grasp or release) keeps
-    its imitation-learning share of the draw instead of the share left after the damaged episodes' weight
-    there is taken away."""
-    return dataclasses.replace(
-        method,
-        name=method.name.removesuffix("_mixed") + "_phase_mixed",
-        label=f"{method.label}; normalised per phase (`normalize: phase`)",
-        extra=(*method.extra, "reward_weighting.normalize=phase"),
-    )
-
-
-# chunk_q is drawn per phase only (config validation). Without the cap its centre cancels in each phase
-# and the phase's best chunks take its draw; capped (the ablation row, scarce regimes), the chunks above
-# the manifest's mean all weigh about the cap, and the sloppy releases kept 6% of the last tenths' draw
-# and cracked 15% of the eggs at the release against 4% (docs/sim_benchmark_findings.md, 2026-12-04).
-CHUNK_Q_PHASE_MIXED = per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED, uncapped=True), LONG_CREDIT_HORIZON))
-# A milder temperature: alpha 4 over Q's std of about 0.5 turns the value model's noise among alike chunks
-# into a draw concentrated on a few of them (in the first half of the episodes, an effective sample size
-# of 4-17% of the frames); alpha 2 keeps 21-49% and still gives the last tenths' draw 96-99% to the clean
-# transfers (scarce regime, 2 clean transfers). Measured: no difference in closed loop (docs/sim_benchmark_findings.md).
-CHUNK_Q_PHASE_ALPHA2_MIXED = dataclasses.replace(
-    CHUNK_Q_PHASE_MIXED,
-    name=CHUNK_Q_PHASE_MIXED.name.removesuffix("_mixed") + "_alpha2_mixed",
-    label=f"{CHUNK_Q_PHASE_MIXED.label}; alpha 2",
-    alpha=2.0,
-)
-# Failed attempts have no damage step, and the value model does not see a miss coming (docs/sim_benchmark.md,
-# 2026-12-03 and 2026-12-04): with them in the data `chunk_q` drew them at their share of the frames in the
-# first half of the episodes and fell from 38% to 22% (scarce regime). Leaving the failures nothing locates
-# out of the draw (`unlocated_failures: drop`) filters them and keeps the per-chunk credit of the damaged
-# transfers.
-CHUNK_Q_PHASE_DROP_MIXED = dataclasses.replace(
-    CHUNK_Q_PHASE_MIXED,
-    name=CHUNK_Q_PHASE_MIXED.name.removesuffix("_mixed") + "_drop_mixed",
-    label=f"{CHUNK_Q_PHASE_MIXED.label}; failures nothing locates left out (`unlocated_failures: drop`)",
-    extra=(*CHUNK_Q_PHASE_MIXED.extra, "reward_weighting.unlocated_failures=drop"),
-)
-# The recipe's normalisation alternative (issue 33): each episode counts in the action/state statistics by
-# its share of the draw, instead of every kept frame once (the default, `normalization_counts: frame`).
-CHUNK_Q_PHASE_DROP_WEIGHTNORM_MIXED = dataclasses.replace(
-    CHUNK_Q_PHASE_DROP_MIXED,
-    name=CHUNK_Q_PHASE_DROP_MIXED.name.removesuffix("_mixed") + "_weightnorm_mixed",
-    label=f"{CHUNK_Q_PHASE_DROP_MIXED.label}; normalisation statistics count each episode by its draw "
-    "(`normalization_counts: weight`)",
-    extra=(*CHUNK_Q_PHASE_DROP_MIXED.extra, "reward_weighting.normalization_counts=weight"),
-)
-# Advantage conditioning (issue 32, crab/training/conditioning.py): every frame imitated (weighting off), its
-# prompt labelled by `chunk_q` at the recipe's two-chunk horizon, 20% of the samples unlabelled. Evaluated
-# asking "positive" without guidance; the same runs with guidance at three betas (5: the config's default)
-# and asked "negative" (a check that the label is used: it should crack more); and the label on top of the
-# chunk_q recipe's draw.
-CONDITIONED_MIXED = Method(
-    "cond_chunk_q_h20_mixed", CRACKED_FACTOR_CONFIG, "mixed",
-    "advantage-conditioned (`conditioning.enabled`, labels by `chunk_q`, horizon 20), weighting and anchor off",
-    anchor=False, signal="chunk_q", horizon=LONG_CREDIT_HORIZON,
-    extra=("reward_weighting.enabled=false", "conditioning.enabled=true"), guidance=1.0,
-)  # fmt: skip
-CONDITIONED_GUIDED = tuple(
-    dataclasses.replace(
-        CONDITIONED_MIXED, name=f"cond_chunk_q_h20_cfg{beta:g}_mixed".replace(".", "p"),
-        label=f"{CONDITIONED_MIXED.label}; classifier-free guidance beta {beta:g}",
-        evaluates=CONDITIONED_MIXED.name, guidance=beta,
-    )
-    for beta in (1.5, 3.0, 5.0)
-)  # fmt: skip
-CONDITIONED_NEGATIVE = dataclasses.replace(
-    CONDITIONED_MIXED, name="cond_chunk_q_h20_asked_negative_mixed",
-    label=f"{CONDITIONED_MIXED.label}; asked for \"Advantage: negative\" (the label's check)",
-    evaluates=CONDITIONED_MIXED.name, ask="negative",
-)  # fmt: skip
-CONDITIONED_CHUNK_Q_MIXED = dataclasses.replace(
-    CHUNK_Q_PHASE_DROP_MIXED, name="cond_" + CHUNK_Q_PHASE_DROP_MIXED.name,
-    label=f"{CHUNK_Q_PHASE_DROP_MIXED.label}; advantage-conditioned as well",
-    extra=(*CHUNK_Q_PHASE_DROP_MIXED.extra, "conditioning.enabled=true"),
-)  # fmt: skip
-CONDITIONED_METHODS = (CONDITIONED_MIXED, *CONDITIONED_GUIDED, CONDITIONED_NEGATIVE, CONDITIONED_CHUNK_Q_MIXED)
-# Rows of the scarce regimes, where most of the data weighs about 0 (the uncapped outcome rows also in
-# today's). Without the cap, chunk advantages (spread over several RMS units) collapse onto a few chunks.
-RWFM_SAMPLE_MIXED = as_sampling(RWFM_MIXED)
-CHUNK_ADVANTAGE_SAMPLE_MIXED = as_sampling(CHUNK_ADVANTAGE_MIXED)
-ORACLE_SAMPLE_MIXED = as_sampling(ORACLE_MIXED)
-RWFM_SAMPLE_UNCAPPED_MIXED = as_sampling(RWFM_MIXED, uncapped=True)
-RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED = as_sampling(RWFM_ANCHOR_MIXED, uncapped=True)
-CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED = as_sampling(CHUNK_ADVANTAGE_MIXED, uncapped=True)
-# The per-chunk rows at the settings `chunk_q` needs (two-chunk horizon, per-phase draws, as sampling):
-# `chunk_advantage` and the oracle as the same kind of row, so that the three differ in the signal alone.
-CHUNK_ADVANTAGE_PHASE_MIXED = per_phase(with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON))
-ORACLE_PHASE_MIXED = per_phase(with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON))
-SAMPLE_METHODS = (
-    RWFM_SAMPLE_MIXED,
-    CHUNK_ADVANTAGE_SAMPLE_MIXED,
-    ORACLE_SAMPLE_MIXED,
-    RWFM_SAMPLE_UNCAPPED_MIXED,
-    RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED,
-    CHUNK_ADVANTAGE_SAMPLE_UNCAPPED_MIXED,
-    per_phase(CHUNK_ADVANTAGE_SAMPLE_MIXED),
-    per_phase(ORACLE_SAMPLE_MIXED),
-    per_phase(RWFM_SAMPLE_UNCAPPED_MIXED),
-    with_horizon(CHUNK_ADVANTAGE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
-    with_horizon(ORACLE_SAMPLE_MIXED, LONG_CREDIT_HORIZON),
-    CHUNK_ADVANTAGE_PHASE_MIXED,
-    ORACLE_PHASE_MIXED,
-    per_phase(with_horizon(as_sampling(CHUNK_Q_MIXED), LONG_CREDIT_HORIZON)),
-    CHUNK_Q_PHASE_MIXED,
-    CHUNK_Q_PHASE_ALPHA2_MIXED,
-    CHUNK_Q_PHASE_DROP_MIXED,
-    CHUNK_Q_PHASE_DROP_WEIGHTNORM_MIXED,
-)
-# Ordered so that the key comparison (IL vs RWFM + anchor on the mixed data) comes first.
-METHODS = (
-    IL_CLEAN,
-    IL_MIXED,
-    RWFM_ANCHOR_MIXED,
+LONG_CREDIT_HORIZON = H = 20
+# Every row, its full settings on one line. Why the settings are what they are (measured in
+# docs/sim_benchmark_findings.md):
+# - `apply: sample` (weights choose each batch's frames): on mostly-bad data the advantage is centred on a low
+#   mean, so clip_max 10 binds on the clean transfers and not on the failed attempts (G = 0), which keep 8% of
+#   the egg weight as loss weights; drawn without the cap they keep 2.4%.
+# - horizon 20 (`credit_horizon`): a sloppy transfer slows its descent to a stop 2-6 cm too high before it
+#   lets go; the chunks that start a little more than one chunk before the crack end before it, so at the
+#   chunk's horizon they keep their weight. The longer horizon alone does not help; with per-phase draws it does.
+# - `normalize: phase` (per task and tenth of the episode): the moment only the clean transfers do well (the
+#   careful grasp or release) keeps its imitation-learning share of the draw. `chunk_q` is drawn per phase
+#   only (config validation); capped, its chunks above the mean all weigh about the cap, and the sloppy
+#   releases kept 6% of the last tenths' draw (15% cracks at the release against 4%).
+# - alpha 2 instead of 4: no difference in closed loop.
+# - `unlocated_failures: drop`: failed attempts have no damage step and the value model does not see a miss
+#   coming; kept, `chunk_q` drew them at their share of the frames and fell from 38% to 22% (scarce regime).
+# - `normalization_counts: weight` (issue 33's alternative): each episode counts in the action/state
+#   statistics by its share of the draw, not every kept frame once (the default).
+# - Conditioning (crab/training/conditioning.py): every frame imitated, its prompt labelled by `chunk_q` at
+#   horizon 20, 20% unlabelled; evaluated asking "positive" without guidance, with guidance (5: the config's
+#   default), and asked "negative" (a check that the label is used: it should crack more).
+ROWS = (
+    Method("il_clean", IL_CONFIG, "clean", "IL, clean only (= filtering)"),
+    Method("il_mixed", IL_CONFIG, "mixed", "IL, mixed (naive mixing)"),
+    Method("rwfm_anchor_mixed", CF, "mixed", "RWFM + anchor (cracked-factor config)"),
     Method("rwfm_anchor_clean", "train_cycle1_rwfm_anchor.yaml", "clean", "RWFM + anchor, clean"),
     Method("rwfm_clean", "train_cycle1_rwfm.yaml", "clean", "RWFM, clean"),
-    RWFM_MIXED,
-    CHUNK_ADVANTAGE_MIXED,
-    ORACLE_MIXED,
-    RWFM_SAMPLE_UNCAPPED_MIXED,
-    RWFM_ANCHOR_SAMPLE_UNCAPPED_MIXED,
-    CHUNK_ADVANTAGE_PHASE_MIXED,
-    ORACLE_PHASE_MIXED,
-    CHUNK_Q_PHASE_MIXED,
-    CHUNK_Q_PHASE_DROP_MIXED,  # today's data has no failure nothing locates: the same draw as the row above
-    CHUNK_Q_PHASE_DROP_WEIGHTNORM_MIXED,
-)
-SCARCE_METHODS = (
-    IL_CLEAN, IL_MIXED, RWFM_MIXED, CHUNK_ADVANTAGE_MIXED, ORACLE_MIXED, RWFM_ANCHOR_MIXED, *SAMPLE_METHODS,
-    *CONDITIONED_METHODS,
+    Method("rwfm_mixed", CF, "mixed", "RWFM `outcome` (the anchor's ablation)", anchor=False),
+    Method("rwfm_chunk_adv_mixed", CF, "mixed", "RWFM `chunk_advantage`", signal="chunk_advantage", anchor=False),
+    Method("oracle_mixed", CF, "mixed", "oracle: the chunks into the damage step weigh 0, all others 1",
+           signal="oracle", anchor=False),
+    Method("rwfm_sample_mixed", CF, "mixed", "RWFM `outcome` as sampling", apply="sample", anchor=False),
+    Method("rwfm_chunk_adv_sample_mixed", CF, "mixed", "`chunk_advantage` as sampling", signal="chunk_advantage",
+           apply="sample", anchor=False),
+    Method("oracle_sample_mixed", CF, "mixed", "oracle as sampling", signal="oracle", apply="sample", anchor=False),
+    Method("rwfm_sample_uncapped_mixed", CF, "mixed", "RWFM `outcome` as sampling, uncapped", apply="sample",
+           uncapped=True, anchor=False),
+    Method("rwfm_anchor_sample_uncapped_mixed", CF, "mixed", "RWFM `outcome` as sampling, uncapped, + anchor",
+           apply="sample", uncapped=True),
+    Method("rwfm_chunk_adv_sample_uncapped_mixed", CF, "mixed", "`chunk_advantage` as sampling, uncapped",
+           signal="chunk_advantage", apply="sample", uncapped=True, anchor=False),
+    Method("rwfm_chunk_adv_sample_phase_mixed", CF, "mixed", "`chunk_advantage` drawn per phase",
+           signal="chunk_advantage", apply="sample", normalize="phase", anchor=False),
+    Method("oracle_sample_phase_mixed", CF, "mixed", "oracle drawn per phase", signal="oracle", apply="sample",
+           normalize="phase", anchor=False),
+    Method("rwfm_sample_uncapped_phase_mixed", CF, "mixed", "RWFM `outcome` drawn per phase, uncapped",
+           apply="sample", uncapped=True, normalize="phase", anchor=False),
+    Method("rwfm_chunk_adv_sample_h20_mixed", CF, "mixed", "`chunk_advantage` as sampling, horizon 20",
+           signal="chunk_advantage", horizon=H, apply="sample", anchor=False),
+    Method("oracle_sample_h20_mixed", CF, "mixed", "oracle as sampling, horizon 20", signal="oracle", horizon=H,
+           apply="sample", anchor=False),
+    Method("rwfm_chunk_adv_sample_h20_phase_mixed", CF, "mixed", "`chunk_advantage` at `chunk_q`'s settings",
+           signal="chunk_advantage", horizon=H, apply="sample", normalize="phase", anchor=False),
+    Method("oracle_sample_h20_phase_mixed", CF, "mixed", "oracle at `chunk_q`'s settings", signal="oracle",
+           horizon=H, apply="sample", normalize="phase", anchor=False),
+    Method("rwfm_chunk_q_sample_h20_phase_mixed", CF, "mixed", "`chunk_q` drawn per phase, capped (ablation)",
+           signal="chunk_q", horizon=H, apply="sample", normalize="phase", anchor=False),
+    Method("rwfm_chunk_q_sample_uncapped_h20_phase_mixed", CF, "mixed", "`chunk_q` drawn per phase",
+           signal="chunk_q", horizon=H, apply="sample", uncapped=True, normalize="phase", anchor=False),
+    Method("rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed", CF, "mixed", "`chunk_q` drawn per phase, alpha 2",
+           signal="chunk_q", horizon=H, alpha=2.0, apply="sample", uncapped=True, normalize="phase", anchor=False),
+    Method("rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
+           "the `chunk_q` recipe (recipe_chunk_q.yaml)", signal="chunk_q", horizon=H, apply="sample",
+           uncapped=True, normalize="phase", drop=True, anchor=False),
+    Method("rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed", CF, "mixed",
+           "the `chunk_q` recipe, statistics counted by the draw", signal="chunk_q", horizon=H, apply="sample",
+           uncapped=True, normalize="phase", drop=True, counts="weight", anchor=False),
+    Method("cond_chunk_q_h20_mixed", CF, "mixed", "advantage-conditioned, asked \"positive\"", weighting=False,
+           signal="chunk_q", horizon=H, anchor=False, conditioned=True, guidance=1.0),
+    *(
+        Method(f"cond_chunk_q_h20_cfg{beta:g}_mixed".replace(".", "p"), CF, "mixed",
+               f"advantage-conditioned, guidance beta {beta:g}", weighting=False, signal="chunk_q", horizon=H,
+               anchor=False, conditioned=True, evaluates="cond_chunk_q_h20_mixed", guidance=beta)
+        for beta in (1.5, 3.0, 5.0)
+    ),
+    Method("cond_chunk_q_h20_asked_negative_mixed", CF, "mixed", "advantage-conditioned, asked \"negative\" (the "
+           "label's check)", weighting=False, signal="chunk_q", horizon=H, anchor=False, conditioned=True,
+           evaluates="cond_chunk_q_h20_mixed", ask="negative", guidance=1.0),
+    Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
+           "the `chunk_q` recipe, advantage-conditioned as well", signal="chunk_q", horizon=H, apply="sample",
+           uncapped=True, normalize="phase", drop=True, anchor=False, conditioned=True),
+)  # fmt: skip
+ROW = {m.name: m for m in ROWS}
+
+
+def named_rows(*names: str) -> tuple[Method, ...]:
+    return tuple(ROW[n] for n in names)
+
+
+CHUNK_Q_RECIPE = ROW["rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed"]
+CONDITIONED_METHODS = tuple(m for m in ROWS if m.conditioned)
+# Today's regime: the key comparison (IL vs RWFM + anchor on the mixed data) first. Today's data has no
+# failure nothing locates, so the recipe draws as the row without `drop` there.
+METHODS = named_rows(
+    "il_clean", "il_mixed", "rwfm_anchor_mixed", "rwfm_anchor_clean", "rwfm_clean", "rwfm_mixed",
+    "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_sample_uncapped_mixed", "rwfm_anchor_sample_uncapped_mixed",
+    "rwfm_chunk_adv_sample_h20_phase_mixed", "oracle_sample_h20_phase_mixed",
+    "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", CHUNK_Q_RECIPE.name,
+    "rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed",
+)  # fmt: skip
+# The scarce regimes, where most of the data weighs about 0: every row but the clean-data RWFM ones.
+SCARCE_METHODS = named_rows(
+    "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
+    *(m.name for m in ROWS if m.apply == "sample" and not m.conditioned), *(m.name for m in CONDITIONED_METHODS),
 )  # fmt: skip
 
 
@@ -361,8 +289,8 @@ for _name in ("scarce_eggonly", "scarce_grasp_eggonly"):
 # regime, so it is not a default.
 TABLE_REGIMES = ("cycle1", "scarce_eggonly")
 TABLE_ROWS = (
-    IL_CLEAN, IL_MIXED, RWFM_MIXED, RWFM_ANCHOR_MIXED, CHUNK_ADVANTAGE_PHASE_MIXED, ORACLE_PHASE_MIXED,
-    CHUNK_Q_PHASE_DROP_MIXED,
+    *named_rows("il_clean", "il_mixed", "rwfm_mixed", "rwfm_anchor_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed",
+          "oracle_sample_h20_phase_mixed"), CHUNK_Q_RECIPE,
 )  # fmt: skip
 # How each scarce regime's damaging transfers depart from the careful style (`crab.sim.demonstrators`).
 DAMAGE = {
@@ -376,13 +304,7 @@ CLEAN = "egg_carton_to_tray"  # every regime's clean egg transfers
 
 def alpha_method(alpha: float) -> Method:
     """The cracked-factor config with another temperature: an extra, labelled row (regime `cycle1`)."""
-    return Method(
-        f"rwfm_anchor_mixed_alpha{alpha:g}",
-        CRACKED_FACTOR_CONFIG,
-        "mixed",
-        f"RWFM + anchor, mixed, alpha={alpha:g} (extra)",
-        alpha,
-    )
+    return Method(f"rwfm_anchor_mixed_alpha{alpha:g}", CF, "mixed", "RWFM + anchor (extra)", alpha=alpha)
 
 
 def select(args: argparse.Namespace) -> list[tuple[Regime, list[Method]]]:
@@ -496,7 +418,8 @@ def check_bar(pooled: dict[str, dict]) -> list[tuple[str, bool, str]]:
 # The per-chunk rows the bar is checked for (each where the regime ran it): the issue's `chunk_advantage`
 # rows and the `chunk_q` ones (the recommended one last).
 CHUNK_BAR_ROWS = (
-    CHUNK_ADVANTAGE_MIXED.name, CHUNK_ADVANTAGE_PHASE_MIXED.name, CHUNK_Q_PHASE_MIXED.name, CHUNK_Q_PHASE_DROP_MIXED.name,
+    "rwfm_chunk_adv_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_mixed",
+    CHUNK_Q_RECIPE.name,
 )  # fmt: skip
 SCARCE_GAIN = 0.10  # the scarce regime's bar: per-chunk credit beats filtering by this much egg success
 
@@ -507,7 +430,7 @@ def check_chunk_bar(regime: str, pooled: dict[str, dict], row: str) -> list[tupl
     Scarce regimes: success >= filtering's + 10 points, and a crack rate at most filtering's (point
     estimates). `cycle1`: at least level, i.e. its success inside filtering's Wilson interval or above.
     """
-    ca, il = pooled[row], pooled[IL_CLEAN.name]
+    ca, il = pooled[row], pooled["il_clean"]
     if regime != "cycle1":
         gain = ca["success_rate"] - il["success_rate"]
         return [
@@ -528,7 +451,7 @@ def check_chunk_bar(regime: str, pooled: dict[str, dict], row: str) -> list[tupl
 def headline(plan, pooled: dict[str, dict]) -> str:
     """The command's last line: per regime that ran both, the recommended `chunk_q` row's egg success and
     cracks against filtering's (pooled point estimates)."""
-    q, il = CHUNK_Q_PHASE_DROP_MIXED.name, IL_CLEAN.name
+    q, il = CHUNK_Q_RECIPE.name, "il_clean"
     parts = []
     for regime, _ in plan:
         egg = pooled[regime.name][PUT_EGG]
@@ -634,17 +557,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
         "train.val_max_batches=4",
         "train.progress_bar=false",
     ]
-    if method.alpha is not None:
-        overrides.append(f"reward_weighting.alpha={method.alpha}")
-    if method.anchor is not None:
-        overrides.append(f"anchor.enabled={str(method.anchor).lower()}")
-    if method.signal is not None:
-        overrides.append(f"reward_weighting.signal={method.signal}")
-    if method.horizon is not None:
-        overrides.append(f"reward_weighting.credit_horizon={method.horizon}")
-    if method.apply is not None:
-        overrides.append(f"reward_weighting.apply={method.apply}")
-    overrides += method.extra
+    overrides += method.overrides()
     if method.signal in VALUE_SIGNALS:
         overrides += [
             f"reward_weighting.std_floor={VALUE_SIGNAL_STD_FLOOR}",
@@ -655,7 +568,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
 
 def cracked_factor_config(args: argparse.Namespace):
     """The mixed RWFM + anchor run's config (seed 0, regime `cycle1`): the settings the report quotes."""
-    return run_config(RWFM_ANCHOR_MIXED, 0, args, REGIMES["cycle1"])
+    return run_config(ROW["rwfm_anchor_mixed"], 0, args, REGIMES["cycle1"])
 
 
 def ensure_values(regime: Regime, args: argparse.Namespace, chunk_size: int) -> tuple[Path, float]:
@@ -983,7 +896,7 @@ def regime_section(
         for m in methods:
             p = pooled[task][m.name]
             rows.append([
-                f"`{m.name}`", m.label + (f": every weight is 1, so it is `{twins[m.name]}`'s run" if m.name in twins else ""), m.data, fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
+                f"`{m.name}`", f"{m.label} ({m.settings()})" + (f": every weight is 1, so it is `{twins[m.name]}`'s run" if m.name in twins else ""), m.data, fmt_rate(p["success_rate"], p["success_ci95"]), fmt_seeds(p["seed_success"]),
                 fmt_rate(p["crack_rate"], p["crack_ci95"]), fmt_seeds(p["seed_crack"]),
                 f"{p['mean_return']:+.2f} [{p['return_ci95'][0]:+.2f}, {p['return_ci95'][1]:+.2f}]",
                 f"{np.mean(train_s[m.name]) / 60:.1f}",
@@ -1017,7 +930,7 @@ def regime_section(
     lines += [f"![success and crack rates]({plot_path.name})", "", "### The bar (egg transfer, pooled)", ""]
     bars = [(BAR_METHODS, check_bar)] if regime.name == "cycle1" else []
     chunk_rows = [row for row in CHUNK_BAR_ROWS if row in egg] or [CHUNK_BAR_ROWS[0]]  # none ran: say what it needs
-    bars += [((row, IL_CLEAN.name), lambda p, row=row: check_chunk_bar(regime.name, p, row)) for row in chunk_rows]
+    bars += [((row, "il_clean"), lambda p, row=row: check_chunk_bar(regime.name, p, row)) for row in chunk_rows]
     for needed, check in bars:
         if set(needed) <= set(egg):
             lines += [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in check(egg)]
