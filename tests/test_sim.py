@@ -210,6 +210,30 @@ def test_squeezing_is_careful_but_for_the_closing_grip_and_cracks_at_the_grasp()
         assert closed <= crack < closed + 6 and r.length > crack + 10 and r.episode_return == -1.0
 
 
+def test_tightening_is_careful_but_for_a_tight_grip_in_the_carry_and_cracks_there():
+    from crab.sim.demonstrators import TIGHTEN_AFTER, TIGHTEN_STEPS, _egg_pick_phases
+
+    for seed in SEEDS:
+        # Given the same draws, the same moves: the careful carry is one phase, tightening's the same goal and
+        # speed in three, the middle one over the crack force; nothing else differs.
+        careful, tight = (_egg_pick_phases(np.random.default_rng(seed), s)[0] for s in ("careful", "tightening"))
+        assert len(tight) == len(careful) + 2
+        carry = careful[4]
+        assert [p.speed for p in tight[4:7]] == [carry.speed] * 3
+        assert [p.grip for p in tight[4:7]] == [carry.grip, tight[5].grip, carry.grip] and tight[5].grip > 0.6
+        assert (tight[5].min_steps, tight[5].max_steps) == (TIGHTEN_STEPS, TIGHTEN_STEPS)
+        assert [(p.grip, p.speed) for p in tight[:4] + tight[7:]] == [(p.grip, p.speed) for p in careful[:4] + careful[5:]]
+    tightened = [rollout(PUT_EGG, "tightening", s, render=False) for s in SEEDS]
+    assert sum(r.cracked for r in tightened) >= len(SEEDS) // 2 and not any(r.success for r in tightened)
+    for r in (r for r in tightened if r.cracked):
+        rewards, grip = r.frames["next.reward"], r.frames["action"][:, 3]
+        crack = int(np.flatnonzero(rewards < 0)[0])
+        closed = int(np.flatnonzero(grip > 0)[0])  # the first step the fingers close
+        released = int(np.flatnonzero((grip[1:] < 0) & (grip[:-1] >= 0))[0]) + 1
+        # The crack is in the carry: well after the grasp, before the release, at the first tight steps.
+        assert closed + 6 < crack < released and grip[crack] > 0.6 and crack - TIGHTEN_AFTER > closed
+
+
 def test_wilson_interval_hand_checked():
     # p = 0.5, n = 10: centre 0.5, half-width 1.96/1.38416 * sqrt(0.025 + 0.009604) = 0.26341
     lo, hi = wilson_interval(5, 10)

@@ -105,8 +105,8 @@ def test_regime_and_method_selection():
     assert [{m.name for m in ms} for _, ms in plan] == [{m.name for m in compare.TABLE_ROWS}] * 2
     plan = compare.select(args_of("--regimes", "all", "--methods", "all"))
     assert [r.name for r, _ in plan] == [
-        "cycle1", "scarce", "scarce_grasp", "scarce_eggonly", "scarce_grasp_eggonly", "scarce_eggonly_nofailed",
-        "scarce_grasp_eggonly_nofailed",
+        "cycle1", "scarce", "scarce_grasp", "scarce_carry", "scarce_eggonly", "scarce_grasp_eggonly",
+        "scarce_carry_eggonly", "scarce_eggonly_nofailed", "scarce_grasp_eggonly_nofailed",
     ]  # fmt: skip
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
@@ -153,7 +153,7 @@ def test_regime_and_method_selection():
     # A row of one regime only runs where it is; extra alphas join today's regime.
     plan = compare.select(args_of("--regimes", "all", "--methods", "il_clean", "rwfm_clean", "--extra-alpha", "1"))
     assert [[m.name for m in ms] for _, ms in plan] == [
-        ["il_clean", "rwfm_clean", "rwfm_anchor_mixed_alpha1"], *[["il_clean"]] * 6
+        ["il_clean", "rwfm_clean", "rwfm_anchor_mixed_alpha1"], *[["il_clean"]] * 8
     ]
     for argv, message in [
         (("--regimes", "sparse"), "unknown regime.*sparse"),
@@ -219,10 +219,14 @@ def test_regime_configs_and_counts():
     assert counts == {
         "egg_carton_to_tray": 6, "egg_carton_to_tray_sloppy": 41, "egg_carton_to_tray_failed": 11,
         "egg_carton_to_tray_cracked": 0, "close_the_carton": 0, "egg_carton_to_tray_squeezed": 0,
+        "egg_carton_to_tray_tightened": 0,
     }  # fmt: skip
     grasp = compare.regime_counts(compare.REGIMES["scarce_grasp"], args_of("--scarce-clean", "5"), held_out=1)
     assert grasp == {**counts, "egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 41}
-    assert compare.regime_counts(cycle1, args, held_out=1) == {"egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 0}
+    carry = compare.regime_counts(compare.REGIMES["scarce_carry_eggonly"], args_of("--scarce-clean", "5"), held_out=1)
+    assert carry == {**counts, "egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_tightened": 41}
+    assert compare.regime_counts(cycle1, args, held_out=1) == {
+        "egg_carton_to_tray_sloppy": 0, "egg_carton_to_tray_squeezed": 0, "egg_carton_to_tray_tightened": 0}
     # The egg-only regime: the scarce regime's data (the same root and counts), its own runs and manifests.
     eggonly = compare.REGIMES["scarce_eggonly"]
     assert compare.regime_counts(eggonly, args_of("--scarce-clean", "5"), held_out=1) == counts

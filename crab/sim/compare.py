@@ -2,10 +2,10 @@
 
     python -m crab.sim.compare --out docs/sim_benchmark.md [--seeds 3] [--episodes 50] [--steps 4000] \
         [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--jobs 2] \
-        [--extra-alpha 0.25] [--regimes cycle1 scarce scarce_grasp] [--methods ...] [--scarce-clean 10] \
+        [--extra-alpha 0.25] [--regimes cycle1 scarce scarce_grasp scarce_carry] [--methods ...] [--scarce-clean 10] \
         [--scarce-damaging 40] [--scarce-failed 10] [--value-expectile 0.5]
 
-Three regimes (`REGIMES`), each with its own data root under the work dir, manifests and rows:
+Four regimes (`REGIMES`), each with its own data root under the work dir, manifests and rows:
 
 - `cycle1`: today's data (`--episodes-per-dataset` per dataset): clean transfers, rough transfers that
   cracked, carton openings (`dataset_manifest_cycle1_*.csv`); evaluated on both tasks.
@@ -15,6 +15,9 @@ Three regimes (`REGIMES`), each with its own data root under the work dir, manif
   dataset holds one more, its held-out validation episode.
 - `scarce_grasp`: the same, with squeezing transfers that cracked the egg at the grasp (their carry and
   release careful) as the damaging ones (`dataset_manifest_scarce_grasp_mixed.csv`).
+- `scarce_carry`: the same, with tightening transfers that cracked the egg in the middle of the carry (the
+  fingers tight for a few steps; grasp and release careful): a damage the recipe's settings were not
+  chosen on (`dataset_manifest_scarce_carry_mixed.csv`).
 
 Per regime: one dataset generation (`crab.sim.generate`), the out-of-episode value model of its mixed
 manifest (`crab.training.value_fit`, for the `chunk_advantage` rows), reward statistics of each manifest
@@ -248,6 +251,10 @@ REGIMES = {
         "scarce_grasp", "scarce clean data, damage at the grasp", "scarce_clean", "scarce_grasp_mixed",
         "egg_carton_to_tray_squeezed", SCARCE_METHODS, (PUT_EGG,), "data_scarce_grasp", "runs_scarce_grasp",
     ),
+    "scarce_carry": Regime(
+        "scarce_carry", "scarce clean data, damage in the carry", "scarce_clean", "scarce_carry_mixed",
+        "egg_carton_to_tray_tightened", SCARCE_METHODS, (PUT_EGG,), "data_scarce_carry", "runs_scarce_carry",
+    ),
 }  # fmt: skip
 
 
@@ -275,7 +282,7 @@ def without_failed(regime: Regime) -> Regime:
     )  # fmt: skip
 
 
-for _name in ("scarce", "scarce_grasp"):
+for _name in ("scarce", "scarce_grasp", "scarce_carry"):
     REGIMES[f"{_name}_eggonly"] = egg_only(REGIMES[_name])
 for _name in ("scarce_eggonly", "scarce_grasp_eggonly"):
     REGIMES[f"{_name}_nofailed"] = without_failed(REGIMES[_name])
@@ -298,6 +305,8 @@ DAMAGE = {
     "then, then dropped from 2-6 cm)",
     "egg_carton_to_tray_squeezed": "squeezing transfers that cracked the egg at the grasp (the careful style "
     "but for a squeeze over the crack force while the fingers close; the carry and release after it careful)",
+    "egg_carton_to_tray_tightened": "tightening transfers that cracked the egg in the middle of the carry (the "
+    "careful style but for a few carry steps with the fingers tightened over the crack force)",
 }
 CLEAN = "egg_carton_to_tray"  # every regime's clean egg transfers
 

@@ -15,6 +15,10 @@ actions are smooth enough to imitate. The three styles act differently in the sa
 - `squeezing`: the careful style everywhere except at one moment, the grasp: the fingers close with a
   squeeze over the crack force (`SQUEEZE_GRIP`) for the grasp's few steps, then hold with the careful grip
   for the carry and the release, which are the careful ones (the cracked egg still goes into the tray).
+- `tightening`: the careful style everywhere except in the middle of the carry: a few steps after the
+  carry starts the fingers tighten over the crack force (`SQUEEZE_GRIP`) for `TIGHTEN_STEPS` steps, as a
+  hand does when it feels the egg slip, then relax to the careful grip for the rest of the carry and the
+  release. The damage sits where neither other damaging style puts it: between the grasp and the release.
 
 The demonstrators read the true scene state from the env (egg, tray, lid positions), as a human
 teleoperator would see them.
@@ -41,7 +45,8 @@ from crab.sim.egg_env import (
     EggEnv,
 )
 
-STYLES = ("careful", "rough", "failing", "sloppy", "squeezing")  # new styles go last: the index seeds their rng
+# New styles go last: the index seeds their rng.
+STYLES = ("careful", "rough", "failing", "sloppy", "squeezing", "tightening")
 GRIP_OPEN = -1.0
 PALM_ABOVE_EGG_CENTRE = 0.028  # palm height over the egg centre at which the fingertips straddle its equator
 TRAY_FLOOR = 0.004
@@ -52,6 +57,8 @@ APPROACH = 0.07  # hover height over the grasp pose: fingertips clear the egg an
 DROP_HEIGHT = (0.02, 0.06)
 # The squeezing style's grip command while the fingers close (x GRIP_FORCE_MAX newtons): over CRACK_FORCE.
 SQUEEZE_GRIP = (0.7, 0.9)
+# The tightening style: the carry's steps before the fingers tighten, and how many steps they stay tight.
+TIGHTEN_AFTER, TIGHTEN_STEPS = 3, 4
 
 
 @dataclass
@@ -129,19 +136,27 @@ def _egg_pick_phases(rng: np.random.Generator, style: str) -> tuple[list[Phase],
     def hold(env: EggEnv) -> np.ndarray:
         return env.ee_pos
 
-    if style in ("careful", "sloppy", "squeezing"):
+    if style in ("careful", "sloppy", "squeezing", "tightening"):
         # The same draws in the same order: given the same rng, sloppy differs from careful only in `gap`,
-        # squeezing only in the grip while the fingers close (one more draw, after the careful ones).
+        # squeezing only in the grip while the fingers close and tightening only in the grip of a few
+        # carry steps (one more draw each, after the careful ones).
         grip = rng.uniform(0.3, 0.45)
         gap = rng.uniform(*DROP_HEIGHT) if style == "sloppy" else rng.uniform(0.0, 0.004)
         carry = rng.uniform(0.14, 0.16)
         closing = rng.uniform(*SQUEEZE_GRIP) if style == "squeezing" else grip
+        tight = rng.uniform(*SQUEEZE_GRIP) if style == "tightening" else grip
+        # The carry in three pieces (one move to the same goal at the same speed), the middle one tight.
+        carry_phases = [
+            Phase(over_tray(carry), speed=0.6, grip=grip, min_steps=TIGHTEN_AFTER, max_steps=TIGHTEN_AFTER, tol=0.0),
+            Phase(over_tray(carry), speed=0.6, grip=tight, min_steps=TIGHTEN_STEPS, max_steps=TIGHTEN_STEPS, tol=0.0),
+            Phase(over_tray(carry), speed=0.6, grip=grip, tol=0.01),
+        ]
         phases = [
             Phase(_above(egg_grasp, APPROACH), speed=0.7, grip=GRIP_OPEN, tol=0.01),
             Phase(egg_grasp, speed=0.3, grip=GRIP_OPEN, tol=0.003),
             Phase(egg_grasp, speed=0.3, grip=closing, min_steps=4, max_steps=4),
             Phase(lift(carry), speed=0.4, grip=grip, tol=0.01),
-            Phase(over_tray(carry), speed=0.6, grip=grip, tol=0.01),
+            *(carry_phases if style == "tightening" else [Phase(over_tray(carry), speed=0.6, grip=grip, tol=0.01)]),
             Phase(tray_release(gap), speed=0.3, grip=grip, tol=0.003),
             Phase(hold, speed=0.0, grip=GRIP_OPEN, min_steps=3, max_steps=3),
             Phase(over_tray(carry), speed=0.4, grip=GRIP_OPEN),

@@ -17,6 +17,9 @@ written:
   height) that cracked the egg. The scarce-clean manifests (`dataset_manifest_scarce_*.csv`) use it.
 - `egg_carton_to_tray_squeezed` (cracked): squeezing transfers (careful but for a squeeze over the crack
   force at the grasp) that cracked the egg. `dataset_manifest_scarce_grasp_mixed.csv` uses it.
+- `egg_carton_to_tray_tightened` (cracked): tightening transfers (careful but for a few steps of the
+  carry with the fingers tightened over the crack force) that cracked the egg.
+  `dataset_manifest_scarce_carry_mixed.csv` uses it.
 
 Every dataset gets `--episodes-per-dataset` episodes unless `--count NAME=N` says otherwise (0: not
 written), e.g. few clean transfers and many sloppy ones for the scarce-clean regime of `crab.sim.compare`.
@@ -66,6 +69,7 @@ DATASETS = (
     DatasetSpec("close_the_carton", CLOSE_CARTON, "careful", "clean", "", lambda r: r.success),
     DatasetSpec("egg_carton_to_tray_sloppy", PUT_EGG, "sloppy", "cracked", "", lambda r: r.cracked),
     DatasetSpec("egg_carton_to_tray_squeezed", PUT_EGG, "squeezing", "cracked", "", lambda r: r.cracked),
+    DatasetSpec("egg_carton_to_tray_tightened", PUT_EGG, "tightening", "cracked", "", lambda r: r.cracked),
 )
 
 
