@@ -681,6 +681,15 @@ def train_or_reuse(cfg) -> tuple[Path, float]:
     return final, seconds
 
 
+def eval_path(
+    checkpoint: Path, episodes: int, seed: int, n_action_steps: int, ask: str | None = "positive", guidance: float | None = None
+) -> Path:
+    """Where the evaluation of a checkpoint is saved: named by what was asked beyond the plain question
+    ("positive", no guidance: beta 1)."""
+    question = ("" if ask == "positive" else f"_ask{ask}") + ("" if guidance in (None, 1.0) else f"_cfg{guidance:g}")
+    return checkpoint.parent / f"eval_{checkpoint.name}_{episodes}ep_seed{seed}_n{n_action_steps}{question}.json"
+
+
 def evaluate_or_reuse(
     checkpoint: Path, episodes: int, seed: int, n_action_steps: int, image_size: int, tasks: Sequence[str] = TASKS,
     ask: str | None = "positive", guidance: float | None = None,
@@ -689,9 +698,7 @@ def evaluate_or_reuse(
     `ask`, `guidance`: what a conditioned checkpoint is asked (`policy_eval.SmolVLAActor`)."""
     from crab.sim.policy_eval import evaluate_checkpoint, format_results
 
-    # Named by what was asked beyond the plain question ("positive", no guidance: beta 1).
-    question = ("" if ask == "positive" else f"_ask{ask}") + ("" if guidance in (None, 1.0) else f"_cfg{guidance:g}")
-    path = checkpoint.parent / f"eval_{checkpoint.name}_{episodes}ep_seed{seed}_n{n_action_steps}{question}.json"
+    path = eval_path(checkpoint, episodes, seed, n_action_steps, ask, guidance)
     saved = None
     if path.is_file() and path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime:
         saved = json.loads(path.read_text())
