@@ -74,8 +74,9 @@ class Method:
     config: str
     data: str  # "clean" or "mixed"
     label: str  # what the row is for; its settings are `settings()`
+    recipes: tuple[str, ...] = ()  # recipe files under crab/training/configs layered on the config, in order
     weighting: bool | None = None  # reward_weighting.enabled
-    signal: str | None = None  # reward_weighting.signal (the configs': `outcome`)
+    signal: str | None = None  # reward_weighting.signal (the configs': `outcome`); names its statistics file
     horizon: int | None = None  # reward_weighting.credit_horizon (per-chunk signals; default the chunk)
     alpha: float | None = None  # reward_weighting.alpha
     apply: str | None = None  # reward_weighting.apply (the configs': `loss`)
@@ -108,11 +109,13 @@ class Method:
         # reward_weighting's keys by their own names (the rows are mostly about them); others in full.
         shown = [o if o.startswith("reward_weighting.enabled") else o.removeprefix("reward_weighting.") for o in self.overrides()]
         changed = [f"`{o.replace('=', ': ')}`" for o in shown]
+        recipes = [f"`{r}`" for r in self.recipes]
         asked = [] if self.evaluates is None else [f"asked \"{self.ask}\"" + (f", guidance beta {self.guidance:g}" if self.guidance not in (None, 1.0) else "")]
-        return ", ".join(changed + asked) or "the config's"
+        return ", ".join(recipes + changed + asked) or "the config's"
 
 
 CF = CRACKED_FACTOR_CONFIG
+RECIPE_CHUNK_Q, RECIPE_CONDITIONED = "recipe_chunk_q.yaml", "recipe_conditioned.yaml"
 # Two action chunks of the tiny policy (chunk 10): reaches back over a sloppy release's whole descent.
 LONG_CREDIT_HORIZON = H = 20
 # Every row, its full settings on one line. Why the settings are what they are (measured in
@@ -175,26 +178,27 @@ ROWS = (
            signal="chunk_q", horizon=H, apply="sample", uncapped=True, normalize="phase", anchor=False),
     Method("rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed", CF, "mixed", "`chunk_q` drawn per phase, alpha 2",
            signal="chunk_q", horizon=H, alpha=2.0, apply="sample", uncapped=True, normalize="phase", anchor=False),
-    Method("rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
-           "the `chunk_q` recipe (recipe_chunk_q.yaml)", signal="chunk_q", horizon=H, apply="sample",
-           uncapped=True, normalize="phase", drop=True, anchor=False),
+    # The recipes, from their files (the tiny policy's two chunks as the credit horizon: the files' 100 are
+    # smolvla_base's), so what the README recommends is what is measured.
+    Method("rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed", "the `chunk_q` recipe",
+           recipes=(RECIPE_CHUNK_Q,), signal="chunk_q", horizon=H),
     Method("rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed", CF, "mixed",
-           "the `chunk_q` recipe, statistics counted by the draw", signal="chunk_q", horizon=H, apply="sample",
-           uncapped=True, normalize="phase", drop=True, counts="weight", anchor=False),
-    Method("cond_chunk_q_h20_mixed", CF, "mixed", "advantage-conditioned, asked \"positive\"", weighting=False,
-           signal="chunk_q", horizon=H, anchor=False, conditioned=True, guidance=1.0),
+           "the `chunk_q` recipe, statistics counted by the draw", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
+           horizon=H, counts="weight"),
+    Method("cond_chunk_q_h20_mixed", CF, "mixed", "advantage-conditioned, asked \"positive\"",
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, guidance=1.0),
     *(
         Method(f"cond_chunk_q_h20_cfg{beta:g}_mixed".replace(".", "p"), CF, "mixed",
-               f"advantage-conditioned, guidance beta {beta:g}", weighting=False, signal="chunk_q", horizon=H,
-               anchor=False, conditioned=True, evaluates="cond_chunk_q_h20_mixed", guidance=beta)
+               f"advantage-conditioned, guidance beta {beta:g}", recipes=(RECIPE_CONDITIONED,), signal="chunk_q",
+               horizon=H, evaluates="cond_chunk_q_h20_mixed", guidance=beta)
         for beta in (1.5, 3.0, 5.0)
     ),
     Method("cond_chunk_q_h20_asked_negative_mixed", CF, "mixed", "advantage-conditioned, asked \"negative\" (the "
-           "label's check)", weighting=False, signal="chunk_q", horizon=H, anchor=False, conditioned=True,
+           "label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H,
            evaluates="cond_chunk_q_h20_mixed", ask="negative", guidance=1.0),
     Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
-           "the `chunk_q` recipe, advantage-conditioned as well", signal="chunk_q", horizon=H, apply="sample",
-           uncapped=True, normalize="phase", drop=True, anchor=False, conditioned=True),
+           "the `chunk_q` recipe, advantage-conditioned as well", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
+           horizon=H, conditioned=True),
 )  # fmt: skip
 ROW = {m.name: m for m in ROWS}
 
@@ -204,7 +208,7 @@ def named_rows(*names: str) -> tuple[Method, ...]:
 
 
 CHUNK_Q_RECIPE = ROW["rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed"]
-CONDITIONED_METHODS = tuple(m for m in ROWS if m.conditioned)
+CONDITIONED_METHODS = tuple(m for m in ROWS if m.conditioned or RECIPE_CONDITIONED in m.recipes)
 # Today's regime: the key comparison (IL vs RWFM + anchor on the mixed data) first. Today's data has no
 # failure nothing locates, so the recipe draws as the row without `drop` there.
 METHODS = named_rows(
@@ -217,7 +221,8 @@ METHODS = named_rows(
 # The scarce regimes, where most of the data weighs about 0: every row but the clean-data RWFM ones.
 SCARCE_METHODS = named_rows(
     "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
-    *(m.name for m in ROWS if m.apply == "sample" and not m.conditioned), *(m.name for m in CONDITIONED_METHODS),
+    *(m.name for m in ROWS if (m.apply == "sample" or RECIPE_CHUNK_Q in m.recipes) and m not in CONDITIONED_METHODS),
+    *(m.name for m in CONDITIONED_METHODS),
 )  # fmt: skip
 
 
@@ -572,7 +577,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
             f"reward_weighting.std_floor={VALUE_SIGNAL_STD_FLOOR}",
             f"data.value_file={value_path(data_root, stem)}",
         ]
-    return load_config([CONFIG_DIR / method.config], overrides)
+    return load_config([CONFIG_DIR / method.config, *(CONFIG_DIR / r for r in method.recipes)], overrides)
 
 
 def cracked_factor_config(args: argparse.Namespace):
