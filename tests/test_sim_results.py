@@ -42,5 +42,8 @@ def test_points_pool_their_seeds_and_say_what_was_not_run(tmp_path, capsys):
     guided = next(line for line in printed if line.startswith("| `cond_chunk_q_h20_cfg5_mixed`"))
     assert "70% [40%, 89%] (70%)" in guided and guided.endswith("| not run |  |")
     assert printed[-1] == "egg success minus il_clean's, points: 2 clean: cond_chunk_q_h20_cfg5_mixed +40; 5 clean: n/a"
+    results.main(["--point", f"2 clean={two}:scarce_eggonly", "--rows", "il_clean", "--outcomes"])
+    printed = capsys.readouterr().out
+    assert "2 clean: where the egg episodes ended" in printed and "| `il_clean` | 20 | 0 |" in printed
     with pytest.raises(SystemExit):
         results.main(["--point", f"x={two}:no_such_regime", "--rows", "il_clean"])

@@ -10,7 +10,9 @@ dir) or the recipe on each kind of damage (one regime each).
 It trains and evaluates nothing: it reads the evaluations `crab.sim.compare` saved (run compare first, with
 the same --steps, --episodes, --batch-size and --n-action-steps). Per row and point: egg success pooled over
 the seeds evaluated (Wilson 95% interval), the per-seed rates and the crack rate; "not run" where no seed
-was. The last line gives, per point, each row's egg success minus the first row's.
+was. With --outcomes, per point also where the episodes ended (`evaluate.egg_outcome`: never grasped,
+cracked by the grip, at impact over the tray, ...). The last line gives, per point, each row's egg success
+minus the first row's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from crab.sim import compare
 from crab.sim.egg_env import PUT_EGG
+from crab.sim.evaluate import outcome_categories
 
 
 def parse_point(text: str) -> tuple[str, Path, str]:
@@ -71,6 +74,17 @@ def table(points: list[tuple[str, Path, str]], rows: list[compare.Method], args)
     return compare.markdown_table(header, lines), cells
 
 
+def outcome_tables(points, rows: list[compare.Method], cells: dict) -> str:
+    """Per point: each row's episodes by where they ended, pooled over the seeds."""
+    categories = list(outcome_categories(PUT_EGG))
+    parts = []
+    for label, *_ in points:
+        lines = [[f"`{r.name}`", str(c["episodes"]), *(str(c["outcomes"][k]) for k in categories)]
+                 for r in rows if (c := cells[(r.name, label)])]  # fmt: skip
+        parts += [f"{label}: where the egg episodes ended", "", compare.markdown_table(["run", "episodes", *categories], lines), ""]
+    return "\n".join(parts)
+
+
 def figure(points, rows, cells, path: Path, title: str) -> None:
     import matplotlib
 
@@ -108,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-action-steps", type=int, default=5)
     p.add_argument("--figure", type=Path, help="write the figure here (PNG)")
     p.add_argument("--title", default="egg success")
+    p.add_argument("--outcomes", action="store_true", help="also where the episodes ended, per point")
     args = p.parse_args(argv)
     unknown = sorted(set(args.rows) - set(compare.ROW))
     if unknown:
@@ -115,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [compare.ROW[n] for n in args.rows]
     text, cells = table(args.point, rows, args)
     print(text)
+    if args.outcomes:
+        print("\n" + outcome_tables(args.point, rows, cells))
     if args.figure:
         figure(args.point, rows, cells, args.figure, args.title)
         print(f"wrote {args.figure}")
