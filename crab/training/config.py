@@ -127,6 +127,7 @@ class ReplayConfig:
     anchor: bool = True
     # Rehearsal (co-training): they are imitated too, at weight 1, the imitation loss the mean over both
     # batches' samples; `batch_size` / (data.batch_size + batch_size) is their share of each step's frames.
+    # Their prompts carry no advantage label (with `conditioning`, they train the unconditioned policy).
     imitate: bool = False
 
 
