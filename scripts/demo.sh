@@ -16,7 +16,10 @@ start=$SECONDS
 
 if [ ! -f "$data/.complete-$episodes" ]; then
     rm -rf "$data"
-    $py -m crab.sim.generate --out "$data" --episodes-per-dataset $episodes --seed 0
+    # Only the datasets the demo's manifest names (the others serve the benchmarks): 0 episodes skips one.
+    $py -m crab.sim.generate --out "$data" --episodes-per-dataset $episodes --seed 0 \
+        --count egg_carton_to_tray_failed=0 --count close_the_carton=0 --count egg_carton_to_tray_sloppy=0 \
+        --count egg_carton_to_tray_squeezed=0 --count egg_carton_to_tray_tightened=0
     touch "$data/.complete-$episodes"
 fi
 $py -m crab.training.reward_stats --manifest "$manifest" --data-root "$data" --chunk-size 10 --out "$stats" \
