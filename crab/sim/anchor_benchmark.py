@@ -115,6 +115,11 @@ def retention(finetuned: dict, base: dict) -> float:
     return finetuned["success_rate"] / base["success_rate"] if base["success_rate"] > 0 else float("nan")
 
 
+def fmt_gain(finetuned: dict, base: dict) -> str:
+    """Success over the base's (pooled), in points."""
+    return f"{(finetuned['success_rate'] - base['success_rate']) * 100:+.0f} points"
+
+
 def fmt_retention(kept: float) -> str:
     return "n/a (base 0%)" if math.isnan(kept) else f"{kept:.0%}"
 
@@ -279,13 +284,11 @@ def mix_name(mix: float) -> str:
     return f"mix{mix:g}"
 
 
-def mix_checkpoint(seed: int, mix: float, args: argparse.Namespace) -> Path:
-    """The policy interpolated between a seed's base and its fine-tuning without the anchor
+def mix_checkpoint(tuned: Path, seed: int, mix: float, args: argparse.Namespace) -> Path:
+    """The policy interpolated between a seed's base and `tuned`, its fine-tuning without the anchor
     (`crab.training.interpolate`), rebuilt unless newer than that fine-tuning."""
-    from crab.training.checkpoint import step_dir
     from crab.training.interpolate import write_interpolated
 
-    tuned = step_dir(run_config(Run(ANCHOR_OFF.name, seed, ANCHOR_OFF), args).run_dir, args.steps)
     out = args.work_dir / "runs" / f"{mix_name(mix)}_seed{seed}" / tuned.name
     weights = "pretrained_model/model.safetensors"
     if (out / weights).is_file() and (out / weights).stat().st_mtime > (tuned / weights).stat().st_mtime:
@@ -328,7 +331,7 @@ def execute(args: argparse.Namespace) -> tuple[dict, dict, dict]:
                             submit_train(ft)
                     if run.finetune == ANCHOR_OFF:
                         for mix in args.mixes:
-                            job = (mix_checkpoint(run.seed, mix, args), *job[1:])
+                            job = (mix_checkpoint(checkpoint, run.seed, mix, args), *job[1:])
                             pending[executor.submit(eval_job, *job)] = ("eval", Run(mix_name(mix), run.seed))
                 else:
                     results[key] = future.result()
@@ -391,7 +394,7 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         for n in names:
             p = pooled[task][n]
             if task == TARGET:  # the fine-tuning's gain over the base
-                keep = "" if n == "base" else f"{(p['success_rate'] - pooled[task]['base']['success_rate']) * 100:+.0f} points"
+                keep = "" if n == "base" else fmt_gain(p, pooled[task]["base"])
             else:
                 keep = "" if n == "base" else fmt_retention(retention(p, pooled[task]["base"]))
             rows.append([
@@ -414,7 +417,7 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
                 egg = pooled[TARGET][ft.name]
                 rows.append([
                     ft.describe(), f"{b / (args.batch_size + b):.0%}",
-                    f"{(egg['success_rate'] - pooled[TARGET]['base']['success_rate']) * 100:+.0f} points",
+                    fmt_gain(egg, pooled[TARGET]["base"]),
                     *(fmt_retention(retention(pooled[t][ft.name], pooled[t]["base"])) for t in OTHERS),
                     f"{ms_per_step[ft.name]:.0f}" if ft.name in ms_per_step else "",
                 ])  # fmt: skip

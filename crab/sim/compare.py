@@ -116,8 +116,9 @@ class Method:
 
 CF = CRACKED_FACTOR_CONFIG
 RECIPE_CHUNK_Q, RECIPE_CONDITIONED = "recipe_chunk_q.yaml", "recipe_conditioned.yaml"
-# Two action chunks of the tiny policy (chunk 10): reaches back over a sloppy release's whole descent.
-LONG_CREDIT_HORIZON = H = 20
+# The long credit horizon: two action chunks of the tiny policy (chunk 10), reaching back over a sloppy
+# release's whole descent.
+H = 20
 # Every row, its full settings on one line. Why the settings are what they are (measured in
 # docs/sim_benchmark_findings.md):
 # - `apply: sample` (weights choose each batch's frames): on mostly-bad data the advantage is centred on a low
@@ -835,29 +836,41 @@ def value_model_error(regime: Regime, methods: Sequence[Method], args: argparse.
     return {"heldout": meta["heldout"], "settings": meta["settings"], "epochs_kept": meta["epochs_kept"]}
 
 
-def plot(pooled: dict[str, dict], methods: Sequence[Method], path: Path, title: str) -> None:
+def rate_figure(width: float):
+    """A new (figure, axes) of rates, files only (no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(width, 4.2))
+
+
+def save_rate_figure(fig, ax, path: Path, title: str, ylabel: str, legend_size: int) -> None:
+    """Rates on 0-1 with their label, title and legend, written to `path` (PNG) and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot(pooled: dict[str, dict], methods: Sequence[Method], path: Path, title: str) -> None:
     names = [m.name for m in methods]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4.2))
+    fig, ax = rate_figure(1.6 * len(names) + 2)
     for offset, key, colour in ((-0.2, "success", "tab:green"), (0.2, "crack", "tab:orange")):
         rates = np.array([pooled[n][f"{key}_rate"] for n in names])
         ci = np.array([pooled[n][f"{key}_ci95"] for n in names])
         ax.bar(x + offset, rates, 0.38, color=colour, label=f"{key} rate",
                yerr=[rates - ci[:, 0], ci[:, 1] - rates], capsize=4)  # fmt: skip
     ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("rate (Wilson 95% interval)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_rate_figure(fig, ax, path, title, "rate (Wilson 95% interval)", 8)
 
 
 def machine() -> str:

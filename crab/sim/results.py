@@ -37,14 +37,19 @@ def parse_point(text: str) -> tuple[str, Path, str]:
     return label, Path(work_dir), regime
 
 
-def cell(row: compare.Method, work_dir: Path, regime: str, args: argparse.Namespace) -> dict | None:
-    """The row's egg-task evaluations at one point, pooled over the seeds found (None: none)."""
-    from crab.training.checkpoint import step_dir
-
-    bench = compare.parse_args(
+def bench_args(work_dir: Path, args: argparse.Namespace) -> argparse.Namespace:
+    """The `crab.sim.compare` arguments whose runs one point's work dir holds."""
+    return compare.parse_args(
         ["--work-dir", str(work_dir), "--steps", str(args.steps), "--episodes", str(args.episodes),
          "--batch-size", str(args.batch_size), "--n-action-steps", str(args.n_action_steps)]
     )  # fmt: skip
+
+
+def cell(row: compare.Method, bench: argparse.Namespace, regime: str, args: argparse.Namespace) -> dict | None:
+    """The row's egg-task evaluations at one point (`bench`: its compare arguments), pooled over the seeds
+    found (None: none)."""
+    from crab.training.checkpoint import step_dir
+
     found = []
     for seed in range(args.seeds):
         cfg = compare.run_config(row, seed, bench, compare.REGIMES[regime])
@@ -58,7 +63,8 @@ def cell(row: compare.Method, work_dir: Path, regime: str, args: argparse.Namesp
 
 def table(points: list[tuple[str, Path, str]], rows: list[compare.Method], args) -> tuple[str, dict]:
     """The markdown table (a row per benchmark row, a column pair per point) and the pooled cells."""
-    cells = {(r.name, p[0]): cell(r, p[1], p[2], args) for r in rows for p in points}
+    benches = {label: bench_args(work_dir, args) for label, work_dir, _ in points}
+    cells = {(r.name, label): cell(r, benches[label], regime, args) for r in rows for label, _, regime in points}
     lines = []
     for r in rows:
         out = [f"`{r.name}`", f"{r.label}"]
@@ -86,12 +92,7 @@ def outcome_tables(points, rows: list[compare.Method], cells: dict) -> str:
 
 
 def figure(points, rows, cells, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.4 * len(points) + 4, 4.2))
+    fig, ax = compare.rate_figure(1.4 * len(points) + 4)
     for i, r in enumerate(rows):
         xs = [j + 0.06 * (i - (len(rows) - 1) / 2) for j, p in enumerate(points) if cells[(r.name, p[0])]]
         got = [cells[(r.name, p[0])] for p in points if cells[(r.name, p[0])]]
@@ -101,14 +102,7 @@ def figure(points, rows, cells, path: Path, title: str) -> None:
         err = [[c["success_rate"] - c["success_ci95"][0] for c in got], [c["success_ci95"][1] - c["success_rate"] for c in got]]
         ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, label=r.label)
     ax.set_xticks(range(len(points)), [p[0] for p in points])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("egg success (Wilson 95% interval)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    compare.save_rate_figure(fig, ax, path, title, "egg success (Wilson 95% interval)", 7)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from crab.training.files import OutputError
+from crab.training.crab_smolvla_wrapper import pretrained_folder
+from crab.training.files import OutputError, temporary_name
 
 WEIGHTS = "model.safetensors"
 NORMALISATION = ("*preprocessor*normalizer_processor.safetensors", "*postprocessor*unnormalizer_processor.safetensors")
@@ -56,7 +57,7 @@ def interpolate(base: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor
 
 def pretrained_model(checkpoint: Path) -> Path:
     """The lerobot policy folder of a checkpoint (`step_XXXXXX` or its `pretrained_model`)."""
-    folder = checkpoint / "pretrained_model" if (checkpoint / "pretrained_model").is_dir() else checkpoint
+    folder = Path(pretrained_folder(checkpoint))
     if not (folder / WEIGHTS).is_file():
         raise InterpolationError(f"{checkpoint}: no {WEIGHTS} (not a checkpoint folder or its pretrained_model)")
     return folder
@@ -87,7 +88,7 @@ def write_interpolated(base: Path, finetuned: Path, mix: float, out: Path) -> Pa
     base_model, tuned_model = pretrained_model(base), pretrained_model(finetuned)
     check_same_normalisation(base_model, tuned_model)
     weights = interpolate(load_file(base_model / WEIGHTS), load_file(tuned_model / WEIGHTS), mix)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(tuned_model, tmp / "pretrained_model")
