@@ -81,12 +81,18 @@ def test_runs_configs(tmp_path):
     assert not base.reward_weighting.enabled and not base.anchor.enabled and base.policy.pretrained_path == "tiny"
     assert base.data.manifest.endswith("dataset_manifest_anchor_base.csv") and base.train.steps == 40
     assert set(base.task_masks) == {PUT_EGG, OPEN_CARTON, CLOSE_CARTON} and base.seed == 1001
+    # The bases' own data root, weak at the target: 3 egg transfers (+1 held out), the carton tasks in full.
+    assert base.data.data_root == str(tmp_path / "data_base_egg3")
+    counts = ab.base_counts(args)
+    assert counts["egg_carton_to_tray"] == 4 and counts["open_the_carton"] == counts["close_the_carton"] == 50
+    assert sum(counts.values()) == 104
     checkpoint = str(tmp_path / "runs" / "base_seed1" / "step_000040")
     free, anchored = (ab.run_config(ab.Run(ft.name, 1, ft), args) for ft in (ab.Finetune(0.0), ab.Finetune(1.0)))
     for cfg in (free, anchored):
         assert cfg.policy.pretrained_path == checkpoint and cfg.policy.normalization == "pretrained"
-        assert cfg.data.manifest.endswith("anchor_egg_mixed.csv") and cfg.data.retention_manifest.endswith("retention.csv")
-        assert cfg.reward_weighting.enabled and cfg.reward_weighting.alpha == 4.0 and cfg.train.steps == 20
+        assert cfg.data.manifest.endswith("anchor_egg_clean.csv") and cfg.data.retention_manifest.endswith("retention.csv")
+        assert not cfg.reward_weighting.enabled and cfg.train.steps == 20  # filtering: the clean ones, imitated
+        assert cfg.data.data_root == str(tmp_path / "data")
     assert not free.anchor.enabled
     assert anchored.anchor.enabled and anchored.anchor.lambda_anchor == 1.0 and anchored.anchor.reference == checkpoint
     assert (anchored.anchor.warmup_steps, anchored.anchor.ramp_steps) == (1, 2)

@@ -410,7 +410,7 @@ def test_generate_writes_readable_lerobot_datasets_and_manifests(tmp_path):
     ]
     with_cracked = load_manifest(manifests / "dataset_manifest_cycle1_with_cracked.csv", tmp_path)
     assert {r.name: r.quality for r in with_cracked}["egg_carton_to_tray_cracked"] == "cracked"
-    for stem in ("anchor_base", "anchor_egg_mixed", "anchor_retention", "scarce_clean", "scarce_mixed",
+    for stem in ("anchor_base", "anchor_egg_clean", "anchor_retention", "scarce_clean", "scarce_mixed",
                  "scarce_grasp_mixed", "scarce_eggonly", "scarce_eggonly_mixed", "scarce_grasp_eggonly_mixed",
                  "scarce_eggonly_nofailed_mixed", "scarce_grasp_eggonly_nofailed_mixed"):
         check_roots(load_manifest(manifests / f"dataset_manifest_{stem}.csv", tmp_path))

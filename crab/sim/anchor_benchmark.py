@@ -2,14 +2,16 @@
 
     python -m crab.sim.anchor_benchmark --out docs/anchor.md [--seeds 3] [--episodes 50] [--base-steps 10000] \
         [--steps 2000] [--lambdas 0 0.1] [--replay-lambdas 0.1 1 10] [--replay-batches 1 4 32] \
-        [--share-lambda 10] [--mixes 0.5 0.75] [--batch-size 32] [--work-dir outputs/anchor_benchmark] \
-        [--jobs 2] [--threads 1] [--bases-only]
+        [--share-lambda 10] [--mixes 0.5 0.75] [--base-egg-episodes 3] [--batch-size 32] \
+        [--work-dir outputs/anchor_benchmark] [--jobs 2] [--threads 1] [--bases-only]
 
 Per training seed: a **base** policy, imitation learning on clean data of every simulated task
-(`dataset_manifest_anchor_base.csv`: egg transfer, carton opening, carton closing); then **fine-tuned from
-it** (`policy.pretrained_path` = the base checkpoint, its normalisation kept: `policy.normalization:
-pretrained`) on the egg data of the mixed-quality cycle (`dataset_manifest_anchor_egg_mixed.csv`: clean and
-cracked transfers) with the cracked-factor cycle config (RWFM as it sets it) and the base as the anchor's
+(`dataset_manifest_anchor_base.csv`: egg transfer, carton opening, carton closing) under a data root of its
+own where egg transfer has only `--base-egg-episodes` training episodes, so the base is weak at it and the
+fine-tuning has something to gain; then **fine-tuned from it** (`policy.pretrained_path` = the base
+checkpoint, its normalisation kept: `policy.normalization: pretrained`) on the full egg data (clean and
+cracked transfers) the way the README recommends at that many clean transfers: filtering, imitation of the
+clean ones (`dataset_manifest_anchor_egg_clean.csv`, the baseline IL config), with the base as the anchor's
 frozen reference (`anchor.reference`), once per `--lambdas` value with the anchor on the fine-tuning
 batches only (0 = anchor off), and once per `--replay-lambdas` value with the anchor also on replayed
 frames of the carton tasks (`replay.manifest`: their training episodes). The question the anchor must
@@ -56,11 +58,10 @@ from crab.sim.compare import (
 )
 from crab.sim.egg_env import PUT_EGG, TASK_ACTION_DIMS, TASKS
 
-BASE_CONFIG = "train_cycle1_baseline_il.yaml"
-FINETUNE_CONFIG = "train_cycle1_rwfm_anchor_cracked_factor.yaml"
+CONFIG = "train_cycle1_baseline_il.yaml"  # base and fine-tunings: imitation learning (filtering)
 MANIFESTS = {
     "base": MANIFEST_DIR / "dataset_manifest_anchor_base.csv",
-    "egg_mixed": MANIFEST_DIR / "dataset_manifest_anchor_egg_mixed.csv",
+    "egg_clean": MANIFEST_DIR / "dataset_manifest_anchor_egg_clean.csv",
     "retention": MANIFEST_DIR / "dataset_manifest_anchor_retention.csv",
 }
 TARGET = PUT_EGG
@@ -173,8 +174,18 @@ def check_bar(
 # --- pipeline ---------------------------------------------------------------------------------------
 
 
-def stats_path(data_root: Path) -> Path:
-    return data_root / "reward_weighting_stats_anchor_egg_mixed.json"
+def base_data_root(args: argparse.Namespace) -> Path:
+    """The bases' data: every task's clean datasets, egg transfer with `--base-egg-episodes` training
+    episodes (and the held-out one)."""
+    return args.work_dir / f"data_base_egg{args.base_egg_episodes}"
+
+
+def base_counts(args: argparse.Namespace) -> dict[str, int]:
+    """Episodes per dataset (`generate.episode_counts`) of the bases' data root: only what they train on."""
+    from crab.sim.generate import DATASETS
+
+    full = {"open_the_carton": args.episodes_per_dataset, "close_the_carton": args.episodes_per_dataset}
+    return {d.name: full.get(d.name, 0) for d in DATASETS} | {"egg_carton_to_tray": args.base_egg_episodes + 1}
 
 
 def task_masks_override() -> str:
@@ -208,25 +219,26 @@ def base_checkpoint(seed: int, args: argparse.Namespace) -> Path:
 
 def run_config(run: Run, args: argparse.Namespace):
     """The training config of one run: the base (IL config on clean data of every task, the tiny policy) or
-    a fine-tuning from that seed's base (cracked-factor cycle config on the egg data, the base as the
+    a fine-tuning from that seed's base (the same config on the clean egg transfers, the base as the
     reference)."""
     from crab.training.config import load_config
 
     if run.finetune is None:
         overrides = [
             *common_overrides(run, args, args.base_steps),
+            f"data.data_root={base_data_root(args)}",
             f"data.manifest={MANIFESTS['base']}",
             "data.reward_stats=null",  # imitation learning: no weighting
             "policy.pretrained_path=tiny",
             f"policy.overrides={{n_action_steps: {args.n_action_steps}}}",
         ]
-        return load_config([CONFIG_DIR / BASE_CONFIG], overrides)
+        return load_config([CONFIG_DIR / CONFIG], overrides)
     base, ft = base_checkpoint(run.seed, args), run.finetune
     steps = args.steps
     overrides = [
         *common_overrides(run, args, steps),
-        f"data.manifest={MANIFESTS['egg_mixed']}",
-        f"data.reward_stats={stats_path(args.work_dir / 'data')}",
+        f"data.manifest={MANIFESTS['egg_clean']}",
+        "data.reward_stats=null",  # filtering: the clean transfers, imitated
         f"data.retention_manifest={MANIFESTS['retention']}",
         f"policy.pretrained_path={base}",
         "policy.normalization=pretrained",
@@ -241,16 +253,7 @@ def run_config(run: Run, args: argparse.Namespace):
         f"anchor.warmup_steps={steps // 20}",
         f"anchor.ramp_steps={steps // 10}",
     ]
-    return load_config([CONFIG_DIR / FINETUNE_CONFIG], overrides)
-
-
-def ensure_stats(data_root: Path, chunk_size: int, rw) -> None:
-    from crab.training import reward_stats
-
-    reward_stats.main(
-        ["--manifest", str(MANIFESTS["egg_mixed"]), "--data-root", str(data_root), "--chunk-size", str(chunk_size),
-         "--out", str(stats_path(data_root)), "--alpha", str(rw.alpha), "--clip-min", str(rw.clip_min)]
-    )  # fmt: skip
+    return load_config([CONFIG_DIR / CONFIG], overrides)
 
 
 def train_job(cfg, threads: int) -> float:
@@ -342,8 +345,7 @@ def execute(args: argparse.Namespace) -> tuple[dict, dict, dict]:
 def report(args, names: list[str], results: dict, train_s: dict, timings: dict, command: str, val: dict) -> tuple[str, dict]:
     seeds = range(args.seeds)
     pooled = {t: {n: pool([results[(n, s)]["tasks"][t] for s in seeds]) for n in names} for t in TASKS}
-    rw = run_config(Run(ANCHOR_OFF.name, 0, ANCHOR_OFF), args).reward_weighting
-    labels = {"base": "base: IL on clean data of all three tasks"}
+    labels = {"base": f"base: IL on clean data of all three tasks, {args.base_egg_episodes} egg transfers"}
     labels.update({ft.name: f"fine-tuned, {ft.describe()}" for ft in settings(args)})
     labels.update({mix_name(m): f"weights: base + {m:g} x (fine-tuned, anchor off - base)" for m in args.mixes})
     ms_per_step = {n: 1000 * sum(train_s[(n, s)] for s in seeds) / (args.seeds * args.steps)
@@ -357,16 +359,17 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         "",
         f"- Machine: {machine()}. Shared with other jobs while it ran: times are indicative only.",
         f"- Data (`crab.sim.generate`, seed {args.data_seed}, {args.image_size}x{args.image_size} camera, "
-        f"{args.episodes_per_dataset} episodes per dataset). Base: `{MANIFESTS['base'].name}` (clean: egg "
-        f"transfers, carton openings, carton closings). Fine-tuning: `{MANIFESTS['egg_mixed'].name}` (the "
-        "cycle's egg data: clean and cracked transfers, no carton task). One episode per dataset held out "
-        f"for validation; the carton datasets' held-out episodes give the retention validation loss "
+        f"{args.episodes_per_dataset} episodes per dataset). Base: `{MANIFESTS['base'].name}` (clean: carton "
+        f"openings, carton closings and only {args.base_egg_episodes} egg transfers, so the base is weak at the "
+        f"target). Fine-tuning: `{MANIFESTS['egg_clean'].name}`: the cycle's egg data ({args.episodes_per_dataset} "
+        "clean and as many cracked transfers, no carton task) as the README says to use it with that many clean "
+        "transfers: filtered to the clean ones. One episode per dataset held out for validation; the carton "
+        "datasets' held-out episodes give the retention validation loss "
         f"(`data.retention_manifest: {MANIFESTS['retention'].name}`).",
         f"- Base: the tiny offline SmolVLA (`TINY_SMOLVLA_DEFAULTS`), baseline IL config, {args.base_steps} steps "
         f"at batch {args.batch_size}, {args.n_action_steps} actions executed per chunk of 10.",
         f"- Fine-tuning: from the base (`policy.pretrained_path` = its checkpoint, `policy.normalization: "
-        f"pretrained`), the cracked-factor cycle config (RWFM alpha {rw.alpha:g}, clip [{rw.clip_min:g}, "
-        f"{rw.clip_max:g}]), the base as the frozen reference (`anchor.reference`), {args.steps} steps at batch "
+        "pretrained`), imitation learning (the baseline IL config), the base as the frozen reference (`anchor.reference`), {args.steps} steps at batch "
         f"{args.batch_size}, anchor warmup/ramp {args.steps // 20}/{args.steps // 10} steps (the cycle configs' "
         f"1000/2000 of 20000, scaled), lambda_anchor in {{{', '.join(f'{x:g}' for x in args.lambdas)}}} with the "
         "anchor on the fine-tuning batches only (lambda 0 = anchor off), and in "
@@ -482,6 +485,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--share-lambda", type=float, default=10.0, help="lambda_anchor of the --replay-batches rows")
     p.add_argument("--mixes", type=float, nargs="*", default=[],
                    help="weight interpolations base + m x (anchor-off fine-tuning - base) to evaluate, m in (0, 1)")
+    p.add_argument("--base-egg-episodes", type=int, default=3,
+                   help="egg transfers the bases train on (the carton tasks get --episodes-per-dataset)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-action-steps", type=int, default=5, help="actions executed per predicted chunk of 10")
     p.add_argument("--episodes-per-dataset", type=int, default=50)
@@ -500,6 +505,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--replay-lambdas must be > 0 (replay feeds the anchor only)")
     if any(b < 1 for b in args.replay_batches) or args.share_lambda <= 0:
         p.error("--replay-batches must be >= 1 and --share-lambda > 0")
+    if args.base_egg_episodes < 0:
+        p.error("--base-egg-episodes must be >= 0")
     if any(not 0 < m < 1 for m in args.mixes):
         p.error("--mixes must be in (0, 1) (0 is the base, 1 the fine-tuned policy: both are rows already)")
     args.lambdas, args.replay_lambdas = sorted(set(args.lambdas)), sorted(set(args.replay_lambdas))
@@ -514,16 +521,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m crab.sim.anchor_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
-    data_root = args.work_dir / "data"
     timings = {
         "data_s": ensure_data(
-            data_root, args.episodes_per_dataset, args.data_seed, args.image_size, without_scarce_datasets()
+            args.work_dir / "data", args.episodes_per_dataset, args.data_seed, args.image_size,
+            without_scarce_datasets(),
         )
+        + ensure_data(base_data_root(args), args.episodes_per_dataset, args.data_seed, args.image_size, base_counts(args))
     }
-    from crab.training.crab_smolvla_wrapper import TINY_SMOLVLA_DEFAULTS
-
-    rw = run_config(Run(ANCHOR_OFF.name, 0, ANCHOR_OFF), args).reward_weighting
-    ensure_stats(data_root, TINY_SMOLVLA_DEFAULTS["chunk_size"], rw)
     results, train_s = execute(args)
     timings["eval_s"] = sum(r["wall_s"] for r in results.values())  # as measured when evaluated (reuse too)
     timings["wall_s"] = time.perf_counter() - start
