@@ -1,6 +1,6 @@
 """Simulated egg-transfer benchmark: RWFM (+ anchor) against imitation learning on mixed-quality data.
 
-    python -m crab.sim.compare --out docs/sim_benchmark.md [--seeds 3] [--episodes 50] [--steps 4000] \
+    python -m crab.sim.compare [--out REPORT.md] [--seeds 3] [--episodes 50] [--steps 4000] \
         [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--jobs 2] \
         [--extra-alpha 0.25] [--regimes cycle1 scarce scarce_grasp scarce_carry] [--methods ...] [--scarce-clean 10] \
         [--scarce-damaging 40] [--scarce-failed 10] [--value-expectile 0.5]
@@ -1094,7 +1094,8 @@ def egg_summary(plan, pooled: dict[str, dict]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("docs/sim_benchmark.md"))
+    p.add_argument("--out", type=Path, help="the markdown report (default: report.md in --work-dir); "
+                   "docs/sim_benchmark.md puts several work dirs side by side with crab.sim.results")
     p.add_argument("--regimes", nargs="+", default=list(TABLE_REGIMES),
                    help=f"a subset of {list(REGIMES)}, or all (default: the table's, {list(TABLE_REGIMES)})")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3)
@@ -1124,7 +1125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep decoded training items in RAM (`data.cache_items`); the small generated data fit")  # fmt: skip
     p.add_argument("--jobs", type=int, default=2, help="trainings at a time, each in its own process")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = args.out or args.work_dir / "report.md"
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
