@@ -99,6 +99,8 @@ def args_of(*argv: str):
 
 
 def test_regime_and_method_selection():
+    # The report goes into the work dir unless --out says otherwise (the results page is crab.sim.results').
+    assert args_of().out == Path("work") / "report.md" and args_of("--out", "r.md").out == Path("r.md")
     # The default: the table's rows in its regimes, in every one of them.
     plan = compare.select(args_of())
     assert [r.name for r, _ in plan] == ["cycle1", "scarce_eggonly"]
