@@ -120,7 +120,8 @@ def test_regime_and_method_selection():
         "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_alpha2_mixed",
         "rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed",
         "cond_chunk_q_h20_mixed", "cond_chunk_q_h20_cfg1p5_mixed", "cond_chunk_q_h20_cfg3_mixed", "cond_chunk_q_h20_cfg5_mixed",
-        "cond_chunk_q_h20_asked_negative_mixed", "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed",
+        "cond_chunk_q_h20_cfg10_mixed", "cond_chunk_q_h20_asked_negative_mixed",
+        "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_cfg5_mixed",
     ]  # fmt: skip
     rows = {m.name: m for m in plan[1][1]}
 
@@ -142,6 +143,8 @@ def test_regime_and_method_selection():
         assert to_dict(settings(name)) == to_dict(conditioned)
     assert (rows["cond_chunk_q_h20_cfg1p5_mixed"].guidance, rows["cond_chunk_q_h20_asked_negative_mixed"].ask) == (1.5, "negative")
     both = settings("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed")
+    guided = "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_cfg5_mixed"
+    assert to_dict(settings(guided)) == to_dict(both) and rows[guided].guidance == 5.0
     assert both.conditioning.enabled and both.reward_weighting == drop
     for name in ("rwfm_sample_uncapped_phase_mixed", "rwfm_chunk_q_sample_uncapped_h20_phase_mixed"):
         cfg = settings(name)

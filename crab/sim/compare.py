@@ -138,7 +138,8 @@ H = 20
 #   statistics by its share of the draw, not every kept frame once (the default).
 # - Conditioning (crab/training/conditioning.py): every frame imitated, its prompt labelled by `chunk_q` at
 #   horizon 20, 20% unlabelled; evaluated asking "positive" without guidance, with guidance (5: the config's
-#   default), and asked "negative" (a check that the label is used: it should crack more).
+#   default; 10: is more guidance better, as from 1 to 5?), and asked "negative" (a check that the label is
+#   used: it should crack more). With the recipe's draw as well: without guidance and at 5.
 ROWS = (
     Method("il_clean", IL_CONFIG, "clean", "IL, clean only (= filtering)"),
     Method("il_mixed", IL_CONFIG, "mixed", "IL, mixed (naive mixing)"),
@@ -192,7 +193,7 @@ ROWS = (
         Method(f"cond_chunk_q_h20_cfg{beta:g}_mixed".replace(".", "p"), CF, "mixed",
                f"advantage-conditioned, guidance beta {beta:g}", recipes=(RECIPE_CONDITIONED,), signal="chunk_q",
                horizon=H, evaluates="cond_chunk_q_h20_mixed", guidance=beta)
-        for beta in (1.5, 3.0, 5.0)
+        for beta in (1.5, 3.0, 5.0, 10.0)
     ),
     Method("cond_chunk_q_h20_asked_negative_mixed", CF, "mixed", "advantage-conditioned, asked \"negative\" (the "
            "label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H,
@@ -200,6 +201,10 @@ ROWS = (
     Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
            "the `chunk_q` recipe, advantage-conditioned as well", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, conditioned=True),
+    Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_cfg5_mixed", CF, "mixed",
+           "the `chunk_q` recipe, advantage-conditioned as well, guidance beta 5", recipes=(RECIPE_CHUNK_Q,),
+           signal="chunk_q", horizon=H, conditioned=True,
+           evaluates="cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", guidance=5.0),
 )  # fmt: skip
 ROW = {m.name: m for m in ROWS}
 
