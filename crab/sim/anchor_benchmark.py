@@ -546,7 +546,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         notes = args.out.read_text().split(NOTES_MARKER, 1)[1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n" + NOTES_MARKER + (notes or "\n"))
+    recommended = summary["recommended"]
     out = {"args": {k: str(v) for k, v in vars(args).items()}, **summary, "timings": timings,
+           "recommended": recommended.name if recommended else None,
            "train_s": {f"{n}_seed{s}": v for (n, s), v in train_s.items()},
            "per_seed": {f"{n}_seed{s}": v for (n, s), v in results.items()}, "retention_val_loss": val}  # fmt: skip
     (args.work_dir / "results.json").write_text(json.dumps(out, indent=2))
@@ -557,7 +559,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     kept = {
         short[n]: ", ".join(fmt_retention(retention(pooled[t][n], pooled[t]["base"])) for t in OTHERS) for n in names[1:]
     }
-    recommended = summary["recommended"]
     print(
         f"headline: share of the base's success kept on {' / '.join(OTHERS)}: "
         + "; ".join(f"{name}: {k}" for name, k in kept.items())
