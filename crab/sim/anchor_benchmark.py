@@ -369,7 +369,8 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         f"- Base: the tiny offline SmolVLA (`TINY_SMOLVLA_DEFAULTS`), baseline IL config, {args.base_steps} steps "
         f"at batch {args.batch_size}, {args.n_action_steps} actions executed per chunk of 10.",
         f"- Fine-tuning: from the base (`policy.pretrained_path` = its checkpoint, `policy.normalization: "
-        "pretrained`), imitation learning (the baseline IL config), the base as the frozen reference (`anchor.reference`), {args.steps} steps at batch "
+        "pretrained`), imitation learning (the baseline IL config), the base as the frozen reference "
+        f"(`anchor.reference`), {args.steps} steps at batch "
         f"{args.batch_size}, anchor warmup/ramp {args.steps // 20}/{args.steps // 10} steps (the cycle configs' "
         f"1000/2000 of 20000, scaled), lambda_anchor in {{{', '.join(f'{x:g}' for x in args.lambdas)}}} with the "
         "anchor on the fine-tuning batches only (lambda 0 = anchor off), and in "
