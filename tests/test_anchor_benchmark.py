@@ -83,7 +83,7 @@ def test_runs_configs(tmp_path):
     assert set(base.task_masks) == {PUT_EGG, OPEN_CARTON, CLOSE_CARTON} and base.seed == 1001
     # The bases' own data root, weak at the target: 3 egg transfers (+1 held out), the carton tasks in full.
     assert base.data.data_root == str(tmp_path / "data_base_egg3")
-    counts = ab.base_counts(args)
+    counts = ab.clean_counts(args, args.base_egg_episodes + 1)
     assert counts["egg_carton_to_tray"] == 4 and counts["open_the_carton"] == counts["close_the_carton"] == 50
     assert sum(counts.values()) == 104
     checkpoint = str(tmp_path / "runs" / "base_seed1" / "step_000040")

@@ -9,9 +9,10 @@ Per training seed: a **base** policy, imitation learning on clean data of every 
 (`dataset_manifest_anchor_base.csv`: egg transfer, carton opening, carton closing) under a data root of its
 own where egg transfer has only `--base-egg-episodes` training episodes, so the base is weak at it and the
 fine-tuning has something to gain; then **fine-tuned from it** (`policy.pretrained_path` = the base
-checkpoint, its normalisation kept: `policy.normalization: pretrained`) on the full egg data (clean and
-cracked transfers) the way the README recommends at that many clean transfers: filtering, imitation of the
-clean ones (`dataset_manifest_anchor_egg_clean.csv`, the baseline IL config), with the base as the anchor's
+checkpoint, its normalisation kept: `policy.normalization: pretrained`) on the egg transfers the way the
+README recommends at `--episodes-per-dataset` clean ones: filtering, imitation of the clean transfers alone
+(`dataset_manifest_anchor_egg_clean.csv`, the baseline IL config; no damaged ones are generated), with the
+base as the anchor's
 frozen reference (`anchor.reference`), once per `--lambdas` value with the anchor on the fine-tuning
 batches only (0 = anchor off), and once per `--replay-lambdas` value with the anchor also on replayed
 frames of the carton tasks (`replay.manifest`: their training episodes). The question the anchor must
@@ -54,7 +55,6 @@ from crab.sim.compare import (
     markdown_table,
     pool,
     train_or_reuse,
-    without_scarce_datasets,
 )
 from crab.sim.egg_env import PUT_EGG, TASK_ACTION_DIMS, TASKS
 
@@ -180,12 +180,14 @@ def base_data_root(args: argparse.Namespace) -> Path:
     return args.work_dir / f"data_base_egg{args.base_egg_episodes}"
 
 
-def base_counts(args: argparse.Namespace) -> dict[str, int]:
-    """Episodes per dataset (`generate.episode_counts`) of the bases' data root: only what they train on."""
+def clean_counts(args: argparse.Namespace, egg_episodes: int) -> dict[str, int]:
+    """Episodes per dataset (`generate.episode_counts`) of a data root holding only the three tasks' clean
+    datasets (all any run here reads): the carton tasks' at `--episodes-per-dataset`, egg transfer's at
+    `egg_episodes` (held-out episode included)."""
     from crab.sim.generate import DATASETS
 
-    full = {"open_the_carton": args.episodes_per_dataset, "close_the_carton": args.episodes_per_dataset}
-    return {d.name: full.get(d.name, 0) for d in DATASETS} | {"egg_carton_to_tray": args.base_egg_episodes + 1}
+    carton = {"open_the_carton": args.episodes_per_dataset, "close_the_carton": args.episodes_per_dataset}
+    return {d.name: 0 for d in DATASETS} | carton | {"egg_carton_to_tray": egg_episodes}
 
 
 def task_masks_override() -> str:
@@ -361,9 +363,9 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         f"- Data (`crab.sim.generate`, seed {args.data_seed}, {args.image_size}x{args.image_size} camera, "
         f"{args.episodes_per_dataset} episodes per dataset). Base: `{MANIFESTS['base'].name}` (clean: carton "
         f"openings, carton closings and only {args.base_egg_episodes} egg transfers, so the base is weak at the "
-        f"target). Fine-tuning: `{MANIFESTS['egg_clean'].name}`: the cycle's egg data ({args.episodes_per_dataset} "
-        "clean and as many cracked transfers, no carton task) as the README says to use it with that many clean "
-        "transfers: filtered to the clean ones. One episode per dataset held out for validation; the carton "
+        f"target). Fine-tuning: `{MANIFESTS['egg_clean'].name}`: the clean egg transfers, no carton task (with "
+        "that many clean transfers the README recommends filtering, imitating the clean ones alone, so no damaged "
+        "transfers are generated). One episode per dataset held out for validation; the carton "
         "datasets' held-out episodes give the retention validation loss "
         f"(`data.retention_manifest: {MANIFESTS['retention'].name}`).",
         f"- Base: the tiny offline SmolVLA (`TINY_SMOLVLA_DEFAULTS`), baseline IL config, {args.base_steps} steps "
@@ -522,12 +524,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m crab.sim.anchor_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
+    roots = {args.work_dir / "data": args.episodes_per_dataset, base_data_root(args): args.base_egg_episodes + 1}
     timings = {
-        "data_s": ensure_data(
-            args.work_dir / "data", args.episodes_per_dataset, args.data_seed, args.image_size,
-            without_scarce_datasets(),
+        "data_s": sum(
+            ensure_data(root, args.episodes_per_dataset, args.data_seed, args.image_size, clean_counts(args, egg))
+            for root, egg in roots.items()
         )
-        + ensure_data(base_data_root(args), args.episodes_per_dataset, args.data_seed, args.image_size, base_counts(args))
     }
     results, train_s = execute(args)
     timings["eval_s"] = sum(r["wall_s"] for r in results.values())  # as measured when evaluated (reuse too)

@@ -126,7 +126,8 @@ class ReplayConfig:
     # place the noisy action the two models are compared at.
     anchor: bool = True
     # Rehearsal (co-training): they are imitated too, at weight 1, the imitation loss the mean over both
-    # batches' samples. With `anchor: false` the measured way to keep other tasks (docs/anchor.md); `batch_size` / (data.batch_size + batch_size) is their share of each step's frames.
+    # batches' samples; with `anchor: false`, the way to keep other tasks that was measured best
+    # (docs/anchor.md). `batch_size` / (data.batch_size + batch_size) is their share of each step's frames.
     # Their prompts carry no advantage label (with `conditioning`, they train the unconditioned policy).
     imitate: bool = False
 
