@@ -201,7 +201,10 @@ def test_regime_configs_and_counts():
     drawn = compare.run_config(compare.ROW["rwfm_chunk_adv_sample_mixed"], 0, args, scarce)
     assert drawn.reward_weighting.apply == "sample" and drawn.data.reward_stats == ca.data.reward_stats
     uncapped = compare.run_config(compare.ROW["rwfm_sample_uncapped_mixed"], 0, args, scarce)
+    # RWFM `outcome` as sampling is the README's recipe file, drawn without a cap and without the anchor.
     assert (uncapped.reward_weighting.clip_max, uncapped.reward_weighting.apply) == (1e6, "sample")
+    assert not uncapped.anchor.enabled and compare.ROW["rwfm_sample_uncapped_mixed"].recipes == (compare.RECIPE_OUTCOME,)
+    assert uncapped.data.reward_stats.endswith("reward_weighting_stats_scarce_mixed.json")
     # A longer credit horizon: its own statistics file; the value model is the same.
     longer = compare.run_config(compare.ROW["rwfm_chunk_adv_sample_h20_mixed"], 0, args, scarce)
     assert (longer.run_name, longer.reward_weighting.credit_horizon) == ("rwfm_chunk_adv_sample_h20_mixed_seed0", 20)

@@ -116,6 +116,7 @@ class Method:
 
 CF = CRACKED_FACTOR_CONFIG
 RECIPE_CHUNK_Q, RECIPE_CONDITIONED = "recipe_chunk_q.yaml", "recipe_conditioned.yaml"
+RECIPE_OUTCOME = "recipe_outcome_sampling.yaml"
 # The long credit horizon: two action chunks of the tiny policy (chunk 10), reaching back over a sloppy
 # release's whole descent.
 H = 20
@@ -154,8 +155,8 @@ ROWS = (
     Method("rwfm_chunk_adv_sample_mixed", CF, "mixed", "`chunk_advantage` as sampling", signal="chunk_advantage",
            apply="sample", anchor=False),
     Method("oracle_sample_mixed", CF, "mixed", "oracle as sampling", signal="oracle", apply="sample", anchor=False),
-    Method("rwfm_sample_uncapped_mixed", CF, "mixed", "RWFM `outcome` as sampling, uncapped", apply="sample",
-           uncapped=True, anchor=False),
+    Method("rwfm_sample_uncapped_mixed", CF, "mixed", "the `outcome` sampling recipe",
+           recipes=(RECIPE_OUTCOME,)),
     Method("rwfm_anchor_sample_uncapped_mixed", CF, "mixed", "RWFM `outcome` as sampling, uncapped, + anchor",
            apply="sample", uncapped=True),
     Method("rwfm_chunk_adv_sample_uncapped_mixed", CF, "mixed", "`chunk_advantage` as sampling, uncapped",
@@ -227,7 +228,7 @@ METHODS = named_rows(
 # The scarce regimes, where most of the data weighs about 0: every row but the clean-data RWFM ones.
 SCARCE_METHODS = named_rows(
     "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
-    *(m.name for m in ROWS if (m.apply == "sample" or RECIPE_CHUNK_Q in m.recipes) and m not in CONDITIONED_METHODS),
+    *(m.name for m in ROWS if (m.apply == "sample" or m.recipes) and m not in CONDITIONED_METHODS),
     *(m.name for m in CONDITIONED_METHODS),
 )  # fmt: skip
 
