@@ -300,6 +300,15 @@ def test_an_evaluation_saved_without_outcomes_is_redone(tmp_path, monkeypatch, c
     saved.write_text(json.dumps({"tasks": {PUT_EGG: old}}))
     compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,))
     assert len(calls) == 2
+    # A conditioned checkpoint's evaluation at guidance 5 saved under the unguided name: redone when the
+    # row asks without guidance, reused when it asks the same.
+    fresh = {"tasks": {PUT_EGG: {"task": PUT_EGG, **summary(4, 1, 2)}}}
+    saved.write_text(json.dumps({**fresh, "label": "positive", "guidance": 5.0}))
+    compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,), "positive", 1.0)
+    assert len(calls) == 3
+    saved.write_text(json.dumps({**fresh, "label": "positive", "guidance": 1.0}))
+    compare.evaluate_or_reuse(checkpoint, 4, 0, 5, 32, (PUT_EGG,), "positive", 1.0)
+    assert len(calls) == 3
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

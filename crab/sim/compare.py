@@ -87,10 +87,12 @@ class Method:
     anchor: bool | None = None  # anchor.enabled
     conditioned: bool = False  # conditioning.enabled
     # Rows that evaluate another row's trained runs (same training, other question at evaluation): that
-    # row's name, and what a conditioned policy is asked (`policy_eval.SmolVLAActor`: label, guidance).
+    # row's name, and what a conditioned policy is asked (`policy_eval.SmolVLAActor`: label, guidance). The
+    # guidance is always explicit (1: none), never the run's `conditioning.guidance`: a row's name says what
+    # it asks, whatever the config's default.
     evaluates: str | None = None
     ask: str | None = "positive"
-    guidance: float | None = None
+    guidance: float = 1.0
 
     def overrides(self) -> list[str]:
         """The `key=value` overrides of the row's config."""
@@ -110,7 +112,7 @@ class Method:
         shown = [o if o.startswith("reward_weighting.enabled") else o.removeprefix("reward_weighting.") for o in self.overrides()]
         changed = [f"`{o.replace('=', ': ')}`" for o in shown]
         recipes = [f"`{r}`" for r in self.recipes]
-        asked = [] if self.evaluates is None else [f"asked \"{self.ask}\"" + (f", guidance beta {self.guidance:g}" if self.guidance not in (None, 1.0) else "")]
+        asked = [] if self.evaluates is None else [f"asked \"{self.ask}\"" + (f", guidance beta {self.guidance:g}" if self.guidance != 1.0 else "")]
         return ", ".join(recipes + changed + asked) or "the config's"
 
 
@@ -189,7 +191,7 @@ ROWS = (
            "the `chunk_q` recipe, statistics counted by the draw", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, counts="weight"),
     Method("cond_chunk_q_h20_mixed", CF, "mixed", "advantage-conditioned, asked \"positive\"",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, guidance=1.0),
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H),
     *(
         Method(f"cond_chunk_q_h20_cfg{beta:g}_mixed".replace(".", "p"), CF, "mixed",
                f"advantage-conditioned, guidance beta {beta:g}", recipes=(RECIPE_CONDITIONED,), signal="chunk_q",
@@ -198,7 +200,7 @@ ROWS = (
     ),
     Method("cond_chunk_q_h20_asked_negative_mixed", CF, "mixed", "advantage-conditioned, asked \"negative\" (the "
            "label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H,
-           evaluates="cond_chunk_q_h20_mixed", ask="negative", guidance=1.0),
+           evaluates="cond_chunk_q_h20_mixed", ask="negative"),
     Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
            "the `chunk_q` recipe, advantage-conditioned as well", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, conditioned=True),
@@ -694,17 +696,24 @@ def train_or_reuse(cfg) -> tuple[Path, float]:
 
 
 def eval_path(
-    checkpoint: Path, episodes: int, seed: int, n_action_steps: int, ask: str | None = "positive", guidance: float | None = None
+    checkpoint: Path, episodes: int, seed: int, n_action_steps: int, ask: str | None = "positive", guidance: float = 1.0
 ) -> Path:
     """Where the evaluation of a checkpoint is saved: named by what was asked beyond the plain question
     ("positive", no guidance: beta 1)."""
-    question = ("" if ask == "positive" else f"_ask{ask}") + ("" if guidance in (None, 1.0) else f"_cfg{guidance:g}")
+    question = ("" if ask == "positive" else f"_ask{ask}") + ("" if guidance == 1.0 else f"_cfg{guidance:g}")
     return checkpoint.parent / f"eval_{checkpoint.name}_{episodes}ep_seed{seed}_n{n_action_steps}{question}.json"
+
+
+def answers(saved: dict, ask: str | None, guidance: float) -> bool:
+    """Whether a saved evaluation is of the question asked: any is, of an unconditioned checkpoint (its label
+    None); of a conditioned one, the same label and guidance (rows once left the guidance to the run's
+    default, 5, and saved it under the unguided name)."""
+    return saved.get("label") is None or (saved["label"], saved["guidance"]) == (ask, guidance)
 
 
 def evaluate_or_reuse(
     checkpoint: Path, episodes: int, seed: int, n_action_steps: int, image_size: int, tasks: Sequence[str] = TASKS,
-    ask: str | None = "positive", guidance: float | None = None,
+    ask: str | None = "positive", guidance: float = 1.0,
 ) -> dict:
     """Closed-loop evaluation of `tasks`; a saved one of the same checkpoint and settings is reused.
     `ask`, `guidance`: what a conditioned checkpoint is asked (`policy_eval.SmolVLAActor`)."""
@@ -715,7 +724,8 @@ def evaluate_or_reuse(
     if path.is_file() and path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime:
         saved = json.loads(path.read_text())
         # An evaluation saved with an older outcome breakdown is redone: it is deterministic given the seeds.
-        if set(tasks) <= set(saved["tasks"]) and all(
+        # So is one that answered another question (`answers`).
+        if answers(saved, ask, guidance) and set(tasks) <= set(saved["tasks"]) and all(
             list(saved["tasks"][t].get("outcomes", {})) == list(outcome_categories(t)) for t in tasks
         ):
             return saved

@@ -56,8 +56,8 @@ def cell(row: compare.Method, bench: argparse.Namespace, regime: str, args: argp
         path = compare.eval_path(
             step_dir(cfg.run_dir, cfg.train.steps), args.episodes, seed, args.n_action_steps, row.ask, row.guidance
         )
-        if path.is_file():
-            found.append(json.loads(path.read_text())["tasks"][PUT_EGG])
+        if path.is_file() and compare.answers(saved := json.loads(path.read_text()), row.ask, row.guidance):
+            found.append(saved["tasks"][PUT_EGG])
     return compare.pool(found) if found else None
 
 
