@@ -12,9 +12,8 @@ fine-tuning has something to gain; then **fine-tuned from it** (`policy.pretrain
 checkpoint, its normalisation kept: `policy.normalization: pretrained`) on the egg transfers the way the
 README recommends at `--episodes-per-dataset` clean ones: filtering, imitation of the clean transfers alone
 (`dataset_manifest_anchor_egg_clean.csv`, the baseline IL config; no damaged ones are generated), with the
-base as the anchor's
-frozen reference (`anchor.reference`), once per `--lambdas` value with the anchor on the fine-tuning
-batches only (0 = anchor off), and once per `--replay-lambdas` value with the anchor also on replayed
+base as the anchor's frozen reference (`anchor.reference`), once per `--lambdas` value with the anchor on the
+fine-tuning batches only (0 = anchor off), and once per `--replay-lambdas` value with the anchor also on replayed
 frames of the carton tasks (`replay.manifest`: their training episodes). The question the anchor must
 answer against the standard remedy, rehearsal (imitating the same frames, `replay.imitate`): per
 `--replay-batches` size, the anchor on the replayed frames (at `--share-lambda`), rehearsal with the anchor
