@@ -83,9 +83,11 @@ def test_runs_configs(tmp_path):
     assert set(base.task_masks) == {PUT_EGG, OPEN_CARTON, CLOSE_CARTON} and base.seed == 1001
     # The bases' own data root, weak at the target: 3 egg transfers (+1 held out), the carton tasks in full.
     assert base.data.data_root == str(tmp_path / "data_base_egg3")
-    counts = ab.clean_counts(args, args.base_egg_episodes + 1)
+    counts = ab.data_counts(args, args.base_egg_episodes + 1, damaged=False)
     assert counts["egg_carton_to_tray"] == 4 and counts["open_the_carton"] == counts["close_the_carton"] == 50
     assert sum(counts.values()) == 104
+    counts = ab.data_counts(args, 50, damaged=True)  # the fine-tunings' root: the damaged transfers too
+    assert counts["egg_carton_to_tray_cracked"] == counts["egg_carton_to_tray_failed"] == 50 and sum(counts.values()) == 250
     checkpoint = str(tmp_path / "runs" / "base_seed1" / "step_000040")
     free, anchored = (ab.run_config(ab.Run(ft.name, 1, ft), args) for ft in (ab.Finetune(0.0), ab.Finetune(1.0)))
     for cfg in (free, anchored):
@@ -110,6 +112,24 @@ def test_runs_configs(tmp_path):
     assert [ft.name for ft in ab.settings(shares)][-6:] == [
         "replay1_lambda1", "rehearsal1", "rehearsal1_lambda1", "replay4_lambda1", "rehearsal4", "rehearsal4_lambda1"]
     assert len(ab.settings(shares)) == 11 and shares.mixes == [0.5]
+    # Which states the anchor sees under `apply: sample`: the recipe on every egg transfer, anchor off, on the
+    # drawn batch, and on it plus a uniform batch of the same training manifest (into the anchor only).
+    sampled = ab.parse_args(["--work-dir", str(tmp_path), "--sampled-lambda", "1"])
+    off, drawn, uniform = ab.settings(sampled)[-3:]
+    assert [ft.name for ft in (off, drawn, uniform)] == ["sampled_lambda0", "sampled_lambda1", "sampled_lambda1_uniform32"]
+    cfgs = [ab.run_config(ab.Run(ft.name, 1, ft), sampled) for ft in (off, drawn, uniform)]
+    for cfg in cfgs:
+        rw = cfg.reward_weighting
+        assert (rw.enabled, rw.signal, rw.apply) == (True, "outcome", "sample")  # the recipe file's settings
+        assert cfg.data.manifest.endswith("anchor_egg_mixed.csv") and cfg.anchor.reference == str(ab.base_checkpoint(1, sampled))
+        assert cfg.data.reward_stats == str(ab.sampled_stats_path(sampled))
+    assert not cfgs[0].anchor.enabled and cfgs[1].anchor.enabled and cfgs[1].replay.manifest is None
+    assert cfgs[2].replay.manifest == cfgs[2].data.manifest
+    assert (cfgs[2].replay.batch_size, cfgs[2].replay.anchor, cfgs[2].replay.imitate) == (32, True, False)
+    p = pooled(*({"base": 30, "lambda0": 20} | {ft.name: 25 for ft in (off, drawn, uniform)} for _ in range(3)))
+    assert len(ab.check_bar(p, [ab.Finetune(0.0), off, drawn, uniform])[0]) == 1  # other data: not rows of the bar
+    with pytest.raises(SystemExit):
+        ab.parse_args(["--sampled-lambda", "0"])
     with pytest.raises(SystemExit):
         ab.parse_args(["--lambdas", "0.1", "1"])  # lambda 0 is the bar's reference
     with pytest.raises(SystemExit):

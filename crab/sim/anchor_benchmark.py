@@ -2,7 +2,7 @@
 
     python -m crab.sim.anchor_benchmark --out docs/anchor.md [--seeds 3] [--episodes 50] [--base-steps 10000] \
         [--steps 2000] [--lambdas 0 0.1] [--replay-lambdas 0.1 1 10] [--replay-batches 1 4 32] \
-        [--share-lambda 10] [--mixes 0.5 0.75] [--base-egg-episodes 3] [--batch-size 32] \
+        [--share-lambda 10] [--mixes 0.5 0.75] [--sampled-lambda 1] [--base-egg-episodes 3] [--batch-size 32] \
         [--work-dir outputs/anchor_benchmark] [--jobs 2] [--threads 1] [--bases-only]
 
 Per training seed: a **base** policy, imitation learning on clean data of every simulated task
@@ -18,7 +18,12 @@ frames of the carton tasks (`replay.manifest`: their training episodes). The que
 answer against the standard remedy, rehearsal (imitating the same frames, `replay.imitate`): per
 `--replay-batches` size, the anchor on the replayed frames (at `--share-lambda`), rehearsal with the anchor
 off, and both; and against weight interpolation between the base and the anchor-off fine-tuning (`--mixes`,
-`crab.training.interpolate`; evaluated, not trained). The carton tasks'
+`crab.training.interpolate`; evaluated, not trained). Which states the anchor should see when the weights
+choose the batch (`reward_weighting.apply: sample`), with `--sampled-lambda`: fine-tuned instead on every egg
+transfer (clean, cracked and failed: `dataset_manifest_anchor_egg_mixed.csv`) with the README's recipe for
+such data, `recipe_outcome_sampling.yaml`, anchor off, the anchor on the drawn batch, and the anchor on the
+drawn batch plus as many frames drawn uniformly from the training episodes (the training manifest replayed
+into the anchor, the docs' way to anchor the frames the draw leaves out). The carton tasks'
 held-out episodes give the retention validation loss while fine-tuning (`data.retention_manifest`). Every
 checkpoint is evaluated closed loop on every task (`--episodes` seeded episodes per task, the same scenes
 for every run of a seed). Writes the markdown report (`--out`) and `results.json` under the work dir; the
@@ -58,9 +63,11 @@ from crab.sim.compare import (
 from crab.sim.egg_env import PUT_EGG, TASK_ACTION_DIMS, TASKS
 
 CONFIG = "train_cycle1_baseline_il.yaml"  # base and fine-tunings: imitation learning (filtering)
+SAMPLED_RECIPE = "recipe_outcome_sampling.yaml"  # layered on CONFIG for the `sampled` fine-tunings
 MANIFESTS = {
     "base": MANIFEST_DIR / "dataset_manifest_anchor_base.csv",
     "egg_clean": MANIFEST_DIR / "dataset_manifest_anchor_egg_clean.csv",
+    "egg_mixed": MANIFEST_DIR / "dataset_manifest_anchor_egg_mixed.csv",
     "retention": MANIFEST_DIR / "dataset_manifest_anchor_retention.csv",
 }
 TARGET = PUT_EGG
@@ -73,15 +80,20 @@ RETENTION_BAR = 0.9  # with the anchor, each other task keeps at least this shar
 class Finetune:
     """One fine-tuning of a seed's base: the anchor's weight (0: off) and the carton frames replayed beside
     each egg batch (`replay.batch_size`; 0: none), which feed the anchor when it is on (`replay.anchor`) and
-    are imitated too with `imitate` (rehearsal, `replay.imitate`)."""
+    are imitated too with `imitate` (rehearsal, `replay.imitate`). `sampled`: on every egg transfer with
+    the outcome-sampling recipe instead of the clean ones alone, the replayed frames then drawn uniformly
+    from its training episodes (into the anchor only)."""
 
     lambda_anchor: float
     replay_batch: int = 0
     imitate: bool = False
+    sampled: bool = False
 
     @property
     def name(self) -> str:
         anchor = f"lambda{self.lambda_anchor:g}"
+        if self.sampled:
+            return f"sampled_{anchor}" + (f"_uniform{self.replay_batch}" if self.replay_batch else "")
         if not self.replay_batch:
             return anchor
         kind = "rehearsal" if self.imitate else "replay"
@@ -89,6 +101,10 @@ class Finetune:
 
     def describe(self) -> str:
         anchor = f"lambda {self.lambda_anchor:g}" if self.lambda_anchor > 0 else "anchor off"
+        if self.sampled:
+            where = " on the drawn batch" + (
+                f" + {self.replay_batch} training frames a step drawn uniformly" if self.replay_batch else "")
+            return "outcome sampling on every egg transfer, " + anchor + (where if self.lambda_anchor > 0 else "")
         if not self.replay_batch:
             return anchor
         frames = f"{self.replay_batch} carton frames a step"
@@ -151,7 +167,7 @@ def check_bar(
         )
     ]
     passing = []
-    for ft in (f for f in finetunes if f != ANCHOR_OFF):
+    for ft in (f for f in finetunes if f != ANCHOR_OFF and not f.sampled):  # the sampled ones train on other data
         name = ft.name
         kept = {t: retention(pooled[t][name], pooled[t]["base"]) for t in measurable}
         egg = pooled[TARGET][name]
@@ -179,14 +195,21 @@ def base_data_root(args: argparse.Namespace) -> Path:
     return args.work_dir / f"data_base_egg{args.base_egg_episodes}"
 
 
-def clean_counts(args: argparse.Namespace, egg_episodes: int) -> dict[str, int]:
-    """Episodes per dataset (`generate.episode_counts`) of a data root holding only the three tasks' clean
-    datasets (all any run here reads): the carton tasks' at `--episodes-per-dataset`, egg transfer's at
-    `egg_episodes` (held-out episode included)."""
+def data_counts(args: argparse.Namespace, egg_episodes: int, damaged: bool) -> dict[str, int]:
+    """Episodes per dataset (`generate.episode_counts`) of a data root holding the three tasks' clean
+    datasets: the carton tasks' at `--episodes-per-dataset`, egg transfer's at `egg_episodes` (held-out
+    episode included); with `damaged`, the cracked and failed egg transfers too (the `sampled` rows')."""
     from crab.sim.generate import DATASETS
 
-    carton = {"open_the_carton": args.episodes_per_dataset, "close_the_carton": args.episodes_per_dataset}
-    return {d.name: 0 for d in DATASETS} | carton | {"egg_carton_to_tray": egg_episodes}
+    n = args.episodes_per_dataset
+    carton = {"open_the_carton": n, "close_the_carton": n}
+    bad = {"egg_carton_to_tray_cracked": n, "egg_carton_to_tray_failed": n} if damaged else {}
+    return {d.name: 0 for d in DATASETS} | carton | {"egg_carton_to_tray": egg_episodes} | bad
+
+
+def sampled_stats_path(args: argparse.Namespace) -> Path:
+    """The reward statistics of the `sampled` fine-tunings' manifest (`crab.training.reward_stats`)."""
+    return args.work_dir / "data" / f"reward_weighting_stats_{MANIFESTS['egg_mixed'].stem}.json"
 
 
 def task_masks_override() -> str:
@@ -219,11 +242,16 @@ def base_checkpoint(seed: int, args: argparse.Namespace) -> Path:
 
 
 def run_config(run: Run, args: argparse.Namespace):
-    """The training config of one run: the base (IL config on clean data of every task, the tiny policy) or
-    a fine-tuning from that seed's base (the same config on the clean egg transfers, the base as the
-    reference)."""
+    """The training config of one run (`config_layers`)."""
     from crab.training.config import load_config
 
+    return load_config(*config_layers(run, args))
+
+
+def config_layers(run: Run, args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """(config files, overrides) of one run: the base (IL config on clean data of every task, the tiny
+    policy) or a fine-tuning from that seed's base (the same config on the clean egg transfers, or the
+    outcome-sampling recipe on every egg transfer; the base as the reference)."""
     if run.finetune is None:
         overrides = [
             *common_overrides(run, args, args.base_steps),
@@ -233,20 +261,27 @@ def run_config(run: Run, args: argparse.Namespace):
             "policy.pretrained_path=tiny",
             f"policy.overrides={{n_action_steps: {args.n_action_steps}}}",
         ]
-        return load_config([CONFIG_DIR / CONFIG], overrides)
+        return [CONFIG_DIR / CONFIG], overrides
     base, ft = base_checkpoint(run.seed, args), run.finetune
     steps = args.steps
+    # Filtering imitates the clean transfers; the recipe draws from every egg transfer by its outcome.
+    data = (
+        [f"data.manifest={MANIFESTS['egg_mixed']}", f"data.reward_stats={sampled_stats_path(args)}"]
+        if ft.sampled
+        else [f"data.manifest={MANIFESTS['egg_clean']}", "data.reward_stats=null"]
+    )
+    replayed = MANIFESTS["egg_mixed" if ft.sampled else "retention"]
     overrides = [
         *common_overrides(run, args, steps),
-        f"data.manifest={MANIFESTS['egg_clean']}",
-        "data.reward_stats=null",  # filtering: the clean transfers, imitated
+        *data,
         f"data.retention_manifest={MANIFESTS['retention']}",
         f"policy.pretrained_path={base}",
         "policy.normalization=pretrained",
         f"anchor.enabled={str(ft.lambda_anchor > 0).lower()}",
         *([f"anchor.lambda_anchor={ft.lambda_anchor}"] if ft.lambda_anchor > 0 else []),
-        # The carton tasks' training episodes (the retention manifest's held-out ones stay unseen).
-        *([f"replay.manifest={MANIFESTS['retention']}", f"replay.batch_size={ft.replay_batch}",
+        # The carton tasks' training episodes (the retention manifest's held-out ones stay unseen), or the
+        # `sampled` fine-tuning's own, drawn uniformly.
+        *([f"replay.manifest={replayed}", f"replay.batch_size={ft.replay_batch}",
            f"replay.anchor={str(ft.lambda_anchor > 0).lower()}", f"replay.imitate={str(ft.imitate).lower()}"]
           if ft.replay_batch else []),
         f"anchor.reference={base}",
@@ -254,7 +289,16 @@ def run_config(run: Run, args: argparse.Namespace):
         f"anchor.warmup_steps={steps // 20}",
         f"anchor.ramp_steps={steps // 10}",
     ]
-    return load_config([CONFIG_DIR / CONFIG], overrides)
+    return [CONFIG_DIR / CONFIG, *([CONFIG_DIR / SAMPLED_RECIPE] if ft.sampled else [])], overrides
+
+
+def ensure_sampled_stats(args: argparse.Namespace) -> None:
+    """The `sampled` fine-tunings' reward statistics, written by `reward_stats` from their config (as the
+    recipe's header says to run it), which also prints the pre-flight table of the draw."""
+    from crab.training import reward_stats
+
+    paths, overrides = config_layers(Run("stats", 0, sampled_finetunes(args.sampled_lambda, args.batch_size)[0]), args)
+    reward_stats.main([*(f"--config={p}" for p in paths), *(f"--set={o}" for o in overrides)])
 
 
 def train_job(cfg, threads: int) -> float:
@@ -363,8 +407,10 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
         f"{args.episodes_per_dataset} episodes per dataset). Base: `{MANIFESTS['base'].name}` (clean: carton "
         f"openings, carton closings and only {args.base_egg_episodes} egg transfers, so the base is weak at the "
         f"target). Fine-tuning: `{MANIFESTS['egg_clean'].name}`: the clean egg transfers, no carton task (with "
-        "that many clean transfers the README recommends filtering, imitating the clean ones alone, so no damaged "
-        "transfers are generated). One episode per dataset held out for validation; the carton "
+        "that many clean transfers the README recommends filtering, imitating the clean ones alone)"
+        + (f"; the outcome-sampling rows: `{MANIFESTS['egg_mixed'].name}`, the clean, cracked and failed egg "
+           "transfers" if args.sampled_lambda is not None else "")
+        + ". One episode per dataset held out for validation; the carton "
         "datasets' held-out episodes give the retention validation loss "
         f"(`data.retention_manifest: {MANIFESTS['retention'].name}`).",
         f"- Base: the tiny offline SmolVLA (`TINY_SMOLVLA_DEFAULTS`), baseline IL config, {args.base_steps} steps "
@@ -435,6 +481,8 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
             markdown_table(["fine-tuning", "replayed share", "egg gain", *(f"retention: {t}" for t in OTHERS), "ms/step"], rows),
             "",
         ]
+    if args.sampled_lambda is not None:
+        lines += sampled_section(args, pooled, ms_per_step)
     if val:
         lines += [
             "## Retention validation loss at the end of fine-tuning (mean over seeds)",
@@ -458,15 +506,52 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
     return "\n".join(lines), {"pooled": pooled, "bar": bar, "recommended": recommended}
 
 
+def sampled_section(args, pooled: dict, ms_per_step: dict) -> list[str]:
+    """The report's section on the anchor's states under `apply: sample` (`--sampled-lambda`)."""
+    off, *anchored = sampled_finetunes(args.sampled_lambda, args.batch_size)
+    rows = []
+    for ft in (off, *anchored):
+        egg = pooled[TARGET][ft.name]
+        rows.append([
+            ft.describe(), fmt_rate(egg["success_rate"], egg["success_ci95"]),
+            fmt_rate(egg["crack_rate"], egg["crack_ci95"]), fmt_gain(egg, pooled[TARGET][off.name]),
+            *(fmt_retention(retention(pooled[t][ft.name], pooled[t]["base"])) for t in OTHERS),
+            f"{ms_per_step[ft.name]:.0f}" if ft.name in ms_per_step else "",
+        ])  # fmt: skip
+    return [
+        "## The anchor's states when the weights choose the batch (`apply: sample`)",
+        "",
+        f"Fine-tuned on `{MANIFESTS['egg_mixed'].name}` with `{SAMPLED_RECIPE}` (the draw follows each episode's "
+        "outcome, so it holds almost only clean transfers); the anchor at lambda "
+        f"{args.sampled_lambda:g} on the drawn batch, or on it plus {args.batch_size} frames a step drawn "
+        "uniformly from the same training episodes (`replay.manifest` = the training manifest, "
+        "`replay.anchor: true`): the cracked and failed transfers' states too. Egg success against the "
+        "same recipe with the anchor off; retention: each other task's success over the base's.",
+        "",
+        markdown_table(
+            ["fine-tuning", "egg success", "egg cracks", "against anchor off", *(f"retention: {t}" for t in OTHERS), "ms/step"],
+            rows,
+        ),
+        "",
+    ]
+
+
 def share_finetunes(replay_batch: int, share_lambda: float) -> list[Finetune]:
     """At one replayed batch size: the anchor on the replayed frames, rehearsal alone, and both."""
     return [Finetune(share_lambda, replay_batch), Finetune(0.0, replay_batch, True), Finetune(share_lambda, replay_batch, True)]
+
+
+def sampled_finetunes(lambda_anchor: float, replay_batch: int) -> list[Finetune]:
+    """The outcome-sampling recipe on every egg transfer: anchor off, the anchor on the drawn batch, and on
+    it plus `replay_batch` training frames drawn uniformly."""
+    return [Finetune(0.0, sampled=True), Finetune(lambda_anchor, sampled=True), Finetune(lambda_anchor, replay_batch, sampled=True)]
 
 
 def settings(args: argparse.Namespace) -> list[Finetune]:
     """Every fine-tuning, in the report's order (each once)."""
     every = [Finetune(lam) for lam in args.lambdas] + [Finetune(lam, args.batch_size) for lam in args.replay_lambdas]
     every += [ft for b in args.replay_batches for ft in share_finetunes(b, args.share_lambda)]
+    every += sampled_finetunes(args.sampled_lambda, args.batch_size) if args.sampled_lambda is not None else []
     return list(dict.fromkeys(every))
 
 
@@ -487,6 +572,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--share-lambda", type=float, default=10.0, help="lambda_anchor of the --replay-batches rows")
     p.add_argument("--mixes", type=float, nargs="*", default=[],
                    help="weight interpolations base + m x (anchor-off fine-tuning - base) to evaluate, m in (0, 1)")
+    p.add_argument("--sampled-lambda", type=float,
+                   help="also fine-tune on every egg transfer with the outcome-sampling recipe: anchor off, and at "
+                   "this lambda_anchor on the drawn batch, and on it plus a uniform batch of the training frames")
     p.add_argument("--base-egg-episodes", type=int, default=3,
                    help="egg transfers the bases train on (the carton tasks get --episodes-per-dataset)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -507,6 +595,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--replay-lambdas must be > 0 (replay feeds the anchor only)")
     if any(b < 1 for b in args.replay_batches) or args.share_lambda <= 0:
         p.error("--replay-batches must be >= 1 and --share-lambda > 0")
+    if args.sampled_lambda is not None and args.sampled_lambda <= 0:
+        p.error("--sampled-lambda must be > 0 (its rows compare where the anchor is on)")
     if args.base_egg_episodes < 0:
         p.error("--base-egg-episodes must be >= 0")
     if any(not 0 < m < 1 for m in args.mixes):
@@ -523,13 +613,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m crab.sim.anchor_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
-    roots = {args.work_dir / "data": args.episodes_per_dataset, base_data_root(args): args.base_egg_episodes + 1}
+    # The fine-tunings' data root has the damaged egg transfers too (only the `sampled` rows read them).
+    roots = {
+        args.work_dir / "data": data_counts(args, args.episodes_per_dataset, damaged=True),
+        base_data_root(args): data_counts(args, args.base_egg_episodes + 1, damaged=False),
+    }
     timings = {
         "data_s": sum(
-            ensure_data(root, args.episodes_per_dataset, args.data_seed, args.image_size, clean_counts(args, egg))
-            for root, egg in roots.items()
+            ensure_data(root, args.episodes_per_dataset, args.data_seed, args.image_size, counts)
+            for root, counts in roots.items()
         )
     }
+    if args.sampled_lambda is not None and not args.bases_only:
+        ensure_sampled_stats(args)
     results, train_s = execute(args)
     timings["eval_s"] = sum(r["wall_s"] for r in results.values())  # as measured when evaluated (reuse too)
     timings["wall_s"] = time.perf_counter() - start
