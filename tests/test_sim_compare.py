@@ -113,6 +113,7 @@ def test_regime_and_method_selection():
     assert [m.name for m in plan[1][1]] == [
         "il_clean", "il_mixed", "rwfm_mixed", "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_anchor_mixed",
         "rwfm_sample_mixed", "rwfm_chunk_adv_sample_mixed", "oracle_sample_mixed", "rwfm_sample_uncapped_mixed",
+        "rwfm_sample_uncapped_weightnorm_mixed",
         "rwfm_anchor_sample_uncapped_mixed", "rwfm_chunk_adv_sample_uncapped_mixed",
         "rwfm_chunk_adv_sample_phase_mixed", "oracle_sample_phase_mixed", "rwfm_sample_uncapped_phase_mixed",
         "rwfm_chunk_adv_sample_h20_mixed", "oracle_sample_h20_mixed", "rwfm_chunk_adv_sample_h20_phase_mixed",

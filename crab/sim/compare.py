@@ -159,6 +159,8 @@ ROWS = (
     Method("oracle_sample_mixed", CF, "mixed", "oracle as sampling", signal="oracle", apply="sample", anchor=False),
     Method("rwfm_sample_uncapped_mixed", CF, "mixed", "the `outcome` sampling recipe",
            recipes=(RECIPE_OUTCOME,)),
+    Method("rwfm_sample_uncapped_weightnorm_mixed", CF, "mixed",
+           "the `outcome` sampling recipe, statistics counted by the draw", recipes=(RECIPE_OUTCOME,), counts="weight"),
     Method("rwfm_anchor_sample_uncapped_mixed", CF, "mixed", "RWFM `outcome` as sampling, uncapped, + anchor",
            apply="sample", uncapped=True),
     Method("rwfm_chunk_adv_sample_uncapped_mixed", CF, "mixed", "`chunk_advantage` as sampling, uncapped",
