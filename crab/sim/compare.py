@@ -864,14 +864,15 @@ def rate_figure(width: float):
     return plt.subplots(figsize=(width, 4.2))
 
 
-def save_rate_figure(fig, ax, path: Path, title: str, ylabel: str, legend_size: int) -> None:
-    """Rates on 0-1 with their label, title and legend, written to `path` (PNG) and closed."""
+def save_rate_figure(fig, ax, path: Path, title: str, ylabel: str, legend_size: int, outside: bool = False) -> None:
+    """Rates on 0-1 with their label, title and legend (`outside`: right of the axes, where it hides no
+    point), written to `path` (PNG) and closed."""
     import matplotlib.pyplot as plt
 
     ax.set_ylim(0, 1)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=legend_size)
+    ax.legend(fontsize=legend_size, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if outside else {}))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -92,7 +92,7 @@ def outcome_tables(points, rows: list[compare.Method], cells: dict) -> str:
 
 
 def figure(points, rows, cells, path: Path, title: str) -> None:
-    fig, ax = compare.rate_figure(1.4 * len(points) + 4)
+    fig, ax = compare.rate_figure(1.4 * len(points) + 7)
     for i, r in enumerate(rows):
         xs = [j + 0.06 * (i - (len(rows) - 1) / 2) for j, p in enumerate(points) if cells[(r.name, p[0])]]
         got = [cells[(r.name, p[0])] for p in points if cells[(r.name, p[0])]]
@@ -102,7 +102,7 @@ def figure(points, rows, cells, path: Path, title: str) -> None:
         err = [[c["success_rate"] - c["success_ci95"][0] for c in got], [c["success_ci95"][1] - c["success_rate"] for c in got]]
         ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, label=r.label)
     ax.set_xticks(range(len(points)), [p[0] for p in points])
-    compare.save_rate_figure(fig, ax, path, title, "egg success (Wilson 95% interval)", 7)
+    compare.save_rate_figure(fig, ax, path, title, "egg success (Wilson 95% interval)", 7, outside=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
