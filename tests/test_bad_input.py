@@ -291,3 +291,13 @@ def test_numbers_of_reward_stats_and_frame_cache_are_checked_first(tmp_path, too
     with pytest.raises(SystemExit):
         tool.main(["--manifest", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "out"), *flag])
     assert f"{flag[0]}" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_reward_stats_names_a_config_policy_checkpoint_that_does_not_exist(tmp_path):
+    # A local checkpoint folder not written yet reaches the Hub client as a repo id; named, not a traceback.
+    missing = (tmp_path / "runs" / "base_seed0" / "step_000010").as_posix()
+    argv = ["--config", "crab/training/configs/train_cycle1_baseline_il.yaml", "--set", f"policy.pretrained_path={missing}",
+            "--set", f"data.reward_stats={(tmp_path / 'stats.json').as_posix()}"]  # fmt: skip
+    with pytest.raises(SystemExit, match=f"the chunk size of policy '{missing}' could not be read"):
+        reward_stats.main(argv)
+    assert not (tmp_path / "stats.json").exists()

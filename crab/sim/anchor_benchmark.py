@@ -298,6 +298,10 @@ def ensure_sampled_stats(args: argparse.Namespace) -> None:
     from crab.training import reward_stats
 
     paths, overrides = config_layers(Run("stats", 0, sampled_finetunes(args.sampled_lambda, args.batch_size)[0]), args)
+    # Written before any base is trained: the chunk size is read from the tiny policy, the bases' own
+    # architecture, not from a base checkpoint that may not exist yet (the policy's normalisation does not
+    # enter the statistics).
+    overrides += ["policy.pretrained_path=tiny", "policy.normalization=data"]
     reward_stats.main([*(f"--config={p}" for p in paths), *(f"--set={o}" for o in overrides)])
 
 
@@ -508,9 +512,10 @@ def report(args, names: list[str], results: dict, train_s: dict, timings: dict, 
 
 def sampled_section(args, pooled: dict, ms_per_step: dict) -> list[str]:
     """The report's section on the anchor's states under `apply: sample` (`--sampled-lambda`)."""
-    off, *anchored = sampled_finetunes(args.sampled_lambda, args.batch_size)
+    finetunes = sampled_finetunes(args.sampled_lambda, args.batch_size)
+    off = finetunes[0]
     rows = []
-    for ft in (off, *anchored):
+    for ft in finetunes:
         egg = pooled[TARGET][ft.name]
         rows.append([
             ft.describe(), fmt_rate(egg["success_rate"], egg["success_ci95"]),
@@ -613,7 +618,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m crab.sim.anchor_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
-    # The fine-tunings' data root has the damaged egg transfers too (only the `sampled` rows read them).
+    # The fine-tunings' data root has the damaged egg transfers too (only the `sampled` rows read them), with
+    # or without those rows, so that adding them later does not regenerate the root under finished runs.
     roots = {
         args.work_dir / "data": data_counts(args, args.episodes_per_dataset, damaged=True),
         base_data_root(args): data_counts(args, args.base_egg_episodes + 1, damaged=False),

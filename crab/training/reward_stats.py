@@ -250,7 +250,9 @@ def config_argv(paths: list[str], overrides: list[str]) -> list[str]:
         chunk = policy_config(cfg.policy).chunk_size
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    except OSError as e:  # a Hub id not in the local cache, offline
+    # A Hub id not in the local cache, offline (OSError), or a checkpoint folder that does not exist, which the
+    # Hub client then rejects as a repo id (HFValidationError, a ValueError).
+    except (OSError, ValueError) as e:
         sys.exit(f"error: the chunk size of policy {cfg.policy.pretrained_path!r} could not be read ({e}); pass --chunk-size")
     if cfg.data.reward_stats is None:
         sys.exit("error: the config sets no data.reward_stats: nowhere to write the statistics (--set data.reward_stats=PATH)")
