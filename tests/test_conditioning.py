@@ -47,6 +47,9 @@ def test_advantage_labels_worked_example():
     # One standard deviation (sqrt(2/3) in both parts) above the mean: only the 2s clear it.
     assert advantage_labels(WORKED, 2, 2, 1.0).tolist() == positive.tolist()
     assert not advantage_labels(WORKED, 2, 2, 3.0).any()
+    # Far below the mean (k = -100): labels from damage alone. Every chunk is positive but the two whose steps
+    # hold episode 1's crack (frames 1 and 2) and the failure nothing locates.
+    assert advantage_labels(WORKED, 2, 2, -100.0).tolist() == [True] * 5 + [False, False, True] + [False] * 4
     # Without the damage step episode 1's frame 1 is positive; the rule, not its signal, made it negative.
     undamaged = [WORKED[0].__class__(**{**WORKED[0].__dict__, "step_reward": np.zeros(8)}), WORKED[1]]
     assert advantage_labels(undamaged, 2, 2, 0.0)[5]
