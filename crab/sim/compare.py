@@ -238,7 +238,7 @@ METHODS = named_rows(
     "rwfm_chunk_adv_mixed", "oracle_mixed", "rwfm_sample_uncapped_mixed", "rwfm_anchor_sample_uncapped_mixed",
     "rwfm_chunk_adv_sample_h20_phase_mixed", "oracle_sample_h20_phase_mixed",
     "rwfm_chunk_q_sample_uncapped_h20_phase_mixed", CHUNK_Q_RECIPE.name,
-    "rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed",
+    "rwfm_chunk_q_sample_uncapped_h20_phase_drop_weightnorm_mixed", *(m.name for m in CONDITIONED_METHODS),
 )  # fmt: skip
 # The scarce regimes, where most of the data weighs about 0: every row but the clean-data RWFM ones.
 SCARCE_METHODS = named_rows(
