@@ -100,7 +100,9 @@ def figure(points, rows, cells, path: Path, title: str) -> None:
             continue
         y = [c["success_rate"] for c in got]
         err = [[c["success_rate"] - c["success_ci95"][0] for c in got], [c["success_ci95"][1] - c["success_rate"] for c in got]]
-        ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, label=r.label)
+        # The colour cycle has 10 colours: each further ten rows get their own marker and line style.
+        style = {"marker": "os^D"[i // 10 % 4], "linestyle": ("-", "--", ":", "-.")[i // 10 % 4]}
+        ax.errorbar(xs, y, yerr=err, capsize=3, label=r.label, **style)
     ax.set_xticks(range(len(points)), [p[0] for p in points])
     compare.save_rate_figure(fig, ax, path, title, "egg success (Wilson 95% interval)", 7, outside=True)
 
