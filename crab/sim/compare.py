@@ -142,8 +142,8 @@ H = 20
 # - `normalization_counts: weight` (issue 33's alternative): each episode counts in the action/state
 #   statistics by its share of the draw, not every kept frame once (the default).
 # - Conditioning (crab/training/conditioning.py): every frame imitated, its prompt labelled by `chunk_q` at
-#   horizon 20, 20% unlabelled; evaluated asking "positive" without guidance, with guidance (5: the config's
-#   default; 10: is more guidance better, as from 1 to 5?), and asked "negative" (a check that the label is
+#   horizon 20, 20% unlabelled; evaluated asking "positive" without guidance (the config's default), with
+#   guidance (3 and 5; 10: is more guidance better, as from 1 to 5?), and asked "negative" (a check that the label is
 #   used: it should crack more). With the recipe's draw as well: without guidance and at 5.
 # - `damage` labels (threshold -100 std: every chunk positive but those into located damage and the failures
 #   nothing locates): in the first half of an episode, where every transfer is careful, the mean rule labelled

@@ -146,9 +146,10 @@ class ConditioningConfig:
     # guidance steers away from.
     unconditioned_fraction: float = 0.2
     # Classifier-free guidance at evaluation (beta): 1 asks the conditioned policy alone; above 1 each
-    # denoising step also runs the unconditioned prompt (twice the expert rows). 5: the best of 1, 1.5, 3 and
-    # 5 in the scarce regime (docs/sim_benchmark_findings.md, 2026-12-06), success still rising with beta.
-    guidance: float = 5.0
+    # denoising step also runs the unconditioned prompt (twice the expert rows). 1 (lerobot's own deploy
+    # loop): the best beta depends on the data (3 to 5 in the scarce regime, where it helped; on today's data
+    # 3 and 5 fell from 39% to 25% and 2%; docs/sim_benchmark.md), so guidance is measured before it is used.
+    guidance: float = 1.0
 
 
 @dataclass
