@@ -47,9 +47,16 @@ def test_advantage_labels_worked_example():
     # One standard deviation (sqrt(2/3) in both parts) above the mean: only the 2s clear it.
     assert advantage_labels(WORKED, 2, 2, 1.0).tolist() == positive.tolist()
     assert not advantage_labels(WORKED, 2, 2, 3.0).any()
-    # Far below the mean (k = -100): labels from damage alone. Every chunk is positive but the two whose steps
-    # hold episode 1's crack (frames 1 and 2) and the failure nothing locates.
-    assert advantage_labels(WORKED, 2, 2, -100.0).tolist() == [True] * 5 + [False, False, True] + [False] * 4
+    # Labels from damage alone: every chunk is positive but the two whose steps hold episode 1's crack
+    # (frames 1 and 2) and the failure nothing locates; the signal is not read, so k = -100 (far below any
+    # mean) labels the same.
+    by_damage = [True] * 5 + [False, False, True] + [False] * 4
+    assert advantage_labels(WORKED, 2, 2, 0.0, "damage").tolist() == by_damage
+    assert advantage_labels(WORKED, 2, 2, -100.0).tolist() == by_damage
+    # By episode: episode 1 holds the crack, so all four of its frames are negative.
+    assert advantage_labels(WORKED, 2, 2, 0.0, "episode").tolist() == [True] * 4 + [False] * 8
+    with pytest.raises(ValueError, match="label rule 'mean'"):
+        advantage_labels(WORKED, 2, 2, 0.0, "mean")
     # Without the damage step episode 1's frame 1 is positive; the rule, not its signal, made it negative.
     undamaged = [WORKED[0].__class__(**{**WORKED[0].__dict__, "step_reward": np.zeros(8)}), WORKED[1]]
     assert advantage_labels(undamaged, 2, 2, 0.0)[5]

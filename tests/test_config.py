@@ -90,6 +90,10 @@ def test_unknown_key_names_key_and_file(tmp_path):
          "replay: {manifest: r.csv, anchor: false}\n", "neither `replay.anchor` nor `replay.imitate`"),
         ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\n"
          "replay: {batch_size: 0}\n", "`replay.batch_size` must be >= 1"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false}\n"
+         "conditioning: {label_rule: episode, positive_threshold: 1}\n",
+         "`conditioning.positive_threshold` is read by `label_rule: advantage` only, not `episode`"),
+        ("run_name: x\ndata: {manifest: m.csv}\nconditioning: {label_rule: mean}\n", "`conditioning.label_rule` must be one of"),
         ("run_name: x\ndata: {manifest: m.csv}\nanchor: {enabled: true, replay_manifest: r.csv}\n",
          "`anchor.replay_manifest` is now `replay.manifest`"),
     ],

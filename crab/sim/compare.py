@@ -86,7 +86,7 @@ class Method:
     counts: str | None = None  # reward_weighting.normalization_counts (default `frame`)
     anchor: bool | None = None  # anchor.enabled
     conditioned: bool = False  # conditioning.enabled
-    threshold: float | None = None  # conditioning.positive_threshold
+    rule: str | None = None  # conditioning.label_rule
     # Rows that evaluate another row's trained runs (same training, other question at evaluation): that
     # row's name, and what a conditioned policy is asked (`policy_eval.SmolVLAActor`: label, guidance). The
     # guidance is always explicit (1: none), never the run's `conditioning.guidance`: a row's name says what
@@ -104,7 +104,7 @@ class Method:
             (rw + "clip_max", 1000000 if self.uncapped else None), (rw + "normalize", self.normalize),
             (rw + "unlocated_failures", "drop" if self.drop else None), (rw + "normalization_counts", self.counts),
             ("anchor.enabled", self.anchor), ("conditioning.enabled", True if self.conditioned else None),
-            ("conditioning.positive_threshold", self.threshold),
+            ("conditioning.label_rule", self.rule),
         ]  # fmt: skip
         return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in keys if v is not None]
 
@@ -145,10 +145,11 @@ H = 20
 #   horizon 20, 20% unlabelled; evaluated asking "positive" without guidance (the config's default), with
 #   guidance (3 and 5; 10: is more guidance better, as from 1 to 5?), and asked "negative" (a check that the label is
 #   used: it should crack more). With the recipe's draw as well: without guidance and at 5.
-# - `damage` labels (threshold -100 std: every chunk positive but those into located damage and the failures
-#   nothing locates): in the first half of an episode, where every transfer is careful, the mean rule labelled
-#   2 of 3 sloppy chunks positive and 1 of 5 clean ones (the value model's noise); here the label says only
-#   what the data shows, the damage.
+# - `label_rule: damage` (every chunk positive but those into located damage and the failures nothing
+#   locates): in the first half of an episode, where every transfer is careful, the mean rule labelled 2 of 3
+#   sloppy chunks positive and 1 of 5 clean ones (the value model's noise); here the label says only what the
+#   data shows, the damage. `label_rule: episode`: a damaged episode is negative throughout, since a sloppy
+#   transfer's style (its fast, high release) is in its chunks before the one that cracks.
 ROWS = (
     Method("il_clean", IL_CONFIG, "clean", "IL, clean only (= filtering)"),
     Method("il_mixed", IL_CONFIG, "mixed", "IL, mixed (naive mixing)"),
@@ -210,10 +211,19 @@ ROWS = (
            "label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H,
            evaluates="cond_chunk_q_h20_mixed", ask="negative"),
     Method("cond_damage_h20_mixed", CF, "mixed", "conditioned on damage alone, asked \"positive\"",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, threshold=-100.0),
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage"),
     Method("cond_damage_h20_cfg3_mixed", CF, "mixed", "conditioned on damage alone, guidance beta 3",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, threshold=-100.0,
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage",
            evaluates="cond_damage_h20_mixed", guidance=3.0),
+    # Labels by episode: a damaged episode is negative throughout (the sloppy style, not only its crack).
+    Method("cond_episode_mixed", CF, "mixed", "conditioned on damaged episodes, asked \"positive\"",
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode"),
+    Method("cond_episode_cfg3_mixed", CF, "mixed", "conditioned on damaged episodes, guidance beta 3",
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
+           evaluates="cond_episode_mixed", guidance=3.0),
+    Method("cond_episode_asked_negative_mixed", CF, "mixed", "conditioned on damaged episodes, asked \"negative\" "
+           "(the label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
+           evaluates="cond_episode_mixed", ask="negative"),
     Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
            "the `chunk_q` recipe, advantage-conditioned as well", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, conditioned=True),

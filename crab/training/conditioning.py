@@ -15,10 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from crab.training.rewards import damage_free_chunks, progress_bins, unlocated_failures
+from crab.training.rewards import damage_free_chunks, episode_spans, progress_bins, unlocated_failures
 from crab.training.weighting import DatasetFrames, phase_groups
 
 POSITIVE, NEGATIVE = "positive", "negative"
+# `conditioning.label_rule`: what makes a chunk positive (`advantage_labels`).
+LABEL_RULES = ("advantage", "damage", "episode")
 
 
 def conditioned_task(task: str, label: str | None) -> str:
@@ -29,16 +31,31 @@ def conditioned_task(task: str, label: str | None) -> str:
     return task if label is None else f"{task.rstrip()} Advantage: {label}."
 
 
-def advantage_labels(datasets: Sequence[DatasetFrames], horizon: int, bins: int, threshold: float) -> np.ndarray:
+def advantage_labels(
+    datasets: Sequence[DatasetFrames], horizon: int, bins: int, threshold: float, rule: str = "advantage"
+) -> np.ndarray:
     """Per training frame (all datasets, item order): True where its chunk is labelled positive.
 
-    A frame is positive when its signal is at least its group's mean plus `threshold` standard deviations,
-    the group being its task and part of the episode (`phase_groups` with `bins` parts): a chunk is
-    compared with the chunks at the same point of the same task, whatever came before. Two kinds are
-    negative whatever their signal: chunks whose `horizon` steps hold a negative reward (they lead into
-    located damage), and every frame of a failure nothing locates (`rewards.unlocated_failures`): their
-    chunks cannot be told apart, and none of them led to a success.
+    Every frame of a failure nothing locates (`rewards.unlocated_failures`) is negative under every rule:
+    its chunks cannot be told apart, and none of them led to a success. Beyond that, by `rule`:
+    - `advantage`: a frame is positive when its signal is at least its group's mean plus `threshold`
+      standard deviations, the group being its task and part of the episode (`phase_groups` with `bins`
+      parts): a chunk is compared with the chunks at the same point of the same task, whatever came before.
+      Chunks whose `horizon` steps hold a negative reward (they lead into located damage) are negative
+      whatever their signal.
+    - `damage`: positive unless the chunk leads into located damage (the signal is not read).
+    - `episode`: an episode that holds damage anywhere is negative throughout: where the damage is a style
+      (a sloppy transfer is sloppy before it cracks), its careful-looking chunks do not say "careful", and
+      asked "positive" the policy imitates the clean episodes' style from start to end.
     """
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label rule {rule!r} (one of {', '.join(LABEL_RULES)})")
+    located = ~np.concatenate([unlocated_failures(d.step_reward, d.episode_index, d.episode_success) for d in datasets])
+    if rule == "episode":
+        return located & np.concatenate([undamaged_episodes(d.step_reward, d.episode_index) for d in datasets])
+    undamaged = np.concatenate([damage_free_chunks(d.step_reward, d.episode_index, horizon) > 0 for d in datasets])
+    if rule == "damage":
+        return located & undamaged
     signal = np.concatenate([d.signal for d in datasets]).astype(np.float64)
     groups = phase_groups(datasets, bins)
     _, inverse = np.unique(groups, return_inverse=True)
@@ -46,9 +63,14 @@ def advantage_labels(datasets: Sequence[DatasetFrames], horizon: int, bins: int,
     mean = np.bincount(inverse, signal) / count
     std = np.sqrt(np.maximum(np.bincount(inverse, signal**2) / count - mean**2, 0.0))
     above = signal >= mean[inverse] + threshold * std[inverse]
-    undamaged = np.concatenate([damage_free_chunks(d.step_reward, d.episode_index, horizon) > 0 for d in datasets])
-    located = ~np.concatenate([unlocated_failures(d.step_reward, d.episode_index, d.episode_success) for d in datasets])
-    return above & undamaged & located
+    return located & undamaged & above
+
+
+def undamaged_episodes(step_reward: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
+    """True on every frame of an episode without a negative step reward."""
+    starts, lengths = episode_spans(episode_index)
+    damaged = np.logical_or.reduceat(step_reward < 0, starts) if len(starts) else np.zeros(0, bool)
+    return np.repeat(~damaged, lengths)
 
 
 def label_shares(datasets: Sequence[DatasetFrames], positive: np.ndarray, bins: int) -> dict[str, tuple[float, list[float]]]:

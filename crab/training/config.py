@@ -138,10 +138,15 @@ class ConditioningConfig:
     # text labelled "Advantage: positive" or "negative" by its chunk's `reward_weighting.signal` (with its
     # inputs: data.value_file for the per-chunk signals), with or without `reward_weighting.enabled`.
     enabled: bool = False
-    # Positive: the signal is at least its task-and-phase group's mean plus this many standard deviations
-    # (groups: `reward_weighting.phase_bins` parts of each episode). Chunks into located damage and failures
-    # nothing locates are negative whatever their signal.
-    positive_threshold: float = 0.0
+    # What makes a chunk positive (failures nothing locates are negative under every rule):
+    # - advantage: its signal is at least its task-and-phase group's mean plus `positive_threshold` standard
+    #   deviations (groups: `reward_weighting.phase_bins` parts of each episode), and it does not lead into
+    #   located damage (within the credit horizon);
+    # - damage: it does not lead into located damage (every other chunk positive);
+    # - episode: its episode holds no damage (a damaged episode is negative throughout).
+    # Measured in docs/sim_benchmark.md (conditioning rows).
+    label_rule: Literal["advantage", "damage", "episode"] = "advantage"
+    positive_threshold: float = 0.0  # label_rule: advantage only
     # Share of the training samples whose prompt carries no label (p): the unconditioned policy that
     # guidance steers away from.
     unconditioned_fraction: float = 0.2
@@ -344,6 +349,8 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
         (rw.unlocated_failures == "drop" and rw.apply != "sample",
          "`reward_weighting.unlocated_failures: drop` needs `reward_weighting.apply: sample` (it leaves those "
          "episodes out of the draw)"),
+        (cond.positive_threshold != 0 and cond.label_rule != "advantage",
+         f"`conditioning.positive_threshold` is read by `label_rule: advantage` only, not `{cond.label_rule}`"),
         (not 0 <= cond.unconditioned_fraction < 1, "`conditioning.unconditioned_fraction` must be in [0, 1)"),
         (cond.guidance != 1 and cond.unconditioned_fraction == 0,
          "`conditioning.guidance` other than 1 needs `conditioning.unconditioned_fraction` > 0 (the unconditioned "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crab.training.conditioning import advantage_labels, label_table
+from crab.training.conditioning import LABEL_RULES, advantage_labels, label_table
 from crab.training.config import DataConfig, RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.files import check_output_file, write_atomically, write_text_atomic
@@ -266,7 +266,8 @@ def config_argv(paths: list[str], overrides: list[str]) -> list[str]:
     argv += ["--value-file", cfg.data.value_file] if cfg.data.value_file is not None else []
     argv += ["--phase-bins", rw.phase_bins] if rw.normalize == "phase" else []
     cond = cfg.conditioning
-    argv += ["--positive-threshold", cond.positive_threshold, "--label-phase-bins", rw.phase_bins] if cond.enabled else []
+    argv += ["--label-rule", cond.label_rule, "--positive-threshold", cond.positive_threshold,
+             "--label-phase-bins", rw.phase_bins] if cond.enabled else []  # fmt: skip
     return [str(a) for a in argv]
 
 
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--positive-threshold", type=float, help="also label each training frame's chunk positive or "
                    "negative as advantage conditioning does (conditioning.positive_threshold), print the positive "
                    "shares and record the labels in the statistics")  # fmt: skip
+    p.add_argument("--label-rule", choices=LABEL_RULES, default="advantage",
+                   help="what makes a chunk positive (conditioning.label_rule)")
     p.add_argument("--label-phase-bins", type=int, default=RewardWeightingConfig.phase_bins,
                    help="parts of each episode the labels compare chunks within (reward_weighting.phase_bins)")
     p.add_argument("--lerobot-weights", type=Path, metavar="DIR",
@@ -368,9 +371,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {args.manifest}: {e}")
     positive = None
     if args.positive_threshold is not None:  # the training frames' labels, as the run computes them
-        positive = advantage_labels(weights.datasets, horizon, args.label_phase_bins, args.positive_threshold)
+        positive = advantage_labels(weights.datasets, horizon, args.label_phase_bins, args.positive_threshold, args.label_rule)
         stats["advantage_labels"] = {
-            "positive_threshold": args.positive_threshold, "phase_bins": args.label_phase_bins,
+            "label_rule": args.label_rule, "positive_threshold": args.positive_threshold,
+            "phase_bins": args.label_phase_bins,
             "held_out": held_out, "positive_share": float(positive.mean()), "digest": labels_digest(positive),
         }  # fmt: skip
     # Written once nothing above refused the data: a refusal leaves the previous statistics in place.
@@ -406,8 +410,9 @@ def main(argv: list[str] | None = None) -> None:
             parts = [f"{mine[group == g].sum() / part_total[g]:.0%}" if part_total[g] > 0 else "-" for g in np.unique(group)]
             print(f"  {d.name}: share of each part's draw, first to last: " + " ".join(parts))
     if positive is not None:
-        print(f"advantage labels (positive: signal >= its phase's mean + {args.positive_threshold:g} std; "
-              f"{args.label_phase_bins} parts of each episode):\n"
+        rule = {"advantage": f"signal >= its phase's mean + {args.positive_threshold:g} std, not into damage",
+                "damage": "not into damage", "episode": "its episode holds no damage"}[args.label_rule]
+        print(f"advantage labels (positive: {rule}; {args.label_phase_bins} parts of each episode):\n"
               f"{label_table(weights.datasets, positive, args.label_phase_bins)}")  # fmt: skip
     if args.lerobot_weights is not None:
         for path in write_lerobot_weights(args.lerobot_weights, rows, tables, everything.trained):

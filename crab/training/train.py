@@ -132,7 +132,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     positive = None  # with conditioning: each training frame's advantage label, from the frames weighed above
     if labelled:
         bins = cfg.reward_weighting.phase_bins
-        positive = advantage_labels(weights.datasets, spec.horizon(horizon), bins, cfg.conditioning.positive_threshold)
+        cond = cfg.conditioning
+        positive = advantage_labels(weights.datasets, spec.horizon(horizon), bins, cond.positive_threshold, cond.label_rule)
         log(f"advantage labels ({bins} parts of each episode):\n{label_table(weights.datasets, positive, bins)}")
         inputs["advantage_labels"] = labels_digest(positive)
     if resume_state is not None and (changed := changed_inputs(resume_state.get("inputs", {}), inputs)):
