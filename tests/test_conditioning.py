@@ -155,9 +155,10 @@ def test_guidance_interpolates_between_the_two_prompts(tiny):
     assert type(policy.model).denoise_step is policy.model.denoise_step.__func__  # unwrapped afterwards
 
 
-def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_path, capsys):  # noqa: F811
+@pytest.mark.parametrize("rule", ["advantage", "episode"])
+def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_path, capsys, rule):  # noqa: F811
     """The conditioning recipe layered on the run's config: `reward_stats --config` prints the positive
-    shares training prints before step 1 and records the labels the run's checkpoint records."""
+    shares training prints before step 1 and records the labels the run's checkpoint records, by each rule."""
     import itertools
     import json
 
@@ -170,9 +171,10 @@ def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_pat
     layers = [CONFIGS / "train_cycle1_rwfm_anchor_cracked_factor.yaml", CONFIGS / "demo_overrides.yaml",
               CONFIGS / "recipe_conditioned.yaml"]  # fmt: skip
     stats = tmp_path / "stats.json"
-    sets = overrides(setup, "recipe_conditioned", **{
+    sets = overrides(setup, f"recipe_conditioned_{rule}", **{
         "data.reward_stats": stats.as_posix(), "data.value_file": "null", "reward_weighting.signal": "outcome",
         "reward_weighting.credit_horizon": "null", "train.steps": 1, "train.save_every": 1,
+        "conditioning.label_rule": rule,
     })  # fmt: skip
     reward_stats.main([*(a for layer in layers for a in ("--config", str(layer))), *(a for s in sets for a in ("--set", s))])
     printed = capsys.readouterr().out
@@ -189,4 +191,4 @@ def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_pat
     recorded = json.loads(stats.read_text())["advantage_labels"]
     _, state, _ = load_checkpoint(run / "step_000001")
     assert recorded["digest"] == state["inputs"]["advantage_labels"]
-    assert 0 < recorded["positive_share"] < 1
+    assert 0 < recorded["positive_share"] < 1 and recorded["label_rule"] == rule

@@ -309,11 +309,11 @@ def main(argv: list[str] | None = None) -> None:
                    default=RewardWeightingConfig.normalization_counts, help="reward_weighting.normalization_counts")
     p.add_argument("--val-episodes-per-dataset", type=int, default=DataConfig.val_episodes_per_dataset,
                    help="data.val_episodes_per_dataset: the episodes the printed table leaves out, as training does")
-    p.add_argument("--positive-threshold", type=float, help="also label each training frame's chunk positive or "
-                   "negative as advantage conditioning does (conditioning.positive_threshold), print the positive "
-                   "shares and record the labels in the statistics")  # fmt: skip
-    p.add_argument("--label-rule", choices=LABEL_RULES, default="advantage",
-                   help="what makes a chunk positive (conditioning.label_rule)")
+    p.add_argument("--label-rule", choices=LABEL_RULES, help="also label each training frame's chunk positive or "
+                   "negative as advantage conditioning does (conditioning.label_rule), print the positive shares "
+                   "and record the labels in the statistics")  # fmt: skip
+    p.add_argument("--positive-threshold", type=float, help="conditioning.positive_threshold (label rule "
+                   "`advantage`; giving it alone labels by that rule)")  # fmt: skip
     p.add_argument("--label-phase-bins", type=int, default=RewardWeightingConfig.phase_bins,
                    help="parts of each episode the labels compare chunks within (reward_weighting.phase_bins)")
     p.add_argument("--lerobot-weights", type=Path, metavar="DIR",
@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.chunk_size < 1:
         p.error("--chunk-size must be >= 1 (the policy's chunk_size)")
+    if args.positive_threshold and args.label_rule not in (None, "advantage"):
+        p.error(f"--positive-threshold is read by --label-rule advantage only, not {args.label_rule}")
     if not (args.alpha >= 0 and args.std_floor > 0 and 0 <= args.clip_min < args.clip_max):  # also refuses nan
         p.error("need --alpha >= 0, --std-floor > 0 and 0 <= --clip-min < --clip-max (as reward_weighting's keys)")
     if (args.phase_bins is not None and args.phase_bins < 1) or args.label_phase_bins < 1:
@@ -370,10 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     except WeightingError as e:
         sys.exit(f"error: {args.manifest}: {e}")
     positive = None
-    if args.positive_threshold is not None:  # the training frames' labels, as the run computes them
-        positive = advantage_labels(weights.datasets, horizon, args.label_phase_bins, args.positive_threshold, args.label_rule)
+    rule, k = args.label_rule or "advantage", args.positive_threshold or 0.0
+    if args.label_rule is not None or args.positive_threshold is not None:  # the frames' labels, as the run's
+        positive = advantage_labels(weights.datasets, horizon, args.label_phase_bins, k, rule)
         stats["advantage_labels"] = {
-            "label_rule": args.label_rule, "positive_threshold": args.positive_threshold,
+            "label_rule": rule, "positive_threshold": k,
             "phase_bins": args.label_phase_bins,
             "held_out": held_out, "positive_share": float(positive.mean()), "digest": labels_digest(positive),
         }  # fmt: skip
@@ -410,9 +413,9 @@ def main(argv: list[str] | None = None) -> None:
             parts = [f"{mine[group == g].sum() / part_total[g]:.0%}" if part_total[g] > 0 else "-" for g in np.unique(group)]
             print(f"  {d.name}: share of each part's draw, first to last: " + " ".join(parts))
     if positive is not None:
-        rule = {"advantage": f"signal >= its phase's mean + {args.positive_threshold:g} std, not into damage",
-                "damage": "not into damage", "episode": "its episode holds no damage"}[args.label_rule]
-        print(f"advantage labels (positive: {rule}; {args.label_phase_bins} parts of each episode):\n"
+        says = {"advantage": f"signal >= its phase's mean + {k:g} std, not into damage",
+                "damage": "not into damage", "episode": "its episode holds no damage"}[rule]
+        print(f"advantage labels (positive: {says}; {args.label_phase_bins} parts of each episode):\n"
               f"{label_table(weights.datasets, positive, args.label_phase_bins)}")  # fmt: skip
     if args.lerobot_weights is not None:
         for path in write_lerobot_weights(args.lerobot_weights, rows, tables, everything.trained):
