@@ -14,9 +14,11 @@ from test_train import config, setup  # noqa: F401 (setup is a fixture)
 from crab.training import train
 from crab.training.conditioning import (
     advantage_labels,
+    balanced_draw,
     conditioned_task,
     label_shares,
     labelled_tasks,
+    positive_draw_shares,
     unconditioned,
 )
 from crab.training.config import ConfigError
@@ -62,6 +64,23 @@ def test_advantage_labels_worked_example():
     assert advantage_labels(undamaged, 2, 2, 0.0)[5]
     shares = label_shares(WORKED, positive, 2)
     assert shares["mixed"] == (pytest.approx(3 / 8), [0.25, 0.5]) and shares["failed"] == (0.0, [0.0, 0.0])
+
+
+def test_balanced_draw_worked_example():
+    # By episode, 4 of the 12 frames (one task) are positive. Share 0.5 from a uniform draw: the positives
+    # weigh 0.5 * 12 / 4 = 1.5, the negatives 0.5 * 12 / 8 = 0.75 (mean 1 already).
+    positive = advantage_labels(WORKED, 2, 2, 0.0, "episode")
+    draw = balanced_draw(WORKED, np.ones(12), positive, 0.5)
+    assert draw.tolist() == [1.5] * 4 + [0.75] * 8
+    assert positive_draw_shares(WORKED, np.ones(12), positive) == {"Put.": pytest.approx(1 / 3)}
+    assert positive_draw_shares(WORKED, draw, positive) == {"Put.": pytest.approx(0.5)}
+    # Within each side the draw's own proportions stay (a frame the draw left out stays out); a task without
+    # negatives keeps its draw.
+    uneven = balanced_draw(WORKED, np.array([2.0, 0, 1, 1] + [1] * 8), positive, 0.5)
+    assert uneven[:4].tolist() == pytest.approx([2 * uneven[2], 0, uneven[2], uneven[2]])
+    assert positive_draw_shares(WORKED, uneven, positive) == {"Put.": pytest.approx(0.5)}
+    alone = [WORKED[0].__class__(**{**WORKED[1].__dict__, "task": "Other."}), WORKED[0]]
+    assert balanced_draw(alone, np.ones(12), np.r_[np.zeros(4, bool), positive[:8]], 0.5)[:4].tolist() == [1.0] * 4
 
 
 def test_prompts_and_the_unlabelled_draw():
@@ -121,6 +140,26 @@ def test_trainer_feeds_each_sample_its_label_and_resume_refuses_other_labels(set
     monkeypatch.setattr(train, "advantage_labels", lambda *a: ~expected)
     with pytest.raises(train.TrainingError, match="advantage_labels"):
         train.train(cfg, resume=run / "step_000003")
+
+
+def test_trainer_draws_the_balanced_share(setup, monkeypatch):  # noqa: F811
+    """`conditioning.positive_share`: the sampler gets the balanced draw of the run's labels."""
+    from crab.training.crab_dataset import CrabDataset
+    from crab.training.manifest import load_manifest
+    from crab.training.rewards import RewardSpec
+
+    drawn, original = [], train.batch_loader
+    monkeypatch.setattr(train, "batch_loader", lambda *a: drawn.append(a[-1]) or original(*a))
+    cfg = config(setup, "balanced", **{"train.steps": 1, "conditioning.enabled": "true",
+                                       "conditioning.label_rule": "episode", "conditioning.positive_share": 0.5})  # fmt: skip
+    train.train(cfg)
+    frames_ = CrabDataset(load_manifest(setup["manifest"], setup["data_root"]), RewardSpec(chunk_size=10)).weight_frames()
+    positive = advantage_labels(frames_, 10, cfg.reward_weighting.phase_bins, 0.0, "episode")
+    before = positive_draw_shares(frames_, np.ones(len(positive)), positive)
+    assert any(0 < x < 1 and x != pytest.approx(0.5) for x in before.values())  # some task's share moves
+    assert drawn[0].tolist() == pytest.approx(balanced_draw(frames_, np.ones(len(positive)), positive, 0.5).tolist())
+    for task, share in positive_draw_shares(frames_, drawn[0], positive).items():
+        assert share == pytest.approx(0.5 if 0 < before[task] < 1 else before[task])
 
 
 @pytest.fixture(scope="module")

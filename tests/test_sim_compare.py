@@ -123,7 +123,7 @@ def test_regime_and_method_selection():
         "cond_chunk_q_h20_mixed", "cond_chunk_q_h20_cfg1p5_mixed", "cond_chunk_q_h20_cfg3_mixed", "cond_chunk_q_h20_cfg5_mixed",
         "cond_chunk_q_h20_cfg10_mixed", "cond_chunk_q_h20_asked_negative_mixed",
         "cond_damage_h20_mixed", "cond_damage_h20_cfg3_mixed", "cond_episode_mixed", "cond_episode_cfg3_mixed",
-        "cond_episode_asked_negative_mixed",
+        "cond_episode_asked_negative_mixed", "cond_episode_balanced_mixed", "cond_episode_balanced_cfg3_mixed",
         "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_cfg5_mixed",
     ]  # fmt: skip
     rows = {m.name: m for m in plan[1][1]}
@@ -232,6 +232,8 @@ def test_regime_configs_and_counts():
     assert (damage.conditioning.enabled, damage.conditioning.label_rule) == (True, "damage")
     episode = compare.run_config(compare.ROW["cond_episode_asked_negative_mixed"], 0, args, scarce)
     assert (episode.conditioning.label_rule, compare.ROW["cond_episode_asked_negative_mixed"].ask) == ("episode", "negative")
+    balanced = compare.run_config(compare.ROW["cond_episode_balanced_cfg3_mixed"], 0, args, scarce).conditioning
+    assert (balanced.label_rule, balanced.positive_share) == ("episode", 0.5)
     # Dataset counts: the training episodes plus the held-out one; today's regime skips the sloppy data.
     counts = compare.regime_counts(scarce, args_of("--scarce-clean", "5"), held_out=1)
     assert counts == {

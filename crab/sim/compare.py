@@ -87,6 +87,7 @@ class Method:
     anchor: bool | None = None  # anchor.enabled
     conditioned: bool = False  # conditioning.enabled
     rule: str | None = None  # conditioning.label_rule
+    positive_share: float | None = None  # conditioning.positive_share
     # Rows that evaluate another row's trained runs (same training, other question at evaluation): that
     # row's name, and what a conditioned policy is asked (`policy_eval.SmolVLAActor`: label, guidance). The
     # guidance is always explicit (1: none), never the run's `conditioning.guidance`: a row's name says what
@@ -104,7 +105,7 @@ class Method:
             (rw + "clip_max", 1000000 if self.uncapped else None), (rw + "normalize", self.normalize),
             (rw + "unlocated_failures", "drop" if self.drop else None), (rw + "normalization_counts", self.counts),
             ("anchor.enabled", self.anchor), ("conditioning.enabled", True if self.conditioned else None),
-            ("conditioning.label_rule", self.rule),
+            ("conditioning.label_rule", self.rule), ("conditioning.positive_share", self.positive_share),
         ]  # fmt: skip
         return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in keys if v is not None]
 
@@ -224,6 +225,13 @@ ROWS = (
     Method("cond_episode_asked_negative_mixed", CF, "mixed", "conditioned on damaged episodes, asked \"negative\" "
            "(the label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
            evaluates="cond_episode_mixed", ask="negative"),
+    # ... with the positives drawn as half of the batch: by episode, 5 clean transfers are a tenth of the
+    # frames, so the "positive" policy saw them a tenth as often as filtering does.
+    Method("cond_episode_balanced_mixed", CF, "mixed", "conditioned on damaged episodes, positives half the draw",
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share=0.5),
+    Method("cond_episode_balanced_cfg3_mixed", CF, "mixed", "conditioned on damaged episodes, positives half the "
+           "draw, guidance beta 3", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
+           positive_share=0.5, evaluates="cond_episode_balanced_mixed", guidance=3.0),
     Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
            "the `chunk_q` recipe, advantage-conditioned as well", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, conditioned=True),

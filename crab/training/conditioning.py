@@ -73,6 +73,35 @@ def undamaged_episodes(step_reward: np.ndarray, episode_index: np.ndarray) -> np
     return np.repeat(~damaged, lengths)
 
 
+def balanced_draw(datasets: Sequence[DatasetFrames], draw: np.ndarray, positive: np.ndarray, share: float) -> np.ndarray:
+    """Draw weights (mean 1) under which each task's positive frames make up `share` of that task's draw,
+    the task's total and the proportions within its positive and its negative frames kept. A task whose
+    frames are all positive or all negative keeps its draw.
+
+    Why: the "positive" policy learns from the positive frames only (and the unlabelled share); where they
+    are a few clean episodes among many damaged ones, it sees them a tenth as often as filtering would.
+    """
+    tasks = frame_tasks(datasets)
+    out = np.asarray(draw, dtype=np.float64).copy()
+    for task in np.unique(tasks):
+        mine = tasks == task
+        pos, neg = out[mine & positive].sum(), out[mine & ~positive].sum()
+        if pos > 0 and neg > 0:
+            out[mine & positive] *= share * (pos + neg) / pos
+            out[mine & ~positive] *= (1 - share) * (pos + neg) / neg
+    return out / out.mean()
+
+
+def frame_tasks(datasets: Sequence[DatasetFrames]) -> np.ndarray:
+    return np.concatenate([np.full(len(d.signal), d.task, dtype=object) for d in datasets])
+
+
+def positive_draw_shares(datasets: Sequence[DatasetFrames], draw: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """Per task: the share of its draw that falls on positive frames."""
+    tasks = frame_tasks(datasets)
+    return {str(t): float(draw[(tasks == t) & positive].sum() / draw[tasks == t].sum()) for t in np.unique(tasks)}
+
+
 def label_shares(datasets: Sequence[DatasetFrames], positive: np.ndarray, bins: int) -> dict[str, tuple[float, list[float]]]:
     """Per dataset: the share of its frames labelled positive, and that share in each of `bins` parts of its
     episodes, first to last (nan where a part has no frame)."""

@@ -147,6 +147,11 @@ class ConditioningConfig:
     # Measured in docs/sim_benchmark.md (conditioning rows).
     label_rule: Literal["advantage", "damage", "episode"] = "advantage"
     positive_threshold: float = 0.0  # label_rule: advantage only
+    # Share of each task's draw from its positive frames (0 < share < 1; the proportions within the positive
+    # and within the negative frames kept; `conditioning.balanced_draw`). null: as the data has them. Where the
+    # positives are a few clean episodes among many damaged ones, 0.5 lets the "positive" policy see them
+    # about as often as the rest.
+    positive_share: float | None = None
     # Share of the training samples whose prompt carries no label (p): the unconditioned policy that
     # guidance steers away from.
     unconditioned_fraction: float = 0.2
@@ -351,6 +356,8 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
          "episodes out of the draw)"),
         (cond.positive_threshold != 0 and cond.label_rule != "advantage",
          f"`conditioning.positive_threshold` is read by `label_rule: advantage` only, not `{cond.label_rule}`"),
+        (cond.positive_share is not None and not 0 < cond.positive_share < 1,
+         "`conditioning.positive_share` must be in (0, 1) or null"),
         (not 0 <= cond.unconditioned_fraction < 1, "`conditioning.unconditioned_fraction` must be in [0, 1)"),
         (cond.guidance != 1 and cond.unconditioned_fraction == 0,
          "`conditioning.guidance` other than 1 needs `conditioning.unconditioned_fraction` > 0 (the unconditioned "
