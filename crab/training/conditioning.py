@@ -92,6 +92,17 @@ def balanced_draw(datasets: Sequence[DatasetFrames], draw: np.ndarray, positive:
     return out / out.mean()
 
 
+def balanced_with_report(
+    datasets: Sequence[DatasetFrames], draw: np.ndarray, positive: np.ndarray, share: float
+) -> tuple[np.ndarray, str]:
+    """`balanced_draw`, and the line training logs: each task's positive share of the draw before and after."""
+    balanced = balanced_draw(datasets, draw, positive, share)
+    before, after = positive_draw_shares(datasets, draw, positive), positive_draw_shares(datasets, balanced, positive)
+    return balanced, "positive share of each task's draw (conditioning.positive_share): " + "; ".join(
+        f"{task!r} {before[task]:.0%} -> {after[task]:.0%}" for task in before
+    )
+
+
 def frame_tasks(datasets: Sequence[DatasetFrames]) -> np.ndarray:
     return np.concatenate([np.full(len(d.signal), d.task, dtype=object) for d in datasets])
 

@@ -21,10 +21,9 @@ from crab.data.lerobot_reader import float_frames
 from crab.training import checkpoint as ckpt
 from crab.training.conditioning import (
     advantage_labels,
-    balanced_draw,
+    balanced_with_report,
     label_table,
     labelled_tasks,
-    positive_draw_shares,
     unconditioned,
 )
 from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, to_dict
@@ -213,11 +212,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     # `apply: sample`: the weights choose the frames (each epoch's draw), and the loss leaves them out.
     draw_weights = weights.draw if weights.apply == "sample" else None
     if positive is not None and cfg.conditioning.positive_share is not None:
-        before = positive_draw_shares(weights.datasets, weights.draw, positive)
-        draw_weights = balanced_draw(weights.datasets, weights.draw, positive, cfg.conditioning.positive_share)
-        after = positive_draw_shares(weights.datasets, draw_weights, positive)
-        log("positive share of each task's draw (conditioning.positive_share): "
-            + "; ".join(f"{task!r} {before[task]:.0%} -> {after[task]:.0%}" for task in before))
+        draw_weights, report = balanced_with_report(weights.datasets, weights.draw, positive, cfg.conditioning.positive_share)
+        log(report)
     sampler, loader = batch_loader(cfg, train_ds, cfg.data.batch_size, cfg.seed, accelerator, cfg.data.manifest, draw_weights)
     replay = replay_batches(cfg, replay_ds, accelerator, step)
     global_batch = cfg.data.batch_size * accelerator.num_processes
