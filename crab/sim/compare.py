@@ -232,6 +232,10 @@ ROWS = (
     Method("cond_episode_balanced_cfg3_mixed", CF, "mixed", "conditioned on damaged episodes, positives half the "
            "draw, guidance beta 3", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
            positive_share=0.5, evaluates="cond_episode_balanced_mixed", guidance=3.0),
+    # ... with the positives drawn as 80% of the batch: near filtering's draw, the damaged episodes kept as a
+    # fifth of it (asked "negative"), which may teach the shared parts (the grasp) without the sloppy release.
+    Method("cond_episode_share80_mixed", CF, "mixed", "conditioned on damaged episodes, positives 80% of the draw",
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share=0.8),
     Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
            "the `chunk_q` recipe, advantage-conditioned as well", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, conditioned=True),
