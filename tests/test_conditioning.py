@@ -223,9 +223,10 @@ def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_pat
     def table(text):
         lines = text.splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith("advantage labels"))
-        return list(itertools.takewhile(lambda line: line.startswith("  "), lines[start + 1 :]))
+        return [lines[start], *itertools.takewhile(lambda line: line.startswith("  "), lines[start + 1 :])]
 
-    assert table(printed) == table(logged) and len(table(printed)) == 3  # clean, labelled, stepwise
+    # The rule's words and the table, the same in both.
+    assert table(printed) == table(logged) and len(table(printed)) == 4  # header; clean, labelled, stepwise
     assert all("positive" in line for line in table(printed))
     recorded = json.loads(stats.read_text())["advantage_labels"]
     _, state, _ = load_checkpoint(run / "step_000001")

@@ -66,6 +66,15 @@ def advantage_labels(
     return located & undamaged & above
 
 
+def rule_text(rule: str, threshold: float) -> str:
+    """What makes a chunk positive under `rule`, in the words `reward_stats` and training print."""
+    return {
+        "advantage": f"signal >= its phase's mean + {threshold:g} std, not into damage",
+        "damage": "not into damage",
+        "episode": "its episode holds no damage",
+    }[rule]
+
+
 def undamaged_episodes(step_reward: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
     """True on every frame of an episode without a negative step reward."""
     starts, lengths = episode_spans(episode_index)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crab.training.conditioning import LABEL_RULES, advantage_labels, label_table
+from crab.training.conditioning import LABEL_RULES, advantage_labels, label_table, rule_text
 from crab.training.config import DataConfig, RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.files import check_output_file, write_atomically, write_text_atomic
@@ -413,9 +413,7 @@ def main(argv: list[str] | None = None) -> None:
             parts = [f"{mine[group == g].sum() / part_total[g]:.0%}" if part_total[g] > 0 else "-" for g in np.unique(group)]
             print(f"  {d.name}: share of each part's draw, first to last: " + " ".join(parts))
     if positive is not None:
-        says = {"advantage": f"signal >= its phase's mean + {k:g} std, not into damage",
-                "damage": "not into damage", "episode": "its episode holds no damage"}[rule]
-        print(f"advantage labels (positive: {says}; {args.label_phase_bins} parts of each episode):\n"
+        print(f"advantage labels (positive: {rule_text(rule, k)}; {args.label_phase_bins} parts of each episode):\n"
               f"{label_table(weights.datasets, positive, args.label_phase_bins)}")  # fmt: skip
     if args.lerobot_weights is not None:
         for path in write_lerobot_weights(args.lerobot_weights, rows, tables, everything.trained):

@@ -24,6 +24,7 @@ from crab.training.conditioning import (
     balanced_with_report,
     label_table,
     labelled_tasks,
+    rule_text,
     unconditioned,
 )
 from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, to_dict
@@ -140,7 +141,8 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         bins = cfg.reward_weighting.phase_bins
         cond = cfg.conditioning
         positive = advantage_labels(weights.datasets, spec.horizon(horizon), bins, cond.positive_threshold, cond.label_rule)
-        log(f"advantage labels ({bins} parts of each episode):\n{label_table(weights.datasets, positive, bins)}")
+        log(f"advantage labels (positive: {rule_text(cond.label_rule, cond.positive_threshold)}; {bins} parts of each "
+            f"episode):\n{label_table(weights.datasets, positive, bins)}")
         inputs["advantage_labels"] = labels_digest(positive)
     if resume_state is not None and (changed := changed_inputs(resume_state.get("inputs", {}), inputs)):
         raise TrainingError(
