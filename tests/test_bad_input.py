@@ -285,6 +285,7 @@ def test_every_frame_left_after_drop_weighing_zero_is_named():
 @pytest.mark.parametrize(
     ("tool", "flag"),
     [(reward_stats, ["--chunk-size", "0"]), (reward_stats, ["--alpha", "nan"]), (reward_stats, ["--clip-min", "-1"]),
+     (reward_stats, ["--positive-share", "1"]), (reward_stats, ["--positive-threshold", "1", "--label-rule", "episode"]),
      (frame_cache, ["--batch", "0"])],
 )  # fmt: skip
 def test_numbers_of_reward_stats_and_frame_cache_are_checked_first(tmp_path, tool, flag, capsys):

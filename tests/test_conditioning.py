@@ -197,7 +197,8 @@ def test_guidance_interpolates_between_the_two_prompts(tiny):
 @pytest.mark.parametrize("rule", ["advantage", "episode"])
 def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_path, capsys, rule):  # noqa: F811
     """The conditioning recipe layered on the run's config: `reward_stats --config` prints the positive
-    shares training prints before step 1 and records the labels the run's checkpoint records, by each rule."""
+    shares training prints before step 1 (and the balanced draw's, with `positive_share`) and records the
+    labels the run's checkpoint records, by each rule."""
     import itertools
     import json
 
@@ -213,7 +214,7 @@ def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_pat
     sets = overrides(setup, f"recipe_conditioned_{rule}", **{
         "data.reward_stats": stats.as_posix(), "data.value_file": "null", "reward_weighting.signal": "outcome",
         "reward_weighting.credit_horizon": "null", "train.steps": 1, "train.save_every": 1,
-        "conditioning.label_rule": rule,
+        "conditioning.label_rule": rule, **({"conditioning.positive_share": 0.5} if rule == "episode" else {}),
     })  # fmt: skip
     reward_stats.main([*(a for layer in layers for a in ("--config", str(layer))), *(a for s in sets for a in ("--set", s))])
     printed = capsys.readouterr().out
@@ -228,6 +229,10 @@ def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_pat
     # The rule's words and the table, the same in both.
     assert table(printed) == table(logged) and len(table(printed)) == 4  # header; clean, labelled, stepwise
     assert all("positive" in line for line in table(printed))
+    # With `positive_share`, the balanced draw's shares too ("... 'task' 40% -> 50%").
+    shares = [[line for line in text.splitlines() if line.startswith("positive share of each task")] for text in (printed, logged)]
+    assert shares[0] == shares[1] and len(shares[0]) == (rule == "episode")
+    assert rule != "episode" or "-> 50%" in shares[0][0]
     recorded = json.loads(stats.read_text())["advantage_labels"]
     _, state, _ = load_checkpoint(run / "step_000001")
     assert recorded["digest"] == state["inputs"]["advantage_labels"]

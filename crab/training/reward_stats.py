@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crab.training.conditioning import LABEL_RULES, advantage_labels, label_table, rule_text
+from crab.training.conditioning import LABEL_RULES, advantage_labels, balanced_with_report, label_table, rule_text
 from crab.training.config import DataConfig, RewardWeightingConfig
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.files import check_output_file, write_atomically, write_text_atomic
@@ -268,6 +268,7 @@ def config_argv(paths: list[str], overrides: list[str]) -> list[str]:
     cond = cfg.conditioning
     argv += ["--label-rule", cond.label_rule, "--positive-threshold", cond.positive_threshold,
              "--label-phase-bins", rw.phase_bins] if cond.enabled else []  # fmt: skip
+    argv += ["--positive-share", cond.positive_share] if cond.enabled and cond.positive_share is not None else []
     return [str(a) for a in argv]
 
 
@@ -314,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
                    "and record the labels in the statistics")  # fmt: skip
     p.add_argument("--positive-threshold", type=float, help="conditioning.positive_threshold (label rule "
                    "`advantage`; giving it alone labels by that rule)")  # fmt: skip
+    p.add_argument("--positive-share", type=float, help="conditioning.positive_share: also print each task's "
+                   "positive share of the draw before and after the balanced draw training makes")  # fmt: skip
     p.add_argument("--label-phase-bins", type=int, default=RewardWeightingConfig.phase_bins,
                    help="parts of each episode the labels compare chunks within (reward_weighting.phase_bins)")
     p.add_argument("--lerobot-weights", type=Path, metavar="DIR",
@@ -325,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--chunk-size must be >= 1 (the policy's chunk_size)")
     if args.positive_threshold and args.label_rule not in (None, "advantage"):
         p.error(f"--positive-threshold is read by --label-rule advantage only, not {args.label_rule}")
+    if args.positive_share is not None and not 0 < args.positive_share < 1:  # also refuses nan
+        p.error("--positive-share must be in (0, 1) (conditioning.positive_share)")
     if not (args.alpha >= 0 and args.std_floor > 0 and 0 <= args.clip_min < args.clip_max):  # also refuses nan
         p.error("need --alpha >= 0, --std-floor > 0 and 0 <= --clip-min < --clip-max (as reward_weighting's keys)")
     if (args.phase_bins is not None and args.phase_bins < 1) or args.label_phase_bins < 1:
@@ -373,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {args.manifest}: {e}")
     positive = None
     rule, k = args.label_rule or "advantage", args.positive_threshold or 0.0
-    if args.label_rule is not None or args.positive_threshold is not None:  # the frames' labels, as the run's
+    if args.label_rule is not None or args.positive_threshold is not None or args.positive_share is not None:
+        # the frames' labels, as the run computes them
         positive = advantage_labels(weights.datasets, horizon, args.label_phase_bins, k, rule)
         stats["advantage_labels"] = {
             "label_rule": rule, "positive_threshold": k,
@@ -415,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     if positive is not None:
         print(f"advantage labels (positive: {rule_text(rule, k)}; {args.label_phase_bins} parts of each episode):\n"
               f"{label_table(weights.datasets, positive, args.label_phase_bins)}")  # fmt: skip
+        if args.positive_share is not None:
+            print(balanced_with_report(weights.datasets, weights.draw, positive, args.positive_share)[1])
     if args.lerobot_weights is not None:
         for path in write_lerobot_weights(args.lerobot_weights, rows, tables, everything.trained):
             print(f"lerobot sample weights: {path}")
