@@ -1,6 +1,6 @@
 """Simulated egg-transfer benchmark: RWFM (+ anchor) against imitation learning on mixed-quality data.
 
-    python -m crab.sim.compare [--out REPORT.md] [--seeds 3] [--episodes 50] [--steps 4000] \
+    python -m crab.sim.compare [--out REPORT.md] [--seeds 3] [--episodes 50] [--steps 8000] \
         [--batch-size 16] [--episodes-per-dataset 50] [--work-dir outputs/sim_benchmark] [--jobs 2] \
         [--extra-alpha 0.25] [--regimes cycle1 scarce scarce_grasp scarce_carry] [--methods ...] [--scarce-clean 2] \
         [--scarce-damaging 40] [--scarce-failed 10] [--value-expectile 0.5]
