@@ -214,7 +214,7 @@ def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_pat
     sets = overrides(setup, f"recipe_conditioned_{rule}", **{
         "data.reward_stats": stats.as_posix(), "data.value_file": "null", "reward_weighting.signal": "outcome",
         "reward_weighting.credit_horizon": "null", "train.steps": 1, "train.save_every": 1,
-        "conditioning.label_rule": rule, **({"conditioning.positive_share": 0.5} if rule == "episode" else {}),
+        "conditioning.label_rule": rule, "conditioning.positive_share": 0.5 if rule == "episode" else "null",
     })  # fmt: skip
     reward_stats.main([*(a for layer in layers for a in ("--config", str(layer))), *(a for s in sets for a in ("--set", s))])
     printed = capsys.readouterr().out

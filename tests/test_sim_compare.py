@@ -124,6 +124,7 @@ def test_regime_and_method_selection():
         "cond_chunk_q_h20_cfg10_mixed", "cond_chunk_q_h20_asked_negative_mixed",
         "cond_damage_h20_mixed", "cond_damage_h20_cfg3_mixed", "cond_episode_mixed", "cond_episode_cfg3_mixed",
         "cond_episode_asked_negative_mixed", "cond_episode_balanced_mixed", "cond_episode_balanced_cfg3_mixed",
+        "cond_episode_share80_mixed",
         "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", "cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_cfg5_mixed",
     ]  # fmt: skip
     rows = {m.name: m for m in plan[1][1]}
@@ -227,7 +228,13 @@ def test_regime_configs_and_counts():
     assert (from_file.apply, from_file.clip_max, from_file.unlocated_failures) == ("sample", 1e6, "drop")
     assert compare.ROW["il_clean"].settings() == "the config's"
     asked = compare.ROW["cond_chunk_q_h20_asked_negative_mixed"].settings()
-    assert asked == '`recipe_conditioned.yaml`, `signal: chunk_q`, `credit_horizon: 20`, asked "negative"'
+    assert asked == ('`recipe_conditioned.yaml`, `signal: chunk_q`, `credit_horizon: 20`, `conditioning.label_rule: '
+                     'advantage`, `conditioning.positive_share: null`, asked "negative"')
+    # The recipe file labels by episode with a balanced draw; the rows measured with RECAP's rule keep it.
+    recap = compare.run_config(compare.ROW["cond_chunk_q_h20_mixed"], 0, args, scarce).conditioning
+    assert (recap.label_rule, recap.positive_share) == ("advantage", None)
+    recipe_file = load_config([compare.CONFIG_DIR / compare.CF, compare.CONFIG_DIR / "recipe_conditioned.yaml"]).conditioning
+    assert (recipe_file.label_rule, recipe_file.positive_share) == ("episode", 0.5)
     damage = compare.run_config(compare.ROW["cond_damage_h20_mixed"], 0, args, scarce)
     assert (damage.conditioning.enabled, damage.conditioning.label_rule) == (True, "damage")
     episode = compare.run_config(compare.ROW["cond_episode_asked_negative_mixed"], 0, args, scarce)

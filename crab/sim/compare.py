@@ -87,7 +87,8 @@ class Method:
     anchor: bool | None = None  # anchor.enabled
     conditioned: bool = False  # conditioning.enabled
     rule: str | None = None  # conditioning.label_rule
-    positive_share: float | None = None  # conditioning.positive_share
+    # conditioning.positive_share; "null": the draw as the data has it, whatever the recipe file sets
+    positive_share: float | str | None = None
     # Rows that evaluate another row's trained runs (same training, other question at evaluation): that
     # row's name, and what a conditioned policy is asked (`policy_eval.SmolVLAActor`: label, guidance). The
     # guidance is always explicit (1: none), never the run's `conditioning.guidance`: a row's name says what
@@ -120,6 +121,9 @@ class Method:
 
 
 CF = CRACKED_FACTOR_CONFIG
+# The RECAP rule on the conditioned recipe file (whose own rule is `episode` with a balanced draw since
+# 2026-12-07): the rows measured before keep what they measured.
+RECAP = {"rule": "advantage", "positive_share": "null"}
 RECIPE_CHUNK_Q, RECIPE_CONDITIONED = "recipe_chunk_q.yaml", "recipe_conditioned.yaml"
 RECIPE_OUTCOME = "recipe_outcome_sampling.yaml"
 # The long credit horizon: two action chunks of the tiny policy (chunk 10), reaching back over a sloppy
@@ -201,30 +205,30 @@ ROWS = (
            "the `chunk_q` recipe, statistics counted by the draw", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, counts="weight"),
     Method("cond_chunk_q_h20_mixed", CF, "mixed", "advantage-conditioned, asked \"positive\"",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H),
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, **RECAP),
     *(
         Method(f"cond_chunk_q_h20_cfg{beta:g}_mixed".replace(".", "p"), CF, "mixed",
                f"advantage-conditioned, guidance beta {beta:g}", recipes=(RECIPE_CONDITIONED,), signal="chunk_q",
-               horizon=H, evaluates="cond_chunk_q_h20_mixed", guidance=beta)
+               horizon=H, **RECAP, evaluates="cond_chunk_q_h20_mixed", guidance=beta)
         for beta in (1.5, 3.0, 5.0, 10.0)
     ),
     Method("cond_chunk_q_h20_asked_negative_mixed", CF, "mixed", "advantage-conditioned, asked \"negative\" (the "
-           "label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H,
+           "label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, **RECAP,
            evaluates="cond_chunk_q_h20_mixed", ask="negative"),
     Method("cond_damage_h20_mixed", CF, "mixed", "conditioned on damage alone, asked \"positive\"",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage"),
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage", positive_share="null"),
     Method("cond_damage_h20_cfg3_mixed", CF, "mixed", "conditioned on damage alone, guidance beta 3",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage",
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage", positive_share="null",
            evaluates="cond_damage_h20_mixed", guidance=3.0),
     # Labels by episode: a damaged episode is negative throughout (the sloppy style, not only its crack).
     Method("cond_episode_mixed", CF, "mixed", "conditioned on damaged episodes, asked \"positive\"",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode"),
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share="null"),
     Method("cond_episode_cfg3_mixed", CF, "mixed", "conditioned on damaged episodes, guidance beta 3",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
+           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share="null",
            evaluates="cond_episode_mixed", guidance=3.0),
     Method("cond_episode_asked_negative_mixed", CF, "mixed", "conditioned on damaged episodes, asked \"negative\" "
            "(the label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
-           evaluates="cond_episode_mixed", ask="negative"),
+           positive_share="null", evaluates="cond_episode_mixed", ask="negative"),
     # ... with the positives drawn as half of the batch: by episode, 5 clean transfers are a tenth of the
     # frames, so the "positive" policy saw them a tenth as often as filtering does.
     Method("cond_episode_balanced_mixed", CF, "mixed", "conditioned on damaged episodes, positives half the draw",
