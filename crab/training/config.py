@@ -144,7 +144,9 @@ class ConditioningConfig:
     #   located damage (within the credit horizon);
     # - damage: it does not lead into located damage (every other chunk positive);
     # - episode: its episode holds no damage (a damaged episode is negative throughout).
-    # Measured in docs/sim_benchmark.md (conditioning rows).
+    # Measured in docs/sim_benchmark.md (conditioning rows): `episode` with `positive_share: 0.5` ahead of
+    # `advantage` where the clean episodes are few, level on today's data; recipe_conditioned.yaml sets it.
+    # The default here is RECAP's rule, what the paper describes.
     label_rule: Literal["advantage", "damage", "episode"] = "advantage"
     positive_threshold: float = 0.0  # label_rule: advantage only
     # Share of each task's draw from its positive frames (0 < share < 1; the proportions within the positive
