@@ -194,11 +194,12 @@ def test_guidance_interpolates_between_the_two_prompts(tiny):
     assert type(policy.model).denoise_step is policy.model.denoise_step.__func__  # unwrapped afterwards
 
 
-@pytest.mark.parametrize("rule", ["advantage", "episode"])
+@pytest.mark.parametrize("rule", ["advantage", "damage", "episode"])
 def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_path, capsys, rule):  # noqa: F811
     """The conditioning recipe layered on the run's config: `reward_stats --config` prints the positive
     shares training prints before step 1 (and the balanced draw's, with `positive_share`) and records the
-    labels the run's checkpoint records, by each rule."""
+    labels the run's checkpoint records, by each rule. `damage` and `episode` run the recipe's own
+    reward_weighting (signal chunk_q, credit horizon 100) without a value file: they read neither."""
     import itertools
     import json
 
@@ -211,9 +212,10 @@ def test_reward_stats_prints_and_records_the_labels_training_uses(setup, tmp_pat
     layers = [CONFIGS / "train_cycle1_rwfm_anchor_cracked_factor.yaml", CONFIGS / "demo_overrides.yaml",
               CONFIGS / "recipe_conditioned.yaml"]  # fmt: skip
     stats = tmp_path / "stats.json"
+    # No value model here: RECAP's rule labels by the outcome signal.
+    recap = {"reward_weighting.signal": "outcome", "reward_weighting.credit_horizon": "null"} if rule == "advantage" else {}
     sets = overrides(setup, f"recipe_conditioned_{rule}", **{
-        "data.reward_stats": stats.as_posix(), "data.value_file": "null", "reward_weighting.signal": "outcome",
-        "reward_weighting.credit_horizon": "null", "train.steps": 1, "train.save_every": 1,
+        "data.reward_stats": stats.as_posix(), "train.steps": 1, "train.save_every": 1, **recap,
         "conditioning.label_rule": rule, "conditioning.positive_share": 0.5 if rule == "episode" else "null",
     })  # fmt: skip
     reward_stats.main([*(a for layer in layers for a in ("--config", str(layer))), *(a for s in sets for a in ("--set", s))])

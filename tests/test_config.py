@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from crab.training.config import ConfigError, load_config, to_dict, training_settings
+from crab.training.config import ConfigError, load_config, signal_read, to_dict, training_settings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "crab" / "training" / "configs"
 CYCLE = sorted(CONFIGS.glob("train_cycle1_*.yaml"))
@@ -94,6 +94,12 @@ def test_unknown_key_names_key_and_file(tmp_path):
          "conditioning: {label_rule: episode, positive_threshold: 1}\n",
          "`conditioning.positive_threshold` is read by `label_rule: advantage` only, not `episode`"),
         ("run_name: x\ndata: {manifest: m.csv}\nconditioning: {label_rule: mean}\n", "`conditioning.label_rule` must be one of"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, signal: chunk_q}\n"
+         "conditioning: {enabled: true, label_rule: advantage}\n",
+         "`data.value_file` is required by `reward_weighting.signal: chunk_q`"),
+        ("run_name: x\ndata: {manifest: m.csv}\nreward_weighting: {enabled: false, credit_horizon: 20}\n"
+         "conditioning: {enabled: true, label_rule: episode}\n",
+         r"`reward_weighting.credit_horizon` applies to .* and to `conditioning.label_rule` advantage and damage"),
         ("run_name: x\ndata: {manifest: m.csv}\nanchor: {enabled: true, replay_manifest: r.csv}\n",
          "`anchor.replay_manifest` is now `replay.manifest`"),
     ],
@@ -101,6 +107,19 @@ def test_unknown_key_names_key_and_file(tmp_path):
 def test_bad_values(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
+
+
+def test_the_conditioned_recipe_needs_no_value_model_until_a_rule_reads_the_signal():
+    """recipe_conditioned.yaml labels by episode: it loads without a value file and its run reads the
+    outcome statistics; RECAP's rule (or weighting) reads the per-chunk signal, so then the file is required."""
+    layers = [CONFIGS / "train_cycle1_rwfm_anchor_cracked_factor.yaml", CONFIGS / "recipe_conditioned.yaml"]
+    recipe = load_config(layers)
+    assert (recipe.data.value_file, recipe.reward_weighting.signal, signal_read(recipe)) == (None, "chunk_q", "outcome")
+    assert signal_read(load_config(layers, ["conditioning.label_rule=damage"])) == "outcome"
+    with pytest.raises(ConfigError, match="`data.value_file` is required by `reward_weighting.signal: chunk_q`"):
+        load_config(layers, ["conditioning.label_rule=advantage", "conditioning.positive_share=null"])
+    recap = load_config(layers, ["conditioning.label_rule=advantage", "data.value_file=v.parquet"])
+    assert signal_read(recap) == "chunk_q"
 
 
 def test_missing_file_and_bad_override(tmp_path):

@@ -237,6 +237,9 @@ def test_regime_configs_and_counts():
     assert (recipe_file.label_rule, recipe_file.positive_share) == ("episode", 0.5)
     damage = compare.run_config(compare.ROW["cond_damage_h20_mixed"], 0, args, scarce)
     assert (damage.conditioning.enabled, damage.conditioning.label_rule) == (True, "damage")
+    # Rules that read no value model train without one, on the outcome statistics compare computes anyway.
+    assert damage.data.value_file is None and damage.reward_weighting.credit_horizon == 20
+    assert damage.data.reward_stats == str(compare.stats_path(work / "data_scarce", "scarce_mixed"))
     episode = compare.run_config(compare.ROW["cond_episode_asked_negative_mixed"], 0, args, scarce)
     assert (episode.conditioning.label_rule, compare.ROW["cond_episode_asked_negative_mixed"].ask) == ("episode", "negative")
     balanced = compare.run_config(compare.ROW["cond_episode_balanced_cfg3_mixed"], 0, args, scarce).conditioning

@@ -216,30 +216,30 @@ ROWS = (
            "label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, **RECAP,
            evaluates="cond_chunk_q_h20_mixed", ask="negative"),
     Method("cond_damage_h20_mixed", CF, "mixed", "conditioned on damage alone, asked \"positive\"",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage", positive_share="null"),
+           recipes=(RECIPE_CONDITIONED,), horizon=H, rule="damage", positive_share="null"),
     Method("cond_damage_h20_cfg3_mixed", CF, "mixed", "conditioned on damage alone, guidance beta 3",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="damage", positive_share="null",
+           recipes=(RECIPE_CONDITIONED,), horizon=H, rule="damage", positive_share="null",
            evaluates="cond_damage_h20_mixed", guidance=3.0),
     # Labels by episode: a damaged episode is negative throughout (the sloppy style, not only its crack).
     Method("cond_episode_mixed", CF, "mixed", "conditioned on damaged episodes, asked \"positive\"",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share="null"),
+           recipes=(RECIPE_CONDITIONED,), rule="episode", positive_share="null"),
     Method("cond_episode_cfg3_mixed", CF, "mixed", "conditioned on damaged episodes, guidance beta 3",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share="null",
+           recipes=(RECIPE_CONDITIONED,), rule="episode", positive_share="null",
            evaluates="cond_episode_mixed", guidance=3.0),
     Method("cond_episode_asked_negative_mixed", CF, "mixed", "conditioned on damaged episodes, asked \"negative\" "
-           "(the label's check)", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
+           "(the label's check)", recipes=(RECIPE_CONDITIONED,), rule="episode",
            positive_share="null", evaluates="cond_episode_mixed", ask="negative"),
     # ... with the positives drawn as half of the batch: by episode, 5 clean transfers are a tenth of the
     # frames, so the "positive" policy saw them a tenth as often as filtering does.
     Method("cond_episode_balanced_mixed", CF, "mixed", "conditioned on damaged episodes, positives half the draw",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share=0.5),
+           recipes=(RECIPE_CONDITIONED,), rule="episode", positive_share=0.5),
     Method("cond_episode_balanced_cfg3_mixed", CF, "mixed", "conditioned on damaged episodes, positives half the "
-           "draw, guidance beta 3", recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode",
+           "draw, guidance beta 3", recipes=(RECIPE_CONDITIONED,), rule="episode",
            positive_share=0.5, evaluates="cond_episode_balanced_mixed", guidance=3.0),
     # ... with the positives drawn as 80% of the batch: near filtering's draw, the damaged episodes kept as a
     # fifth of it (asked "negative"), which may teach the shared parts (the grasp) without the sloppy release.
     Method("cond_episode_share80_mixed", CF, "mixed", "conditioned on damaged episodes, positives 80% of the draw",
-           recipes=(RECIPE_CONDITIONED,), signal="chunk_q", horizon=H, rule="episode", positive_share=0.8),
+           recipes=(RECIPE_CONDITIONED,), rule="episode", positive_share=0.8),
     Method("cond_rwfm_chunk_q_sample_uncapped_h20_phase_drop_mixed", CF, "mixed",
            "the `chunk_q` recipe, advantage-conditioned as well", recipes=(RECIPE_CHUNK_Q,), signal="chunk_q",
            horizon=H, conditioned=True),

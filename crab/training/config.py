@@ -132,11 +132,16 @@ class ReplayConfig:
     imitate: bool = False
 
 
+# The label rules that look `reward_weighting.credit_horizon` steps ahead (does the chunk lead into damage?).
+HORIZON_RULES = ("advantage", "damage")
+
+
 @dataclass
 class ConditioningConfig:
     # Advantage conditioning (RECAP-style; crab/training/conditioning.py): every frame is imitated, its task
-    # text labelled "Advantage: positive" or "negative" by its chunk's `reward_weighting.signal` (with its
-    # inputs: data.value_file for the per-chunk signals), with or without `reward_weighting.enabled`.
+    # text labelled "Advantage: positive" or "negative" by `label_rule`, with or without
+    # `reward_weighting.enabled`. Only the `advantage` rule reads `reward_weighting.signal` (with its inputs:
+    # data.value_file for the per-chunk signals); `damage` and `episode` read the rewards alone.
     enabled: bool = False
     # What makes a chunk positive (failures nothing locates are negative under every rule):
     # - advantage: its signal is at least its task-and-phase group's mean plus `positive_threshold` standard
@@ -336,16 +341,16 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
     rw, anchor, replay, cond = cfg.reward_weighting, cfg.anchor, cfg.replay, cfg.conditioning
     checks = [
         (rw.enabled and not cfg.data.reward_stats, "`data.reward_stats` is required when `reward_weighting.enabled`"),
-        ((rw.enabled or cond.enabled) and rw.signal in VALUE_SIGNALS and not cfg.data.value_file,
+        (signal_read(cfg) in VALUE_SIGNALS and not cfg.data.value_file,
          f"`data.value_file` is required by `reward_weighting.signal: {rw.signal}` "
          "(fit it with `python -m crab.training.value_fit`)"),
         (rw.enabled and rw.signal == "chunk_q" and rw.normalize != "phase",
          "`reward_weighting.signal: chunk_q` needs `reward_weighting.normalize: phase`: its values are not "
          "centred per state, so only the chunks of one phase are comparable"),
         (rw.credit_horizon is not None and rw.credit_horizon < 1, "`reward_weighting.credit_horizon` must be >= 1"),
-        (rw.credit_horizon is not None and rw.signal == "outcome",
-         "`reward_weighting.credit_horizon` applies to the per-chunk signals (`chunk_advantage`, `chunk_q`, `oracle`), "
-         "not to `outcome`"),
+        (rw.credit_horizon is not None and rw.signal == "outcome" and not (cond.enabled and cond.label_rule in HORIZON_RULES),
+         "`reward_weighting.credit_horizon` applies to the per-chunk signals (`chunk_advantage`, `chunk_q`, `oracle`) "
+         f"and to `conditioning.label_rule` {' and '.join(HORIZON_RULES)}, not to `outcome` alone"),
         (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),
         (rw.std_floor <= 0, "`reward_weighting.std_floor` must be > 0"),
         (not 0 <= rw.clip_min < rw.clip_max, "need 0 <= `reward_weighting.clip_min` < `reward_weighting.clip_max`"),
@@ -392,6 +397,14 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
 # Below this `clip_max` binds on `chunk_q`'s best chunks (spread over several std units), which the recipe
 # measured without a cap (docs/sim_benchmark_findings.md: capped, the scarce regime's row fell behind).
 CHUNK_Q_UNCAPPED = 1000.0
+
+
+def signal_read(cfg: CrabConfig) -> str:
+    """The return signal a run reads: `reward_weighting.signal` where the weights or the `advantage` label
+    rule compare it, else `outcome` (the statistics' default): the `damage` and `episode` label rules read
+    the rewards only, so conditioning by them needs no value model."""
+    rw, cond = cfg.reward_weighting, cfg.conditioning
+    return rw.signal if rw.enabled or (cond.enabled and cond.label_rule == "advantage") else "outcome"
 
 
 def config_warnings(cfg: CrabConfig) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from crab.training.conditioning import LABEL_RULES, advantage_labels, balanced_with_report, label_table, rule_text
-from crab.training.config import DataConfig, RewardWeightingConfig
+from crab.training.config import HORIZON_RULES, DataConfig, RewardWeightingConfig, signal_read
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.files import check_output_file, write_atomically, write_text_atomic
 from crab.training.inputs import labels_digest
@@ -256,16 +256,17 @@ def config_argv(paths: list[str], overrides: list[str]) -> list[str]:
         sys.exit(f"error: the chunk size of policy {cfg.policy.pretrained_path!r} could not be read ({e}); pass --chunk-size")
     if cfg.data.reward_stats is None:
         sys.exit("error: the config sets no data.reward_stats: nowhere to write the statistics (--set data.reward_stats=PATH)")
-    rw = cfg.reward_weighting
+    rw, signal = cfg.reward_weighting, signal_read(cfg)
     argv = ["--manifest", cfg.data.manifest, "--out", cfg.data.reward_stats, "--data-root", cfg.data.data_root,
-            "--chunk-size", chunk, "--signal", rw.signal, "--alpha", rw.alpha, "--clip-min", rw.clip_min,
+            "--chunk-size", chunk, "--signal", signal, "--alpha", rw.alpha, "--clip-min", rw.clip_min,
             "--clip-max", rw.clip_max, "--std-floor", rw.std_floor, "--apply", rw.apply,
             "--unlocated-failures", rw.unlocated_failures, "--normalization-counts", rw.normalization_counts,
             "--val-episodes-per-dataset", cfg.data.val_episodes_per_dataset]  # fmt: skip
-    argv += ["--credit-horizon", rw.credit_horizon] if rw.credit_horizon is not None else []
-    argv += ["--value-file", cfg.data.value_file] if cfg.data.value_file is not None else []
-    argv += ["--phase-bins", rw.phase_bins] if rw.normalize == "phase" else []
     cond = cfg.conditioning
+    horizon_read = signal != "outcome" or (cond.enabled and cond.label_rule in HORIZON_RULES)
+    argv += ["--credit-horizon", rw.credit_horizon] if rw.credit_horizon is not None and horizon_read else []
+    argv += ["--value-file", cfg.data.value_file] if signal in VALUE_SIGNALS else []
+    argv += ["--phase-bins", rw.phase_bins] if rw.normalize == "phase" else []
     argv += ["--label-rule", cond.label_rule, "--positive-threshold", cond.positive_threshold,
              "--label-phase-bins", rw.phase_bins] if cond.enabled else []  # fmt: skip
     argv += ["--positive-share", cond.positive_share] if cond.enabled and cond.positive_share is not None else []
@@ -338,8 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--val-episodes-per-dataset must be >= 0")
     if args.apply == "loss" and (args.phase_bins is not None or args.unlocated_failures == "drop"):
         p.error("--phase-bins and --unlocated-failures drop go with --apply sample (as in training)")
-    if args.credit_horizon is not None and (args.credit_horizon < 1 or args.signal == "outcome"):
-        p.error("--credit-horizon must be >= 1 and goes with a per-chunk --signal (chunk_advantage, chunk_q, oracle)")
+    if args.credit_horizon is not None and (args.credit_horizon < 1 or (args.signal == "outcome" and args.label_rule not in HORIZON_RULES)):
+        p.error("--credit-horizon must be >= 1 and goes with a per-chunk --signal (chunk_advantage, chunk_q, oracle) "
+                f"or --label-rule {' or '.join(HORIZON_RULES)}")
     spec = RewardSpec(chunk_size=args.chunk_size)
     horizon = spec.horizon(args.credit_horizon)
     try:

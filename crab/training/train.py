@@ -27,7 +27,7 @@ from crab.training.conditioning import (
     rule_text,
     unconditioned,
 )
-from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, to_dict
+from crab.training.config import ConfigError, CrabConfig, config_warnings, load_config, signal_read, to_dict
 from crab.training.crab_dataset import CrabDataset
 from crab.training.crab_smolvla_wrapper import CrabSmolVLA, make_policy, policy_config
 from crab.training.inputs import changed_inputs, check_reference_action_space, labels_digest, run_inputs
@@ -108,8 +108,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
     spec = RewardSpec(chunk_size=smolvla_cfg.chunk_size)
     rows = load_datasets(cfg.data.manifest, cfg.data.data_root)
     train_eps, val_eps = split_episodes(rows, cfg.data.val_episodes_per_dataset)
-    labelled = cfg.conditioning.enabled
-    kind = cfg.reward_weighting.signal if cfg.reward_weighting.enabled or labelled else "outcome"  # unused when off
+    kind = signal_read(cfg)
     values = None  # out-of-episode values V(s), for chunk advantages only
     if kind in VALUE_SIGNALS:
         values, _ = load_values(cfg.data.value_file, rows, spec, cfg.data.manifest, cfg.data.data_root)
@@ -137,7 +136,7 @@ def train(cfg: CrabConfig, resume: str | None = None) -> Path:
         raise TrainingError(f"{cfg.data.manifest}: {e}") from None
     log("training data, before step 1:\n" + preflight_table(weights, cfg.reward_weighting.normalization_counts))
     positive = None  # with conditioning: each training frame's advantage label, from the frames weighed above
-    if labelled:
+    if cfg.conditioning.enabled:
         bins = cfg.reward_weighting.phase_bins
         cond = cfg.conditioning
         positive = advantage_labels(weights.datasets, spec.horizon(horizon), bins, cond.positive_threshold, cond.label_rule)
