@@ -222,7 +222,9 @@ def test_tightening_is_careful_but_for_a_tight_grip_in_the_carry_and_cracks_ther
         assert [p.speed for p in tight[4:7]] == [carry.speed] * 3
         assert [p.grip for p in tight[4:7]] == [carry.grip, tight[5].grip, carry.grip] and tight[5].grip > 0.6
         assert (tight[5].min_steps, tight[5].max_steps) == (TIGHTEN_STEPS, TIGHTEN_STEPS)
-        assert [(p.grip, p.speed) for p in tight[:4] + tight[7:]] == [(p.grip, p.speed) for p in careful[:4] + careful[5:]]
+        assert [(p.grip, p.speed) for p in tight[:4] + tight[7:]] == [
+            (p.grip, p.speed) for p in careful[:4] + careful[5:]
+        ]
     tightened = [rollout(PUT_EGG, "tightening", s, render=False) for s in SEEDS]
     assert sum(r.cracked for r in tightened) >= len(SEEDS) // 2 and not any(r.success for r in tightened)
     for r in (r for r in tightened if r.cracked):
@@ -249,9 +251,14 @@ def test_wilson_interval_hand_checked():
 def test_closed_loop_runner_with_a_demonstrator_as_policy():
     env = EggEnv(PUT_EGG, render_images=False)
     demo = make_demonstrator(PUT_EGG, "careful", 2)
-    success, cracked, total, frames, outcome = run_episode(lambda obs: demo(env)[None], env, 2, n_action_steps=5)
-    assert success and not cracked and total == 1.0 and outcome == "success"
-    assert len(frames) == rollout(PUT_EGG, "careful", 2, render=False).length + 1
+    run = run_episode(lambda obs: demo(env)[None], env, 2, n_action_steps=5)
+    assert run.success and not run.cracked and run.total == 1.0 and run.outcome == "success"
+    # What it records is what the demonstrator's own rollout records, step for step (a dataset's frames).
+    scripted = rollout(PUT_EGG, "careful", 2, render=False)
+    assert set(run.frames) == set(scripted.frames) and run.length == scripted.length
+    for key, column in scripted.frames.items():
+        np.testing.assert_array_equal(run.frames[key], column, err_msg=key)
+    assert len(run.images) == run.length + 1
 
 
 def test_evaluate_reports_rates_and_saves_videos(tmp_path):
@@ -275,8 +282,10 @@ def test_egg_outcome_hand_checked():
     assert egg_outcome(let_go, False, None) == "dropped / not in tray"
     # A crack decides, whatever the fingers did: the crack categories add up to the crack rate.
     assert egg_outcome(held, False, "grip") == "cracked by the grip"
-    assert egg_outcome(let_go, False, "impact", True) == egg_outcome(never, False, "impact", True) == (
-        "cracked at impact over the tray"
+    assert (
+        egg_outcome(let_go, False, "impact", True)
+        == egg_outcome(never, False, "impact", True)
+        == ("cracked at impact over the tray")
     )
     assert egg_outcome(held, False, "impact", True) == "cracked at impact over the tray"  # a hard set-down, still held
     assert egg_outcome(let_go, False, "impact", False) == "cracked at impact elsewhere"  # lost on the way
@@ -299,8 +308,7 @@ def _demonstrator_episode(style: str, seed: int, at_carry: str | None = None) ->
             action[3] = -1.0
         return action[None]
 
-    *_, outcome = run_episode(policy, env, seed, n_action_steps=1)
-    return outcome, env._info()
+    return run_episode(policy, env, seed, n_action_steps=1).outcome, env._info()
 
 
 def test_demonstrators_end_where_their_style_says():
@@ -410,9 +418,19 @@ def test_generate_writes_readable_lerobot_datasets_and_manifests(tmp_path):
     ]
     with_cracked = load_manifest(manifests / "dataset_manifest_cycle1_with_cracked.csv", tmp_path)
     assert {r.name: r.quality for r in with_cracked}["egg_carton_to_tray_cracked"] == "cracked"
-    for stem in ("anchor_base", "anchor_egg_clean", "anchor_retention", "scarce_clean", "scarce_mixed",
-                 "scarce_grasp_mixed", "scarce_eggonly", "scarce_eggonly_mixed", "scarce_grasp_eggonly_mixed",
-                 "scarce_eggonly_nofailed_mixed", "scarce_grasp_eggonly_nofailed_mixed"):
+    for stem in (
+        "anchor_base",
+        "anchor_egg_clean",
+        "anchor_retention",
+        "scarce_clean",
+        "scarce_mixed",
+        "scarce_grasp_mixed",
+        "scarce_eggonly",
+        "scarce_eggonly_mixed",
+        "scarce_grasp_eggonly_mixed",
+        "scarce_eggonly_nofailed_mixed",
+        "scarce_grasp_eggonly_nofailed_mixed",
+    ):
         check_roots(load_manifest(manifests / f"dataset_manifest_{stem}.csv", tmp_path))
 
     expected_labels = {"clean": ("1.0", "0.0"), "cracked": ("0.0", "1.0"), "failed": ("0.0", "0.0")}

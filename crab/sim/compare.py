@@ -590,8 +590,9 @@ def value_path(data_root: Path, stem: str) -> Path:
     return data_root / f"values_{stem}.parquet"
 
 
-def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime: Regime):
-    """The training config of one method and seed: the cycle config plus the benchmark's sizes."""
+def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime: Regime, extra: Sequence[str] = ()):
+    """The training config of one method and seed: the cycle config plus the benchmark's sizes, then the
+    `extra` overrides (`crab.sim.experience`: another manifest, a starting checkpoint)."""
     from crab.training.config import load_config
 
     steps = args.steps
@@ -625,7 +626,7 @@ def run_config(method: Method, seed_index: int, args: argparse.Namespace, regime
             f"reward_weighting.std_floor={VALUE_SIGNAL_STD_FLOOR}",
             f"data.value_file={value_path(data_root, stem)}",
         ]
-    return load_config([CONFIG_DIR / method.config, *(CONFIG_DIR / r for r in method.recipes)], overrides)
+    return load_config([CONFIG_DIR / method.config, *(CONFIG_DIR / r for r in method.recipes)], [*overrides, *extra])
 
 
 def cracked_factor_config(args: argparse.Namespace):

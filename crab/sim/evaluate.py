@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crab.sim.egg_env import FPS, IMAGE_KEY, PUT_EGG, TASKS, EggEnv
+from crab.sim.egg_env import FPS, IMAGE_KEY, PUT_EGG, STATE_KEY, TASKS, EggEnv
 
 Policy = Callable[[dict], np.ndarray]
 
@@ -66,7 +66,9 @@ def outcome_categories(task: str) -> tuple[str, ...]:
     return EGG_OUTCOMES if task == PUT_EGG else OTHER_OUTCOMES
 
 
-def egg_outcome(held: Sequence[bool], success: bool, crack_cause: str | None, crack_over_tray: bool | None = None) -> str:
+def egg_outcome(
+    held: Sequence[bool], success: bool, crack_cause: str | None, crack_over_tray: bool | None = None
+) -> str:
     """The one `EGG_OUTCOMES` category of a "Put the egg into the tray." episode.
 
     `held`: the env's `info["egg_held"]` (both fingers touch the egg) of every step, the reset's first;
@@ -117,26 +119,49 @@ class TaskResult:
         }
 
 
-def run_episode(
-    policy: Policy, env: EggEnv, seed: int, n_action_steps: int
-) -> tuple[bool, bool, float, list[np.ndarray], str]:
-    """One closed-loop episode: (success, cracked, return, camera frames, outcome), the outcome one of
-    `EGG_OUTCOMES` for the egg task (`egg_outcome`), else of `OTHER_OUTCOMES`."""
+@dataclass
+class EpisodeRun:
+    """One closed-loop episode. `frames`: per step, keyed as the LeRobot datasets (and `Rollout.frames`): the
+    observation the action was chosen on, the action executed, `next.reward` and `next.success`; so the
+    episode can be written as a dataset (`crab.sim.experience`). `last_image`: the camera after the last step."""
+
+    success: bool
+    cracked: bool
+    total: float  # the episode's return
+    outcome: str  # one of `EGG_OUTCOMES` for the egg task (`egg_outcome`), else of `OTHER_OUTCOMES`
+    frames: dict[str, np.ndarray]
+    last_image: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return len(self.frames["action"])
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        """Every camera frame of the episode, the reset's first and the last step's last (for videos)."""
+        return [*self.frames[IMAGE_KEY], self.last_image]
+
+
+def run_episode(policy: Policy, env: EggEnv, seed: int, n_action_steps: int) -> EpisodeRun:
+    """One closed-loop episode of `policy` in `env`, reset with `seed`."""
     if hasattr(policy, "reset"):  # a learned policy: clear its state and seed its sampling
         policy.reset(seed)
     obs, info = env.reset(seed=seed)
-    frames = [obs[IMAGE_KEY]]
     held = [info["egg_held"]]
-    total, done = 0.0, False
+    images, states, actions, rewards, successes = [], [], [], [], []
+    done = False
     while not done:
         chunk = np.asarray(policy({**obs, "task": env.task}), dtype=np.float32)
         if chunk.ndim == 1:
             chunk = chunk[None]
         for action in chunk[:n_action_steps]:
+            images.append(obs[IMAGE_KEY])
+            states.append(obs[STATE_KEY])
+            actions.append(action)
             obs, reward, terminated, truncated, info = env.step(action)
-            frames.append(obs[IMAGE_KEY])
             held.append(info["egg_held"])
-            total += reward
+            rewards.append(reward)
+            successes.append(info["success"])
             done = terminated or truncated
             if done:
                 break
@@ -145,7 +170,14 @@ def run_episode(
         outcome = egg_outcome(held, success, info["crack_cause"], info["crack_over_tray"])
     else:
         outcome = "success" if success else "failure"
-    return success, bool(info["cracked"]), total, frames, outcome
+    frames = {
+        IMAGE_KEY: np.stack(images),
+        STATE_KEY: np.stack(states).astype(np.float32),
+        "action": np.stack(actions).astype(np.float32),
+        "next.reward": np.asarray(rewards, dtype=np.float32),
+        "next.success": np.asarray(successes, dtype=bool),
+    }
+    return EpisodeRun(success, bool(info["cracked"]), float(sum(rewards)), outcome, frames, obs[IMAGE_KEY])
 
 
 def save_video(frames: Sequence[np.ndarray], path: Path, scale: int = 4) -> Path:
@@ -168,6 +200,11 @@ def save_video(frames: Sequence[np.ndarray], path: Path, scale: int = 4) -> Path
     return path
 
 
+def episode_seeds(seed: int, task: str, episodes: int) -> np.ndarray:
+    """The env seeds of a task's `episodes` scenes drawn from `seed` (`evaluate`'s scenes for that seed)."""
+    return np.random.default_rng([seed, 7919, TASKS.index(task)]).integers(0, 2**31 - 1, size=episodes)
+
+
 def evaluate(
     policy: Policy,
     tasks: Sequence[str] = TASKS,
@@ -187,18 +224,17 @@ def evaluate(
     results = {}
     for task in tasks:
         env = EggEnv(task, image_size=image_size)
-        seeds = np.random.default_rng([seed, 7919, TASKS.index(task)]).integers(0, 2**31 - 1, size=episodes_per_task)
         result = TaskResult(task)
-        for i, ep_seed in enumerate(seeds):
-            success, cracked, total, frames, outcome = run_episode(policy, env, int(ep_seed), n_action_steps)
-            result.successes.append(success)
-            result.outcomes.append(outcome)
-            result.cracks.append(cracked)
-            result.returns.append(total)
-            result.lengths.append(len(frames) - 1)
+        for i, ep_seed in enumerate(episode_seeds(seed, task, episodes_per_task)):
+            run = run_episode(policy, env, int(ep_seed), n_action_steps)
+            result.successes.append(run.success)
+            result.outcomes.append(run.outcome)
+            result.cracks.append(run.cracked)
+            result.returns.append(run.total)
+            result.lengths.append(run.length)
             if video_dir is not None and i < videos_per_task:
                 slug = task.lower().rstrip(".").replace(" ", "_")
-                save_video(frames, Path(video_dir) / f"{slug}_{i:02d}.mp4")
+                save_video(run.images, Path(video_dir) / f"{slug}_{i:02d}.mp4")
         env.close()
         results[task] = result.summary()
     return results

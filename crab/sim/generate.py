@@ -107,6 +107,25 @@ def collect(spec: DatasetSpec, episodes: int, seed: int, image_size: int) -> tup
     return kept, tried
 
 
+def write_quietly(root: Path, name: str, episodes: list) -> None:
+    """Write simulator `Episode`s as the LeRobot dataset `crab/<name>` at `root`, without the encoders' and
+    lerobot's per-episode output."""
+    # SVT-AV1 (lerobot's video encoder) prints its banner and settings unless told to log errors only (read
+    # when each encoder starts), FFmpeg's muxer logs at info level, and Hugging Face datasets shows a progress
+    # bar per saved episode.
+    os.environ.setdefault("SVT_LOG", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import av
+
+    from crab.data.lerobot_writer import write_lerobot_dataset
+
+    av.logging.set_libav_level(av.logging.ERROR)  # lerobot restores FFmpeg's own callback after encoding
+    with warnings.catch_warnings():
+        # lerobot's statistics histogram converts the bool `next.success` column, and says so.
+        warnings.filterwarnings("ignore", "Converting input from bool", RuntimeWarning)
+        write_lerobot_dataset(root, f"{REPO_PREFIX}/{name}", FPS, episodes, STATE_NAMES, ACTION_NAMES)
+
+
 def generate(
     out: Path,
     episodes_per_dataset: int,
@@ -120,16 +139,7 @@ def generate(
 
     With `overwrite`, existing folders of the datasets written are replaced; otherwise they are an error.
     """
-    # Quiet per-episode encoder output: SVT-AV1 (lerobot's video encoder) prints its banner and settings
-    # unless told to log errors only (read when each encoder starts), FFmpeg's muxer logs at info
-    # level, and Hugging Face datasets shows a progress bar per saved episode.
-    os.environ.setdefault("SVT_LOG", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    import av
-
-    from crab.data.lerobot_writer import MIN_VIDEO_SIDE, Episode, write_lerobot_dataset
-
-    av.logging.set_libav_level(av.logging.ERROR)  # lerobot restores FFmpeg's own callback after encoding
+    from crab.data.lerobot_writer import MIN_VIDEO_SIDE, Episode
 
     if image_size < MIN_VIDEO_SIDE:
         raise ValueError(f"image_size must be at least {MIN_VIDEO_SIDE} for video encoding, got {image_size}")
@@ -148,12 +158,7 @@ def generate(
         episodes = [
             Episode(r.task, r.frames, labels={"success": int(r.success), "damage": int(r.cracked)}) for r in kept
         ]
-        with warnings.catch_warnings():
-            # lerobot's statistics histogram converts the bool `next.success` column, and says so.
-            warnings.filterwarnings("ignore", "Converting input from bool", RuntimeWarning)
-            write_lerobot_dataset(
-                out / spec.name, f"{REPO_PREFIX}/{spec.name}", FPS, episodes, STATE_NAMES, ACTION_NAMES
-            )
+        write_quietly(out / spec.name, spec.name, episodes)
         frames = sum(r.length for r in kept)
         summary[spec.name] = {"style": spec.style, "episodes": len(kept), "screened": tried, "frames": frames}
         print(

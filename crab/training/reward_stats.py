@@ -239,14 +239,23 @@ def plot_signal(
 
 
 def config_argv(paths: list[str], overrides: list[str]) -> list[str]:
-    """The flags a training config (layers + `--set` overrides, as train.py takes them) sets: its manifest,
-    statistics path, data root, value file, chunk size and `reward_weighting`, so that the statistics and
-    the printed table are those of the run."""
+    """The flags a training config (layers + `--set` overrides, as train.py takes them) sets (`run_argv`)."""
     from crab.training.config import ConfigError, load_config
-    from crab.training.crab_smolvla_wrapper import policy_config
 
     try:
         cfg = load_config(paths, overrides)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    return run_argv(cfg)
+
+
+def run_argv(cfg) -> list[str]:
+    """The flags a loaded training config sets: its manifest, statistics path, data root, value file, chunk
+    size and `reward_weighting`, so that the statistics and the printed table are those of the run."""
+    from crab.training.config import ConfigError
+    from crab.training.crab_smolvla_wrapper import policy_config
+
+    try:
         chunk = policy_config(cfg.policy).chunk_size
     except ConfigError as e:
         sys.exit(f"error: {e}")
