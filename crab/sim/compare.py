@@ -635,30 +635,34 @@ def cracked_factor_config(args: argparse.Namespace):
 
 
 def ensure_values(regime: Regime, args: argparse.Namespace, chunk_size: int) -> tuple[Path, float]:
-    """The regime's mixed manifest's value model (`crab.training.value_fit`): fitted unless a fresh one
-    with the same settings is there; (its path, seconds spent)."""
+    """The regime's mixed manifest's value model (`crab.training.value_fit`); (its path, seconds spent)."""
+    data_root = args.work_dir / regime.data_dir
+    path = value_path(data_root, regime.mixed)
+    return path, fit_or_reuse_values(manifest_path(regime.mixed), data_root, path, args.value_expectile, chunk_size)
+
+
+def fit_or_reuse_values(manifest: Path, data_root: Path, path: Path, expectile: float, chunk_size: int) -> float:
+    """Fit a manifest's value model to `path` unless a fresh one with the same settings is there; seconds spent."""
     from dataclasses import asdict
 
     from crab.training import value_fit
     from crab.training.manifest import ManifestError, load_manifest
     from crab.training.rewards import RewardSpec
 
-    data_root = args.work_dir / regime.data_dir
-    manifest, path = manifest_path(regime.mixed), value_path(data_root, regime.mixed)
-    settings = asdict(value_fit.ValueFitSettings(expectile=args.value_expectile))
+    settings = asdict(value_fit.ValueFitSettings(expectile=expectile))
     if path.is_file():
         try:
             if value_fit.read_meta(path)["settings"] == settings:
                 rows = load_manifest(manifest, data_root)
                 value_fit.load_values(path, rows, RewardSpec(chunk_size=chunk_size), manifest, data_root)
                 print(f"reusing {path}")
-                return path, 0.0
+                return 0.0
         except ManifestError as e:  # not a value file, or a stale one: refit
             print(e)
     start = time.perf_counter()
     value_fit.main(["--manifest", str(manifest), "--data-root", str(data_root), "--out", str(path),
-                    "--expectile", str(args.value_expectile), "--no-progress"])  # fmt: skip
-    return path, time.perf_counter() - start
+                    "--expectile", str(expectile), "--no-progress"])  # fmt: skip
+    return time.perf_counter() - start
 
 
 def ensure_stats(regime: Regime, methods: Sequence[Method], args: argparse.Namespace, chunk_size: int) -> float:

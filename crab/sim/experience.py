@@ -38,10 +38,13 @@ from pathlib import Path
 from crab.sim.compare import (
     CF,
     IL_CONFIG,
+    RECAP,
     RECIPE_CONDITIONED,
     REGIMES,
+    H,
     Method,
     evaluate_or_reuse,
+    fit_or_reuse_values,
     fmt_rate,
     fmt_seeds,
     manifest_path,
@@ -52,6 +55,7 @@ from crab.sim.compare import (
 )
 from crab.sim.egg_env import PUT_EGG
 from crab.sim.evaluate import EGG_OUTCOMES, EpisodeRun
+from crab.training.rewards import VALUE_SIGNALS
 
 REGIME = REGIMES["scarce_eggonly"]
 # The collection scenes' seeds are `evaluate.episode_seeds(COLLECT_SEED + s)`: the evaluation's are seed s.
@@ -88,8 +92,8 @@ class Row:
         return self.method.name
 
 
-def _conditioned(name: str, label: str) -> Method:
-    return Method(name, CF, "mixed", label, recipes=(RECIPE_CONDITIONED,))
+def _conditioned(name: str, label: str, **settings) -> Method:
+    return Method(name, CF, "mixed", label, recipes=(RECIPE_CONDITIONED,), **settings)
 
 
 ROWS = (
@@ -101,6 +105,10 @@ ROWS = (
         ("own_success", "own_cracked", "own_failed")),
     Row(_conditioned("ft_cond_all", "conditioned on its own attempts and the damaged and failed demonstrations"),
         ("own_success", "own_cracked", "own_failed"), demos_bad=True),
+    # RECAP's own rule: each chunk positive where its `chunk_q` (a value model fitted on the row's data, credit
+    # horizon two chunks) is at least its phase's mean, and it leads into no damage; the draw as the data has it.
+    Row(_conditioned("ft_cond_own_advantage", "conditioned on its own attempts, labelled by advantage (RECAP's rule)",
+                     signal="chunk_q", horizon=H, **RECAP), ("own_success", "own_cracked", "own_failed")),
 )  # fmt: skip
 ROW = {r.name: r for r in ROWS}
 # The label's check: the conditioned policy asked for "negative" should fail more.
@@ -189,12 +197,19 @@ def write_manifest(path: Path, row: Row, folder: Path, data_root: Path, datasets
 
 
 def fine_tune_config(row: Row, seed: int, args: argparse.Namespace, checkpoint: Path, manifest: Path, out: Path):
-    """The compare row's config on `manifest`, starting from `checkpoint` with its normalisation."""
+    """The compare row's config on `manifest`, starting from `checkpoint` with its normalisation (and the
+    manifest's own value file, `value_file`, for a row whose labels or weights read one)."""
     extra = [f"run_name={row.name}_seed{seed}", f"output_dir={out / 'runs'}", f"data.manifest={manifest}",
              f"data.reward_stats={out / f'reward_stats_{row.name}_seed{seed}.json'}",
              f"policy.pretrained_path={checkpoint}", "policy.normalization=pretrained",
              f"train.save_every={args.steps}", "train.keep_last=1"]  # fmt: skip
+    if row.method.signal in VALUE_SIGNALS:
+        extra.append(f"data.value_file={value_file(row, seed, out)}")
     return run_config(row.method, seed, args, REGIME, extra)
+
+
+def value_file(row: Row, seed: int, out: Path) -> Path:
+    return out / f"values_{row.name}_seed{seed}.parquet"
 
 
 def report(
@@ -249,6 +264,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4000, help="fine-tuning steps")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per seed")
     p.add_argument("--rows", nargs="+", default=[r.name for r in ROWS], choices=[r.name for r in ROWS])
+    p.add_argument("--value-expectile", type=float, default=0.9, help="`value_fit --expectile` (the advantage row)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-action-steps", type=int, default=5)
     p.add_argument("--image-size", type=int, default=32)
@@ -276,7 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: no base checkpoint at {missing}: run crab.sim.compare --methods {args.base} --steps "
                  f"{args.base_steps} --work-dir {args.work_dir} first")  # fmt: skip
     rows = [ROW[name] for name in args.rows]
-    held_out = run_config(rows[0].method, 0, args, REGIME).data.val_episodes_per_dataset
+    from crab.training.crab_smolvla_wrapper import policy_config
+
+    probe = run_config(rows[0].method, 0, args, REGIME)
+    held_out, chunk = probe.data.val_episodes_per_dataset, policy_config(probe.policy).chunk_size
     spawn = multiprocessing.get_context("spawn")  # the same on Linux and Windows, and no forked torch thread pools
     with ProcessPoolExecutor(args.jobs, mp_context=spawn) as workers:
         collected = list(workers.map(
@@ -293,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
             manifest = write_manifest(out / "manifests" / f"{row.name}_seed{s}.csv", row,
                                       seed_dir(data_root, args.base, s), data_root, c["datasets"])  # fmt: skip
             cfg = fine_tune_config(row, s, args, base, manifest, out)
+            if cfg.data.value_file is not None:
+                fit_or_reuse_values(manifest, data_root, Path(cfg.data.value_file), args.value_expectile, chunk)
             reward_stats.main(reward_stats.run_argv(cfg))
             questions = [(row.name, "positive", 1.0)]
             if row.name == ASKED_NEGATIVE:

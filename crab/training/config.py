@@ -136,6 +136,12 @@ class ReplayConfig:
 HORIZON_RULES = ("advantage", "damage")
 
 
+def horizon_read(signal: str, label_rule: str | None) -> bool:
+    """Whether a run reads `reward_weighting.credit_horizon`: its return signal is a per-chunk one, or its
+    conditioning's label rule (None: no conditioning) looks ahead."""
+    return signal != "outcome" or label_rule in HORIZON_RULES
+
+
 @dataclass
 class ConditioningConfig:
     # Advantage conditioning (RECAP-style; crab/training/conditioning.py): every frame is imitated, its task
@@ -348,7 +354,7 @@ def _check_values(cfg: CrabConfig, source: str) -> None:
          "`reward_weighting.signal: chunk_q` needs `reward_weighting.normalize: phase`: its values are not "
          "centred per state, so only the chunks of one phase are comparable"),
         (rw.credit_horizon is not None and rw.credit_horizon < 1, "`reward_weighting.credit_horizon` must be >= 1"),
-        (rw.credit_horizon is not None and rw.signal == "outcome" and not (cond.enabled and cond.label_rule in HORIZON_RULES),
+        (rw.credit_horizon is not None and not horizon_read(rw.signal, cond.label_rule if cond.enabled else None),
          "`reward_weighting.credit_horizon` applies to the per-chunk signals (`chunk_advantage`, `chunk_q`, `oracle`) "
          f"and to `conditioning.label_rule` {' and '.join(HORIZON_RULES)}, not to `outcome` alone"),
         (rw.alpha < 0, "`reward_weighting.alpha` must be >= 0"),

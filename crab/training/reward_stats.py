@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from crab.training.conditioning import LABEL_RULES, advantage_labels, balanced_with_report, label_table, rule_text
-from crab.training.config import HORIZON_RULES, DataConfig, RewardWeightingConfig, signal_read
+from crab.training.config import HORIZON_RULES, DataConfig, RewardWeightingConfig, horizon_read, signal_read
 from crab.training.crab_dataset import RewardTable, annotate, fingerprint
 from crab.training.files import check_output_file, write_atomically, write_text_atomic
 from crab.training.inputs import labels_digest
@@ -272,8 +272,8 @@ def run_argv(cfg) -> list[str]:
             "--unlocated-failures", rw.unlocated_failures, "--normalization-counts", rw.normalization_counts,
             "--val-episodes-per-dataset", cfg.data.val_episodes_per_dataset]  # fmt: skip
     cond = cfg.conditioning
-    horizon_read = signal != "outcome" or (cond.enabled and cond.label_rule in HORIZON_RULES)
-    argv += ["--credit-horizon", rw.credit_horizon] if rw.credit_horizon is not None and horizon_read else []
+    read = horizon_read(signal, cond.label_rule if cond.enabled else None)
+    argv += ["--credit-horizon", rw.credit_horizon] if rw.credit_horizon is not None and read else []
     argv += ["--value-file", cfg.data.value_file] if signal in VALUE_SIGNALS else []
     argv += ["--phase-bins", rw.phase_bins] if rw.normalize == "phase" else []
     argv += ["--label-rule", cond.label_rule, "--positive-threshold", cond.positive_threshold,
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--val-episodes-per-dataset must be >= 0")
     if args.apply == "loss" and (args.phase_bins is not None or args.unlocated_failures == "drop"):
         p.error("--phase-bins and --unlocated-failures drop go with --apply sample (as in training)")
-    if args.credit_horizon is not None and (args.credit_horizon < 1 or (args.signal == "outcome" and args.label_rule not in HORIZON_RULES)):
+    if args.credit_horizon is not None and (args.credit_horizon < 1 or not horizon_read(args.signal, args.label_rule)):
         p.error("--credit-horizon must be >= 1 and goes with a per-chunk --signal (chunk_advantage, chunk_q, oracle) "
                 f"or --label-rule {' or '.join(HORIZON_RULES)}")
     spec = RewardSpec(chunk_size=args.chunk_size)
