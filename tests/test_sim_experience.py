@@ -65,6 +65,7 @@ def test_miniature_experience_loop(tmp_path, monkeypatch, capsys):
     argv = ["--work-dir", str(work), "--base-steps", "2", "--seeds", "1", "--rollouts", "3", "--steps", "2",
             "--episodes", "1", "--batch-size", "4", "--jobs", "1"]  # fmt: skip
     result = experience.main(argv)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("experience loop: best fine-tune")
     collected = result["collected"][0]
     # A policy trained 2 steps never delivers the egg: its 3 attempts are one dataset, the failures'.
     assert sum(collected["outcomes"].values()) == 3 and collected["outcomes"]["success"] == 0
@@ -91,10 +92,14 @@ def test_miniature_experience_loop(tmp_path, monkeypatch, capsys):
     # The conditioned row's labels: the clean transfer positive, the policy's failures negative.
     stats = json.loads((work / "experience_il_clean" / "reward_stats_ft_cond_own_seed0.json").read_text())
     assert name in stats["per_dataset"] and 0 < stats["advantage_labels"]["positive_share"] < 1
+    # RECAP's rule reads a value model fitted on the row's own manifest.
+    saved = yaml.safe_load((work / "experience_il_clean" / "runs" / "ft_cond_own_advantage_seed0" / "step_000002"
+                            / "crab_config.yaml").read_text())  # fmt: skip
+    values = work / "experience_il_clean" / "values_ft_cond_own_advantage_seed0.parquet"
+    assert saved["data"]["value_file"] == str(values) and values.is_file()
     text = (work / "experience_il_clean.md").read_text()
-    assert "| `ft_cond_own_asked_negative` |" in text and capsys.readouterr().out.splitlines()[-1].startswith(
-        "experience loop: best fine-tune"
-    )
+    assert "| `ft_cond_own_asked_negative` |" in text and "| `ft_cond_own_advantage` |" in text
+    capsys.readouterr()
     again_result = experience.main(argv)
     assert "reusing" in capsys.readouterr().out
     assert again_result["pooled"] == result["pooled"]
