@@ -105,6 +105,10 @@ ROWS = (
         ("own_success", "own_cracked", "own_failed")),
     Row(_conditioned("ft_cond_all", "conditioned on its own attempts and the damaged and failed demonstrations"),
         ("own_success", "own_cracked", "own_failed"), demos_bad=True),
+    # Only what the rewards locate: every chunk positive but those leading into a crack (credit horizon two
+    # chunks), the draw as the data has it (balanced, the few negative chunks would fill half of it).
+    Row(_conditioned("ft_cond_own_damage", "conditioned on its own attempts, the chunks into damage negative",
+                     horizon=H, rule="damage", positive_share="null"), ("own_success", "own_cracked", "own_failed")),
     # RECAP's own rule: each chunk positive where its `chunk_q` (a value model fitted on the row's data, credit
     # horizon two chunks) is at least its phase's mean, and it leads into no damage; the draw as the data has it.
     Row(_conditioned("ft_cond_own_advantage", "conditioned on its own attempts, labelled by advantage (RECAP's rule)",
