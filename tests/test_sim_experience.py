@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,7 @@ def test_manifests_add_the_written_own_datasets_to_the_regimes(tmp_path):
 
 
 @pytest.mark.slow
-def test_miniature_experience_loop(tmp_path, monkeypatch, capsys):
+def test_miniature_experience_loop(tmp_path, monkeypatch, capfd):
     """A compare work dir with a base run, then the loop: collect, write, fine-tune from the base, evaluate; rerun
     reuses every part."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -65,7 +67,7 @@ def test_miniature_experience_loop(tmp_path, monkeypatch, capsys):
     argv = ["--work-dir", str(work), "--base-steps", "2", "--seeds", "1", "--rollouts", "3", "--steps", "2",
             "--episodes", "1", "--batch-size", "4", "--jobs", "1"]  # fmt: skip
     result = experience.main(argv)
-    assert capsys.readouterr().out.splitlines()[-1].startswith("experience loop: best fine-tune")
+    assert capfd.readouterr().out.splitlines()[-1].startswith("experience loop: best fine-tune")
     collected = result["collected"][0]
     # A policy trained 2 steps never delivers the egg: its 3 attempts are one dataset, the failures'.
     assert sum(collected["outcomes"].values()) == 3 and collected["outcomes"]["success"] == 0
@@ -99,7 +101,14 @@ def test_miniature_experience_loop(tmp_path, monkeypatch, capsys):
     assert saved["data"]["value_file"] == str(values) and values.is_file()
     text = (work / "experience_il_clean.md").read_text()
     assert "| `ft_cond_own_asked_negative` |" in text and "| `ft_cond_own_advantage` |" in text
-    capsys.readouterr()
+    capfd.readouterr()
     again_result = experience.main(argv)
-    assert "reusing" in capsys.readouterr().out
+    assert f"reusing {folder}" in capfd.readouterr().out
     assert again_result["pooled"] == result["pooled"]
+    # A base saved after its collection (retrained) makes it stale: collected again, and none of the seed's
+    # fine-tunings is reused.
+    later = time.time() + 60
+    os.utime(base / "pretrained_model", (later, later))
+    experience.main([*argv, "--rows", "ft_clean"])
+    assert f"reusing {folder}" not in capfd.readouterr().out
+    assert not (work / "experience_il_clean" / "runs" / "ft_own_success_seed0").exists()

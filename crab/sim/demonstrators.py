@@ -43,6 +43,7 @@ from crab.sim.egg_env import (
     PUT_EGG,
     STATE_KEY,
     EggEnv,
+    episode_frames,
 )
 
 # New styles go last: the index seeds their rng.
@@ -317,11 +318,5 @@ def rollout(task: str, style: str, seed: int, image_size: int = 32, render: bool
         successes.append(info["success"])
         done = terminated or truncated
     env.close()
-    frames = {
-        IMAGE_KEY: np.stack(images),
-        STATE_KEY: np.stack(states).astype(np.float32),
-        "action": np.stack(actions).astype(np.float32),
-        "next.reward": np.asarray(rewards, dtype=np.float32),
-        "next.success": np.asarray(successes, dtype=bool),
-    }
+    frames = episode_frames(images, states, actions, rewards, successes)
     return Rollout(task, style, seed, frames, bool(info["success"]), bool(info["cracked"]))

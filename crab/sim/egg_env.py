@@ -391,3 +391,15 @@ class EggEnv(gym.Env):
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+
+def episode_frames(images: list, states: list, actions: list, rewards: list, successes: list) -> dict[str, np.ndarray]:
+    """An episode's steps keyed as the LeRobot datasets: the observation each action was chosen on (camera and
+    state), the action, and the step's `next.reward` and `next.success`."""
+    return {
+        IMAGE_KEY: np.stack(images),
+        STATE_KEY: np.stack(states).astype(np.float32),
+        "action": np.stack(actions).astype(np.float32),
+        "next.reward": np.asarray(rewards, dtype=np.float32),
+        "next.success": np.asarray(successes, dtype=bool),
+    }

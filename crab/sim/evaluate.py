@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crab.sim.egg_env import FPS, IMAGE_KEY, PUT_EGG, STATE_KEY, TASKS, EggEnv
+from crab.sim.egg_env import FPS, IMAGE_KEY, PUT_EGG, STATE_KEY, TASKS, EggEnv, episode_frames
 
 Policy = Callable[[dict], np.ndarray]
 
@@ -170,13 +170,7 @@ def run_episode(policy: Policy, env: EggEnv, seed: int, n_action_steps: int) -> 
         outcome = egg_outcome(held, success, info["crack_cause"], info["crack_over_tray"])
     else:
         outcome = "success" if success else "failure"
-    frames = {
-        IMAGE_KEY: np.stack(images),
-        STATE_KEY: np.stack(states).astype(np.float32),
-        "action": np.stack(actions).astype(np.float32),
-        "next.reward": np.asarray(rewards, dtype=np.float32),
-        "next.success": np.asarray(successes, dtype=bool),
-    }
+    frames = episode_frames(images, states, actions, rewards, successes)
     return EpisodeRun(success, bool(info["cracked"]), float(sum(rewards)), outcome, frames, obs[IMAGE_KEY])
 
 

@@ -75,6 +75,7 @@ class Own:
 
 
 OWN = (Own("own_success", "clean"), Own("own_cracked", "cracked"), Own("own_failed", "failed"))
+ALL_OWN = tuple(o.name for o in OWN)
 
 
 @dataclass(frozen=True)
@@ -102,17 +103,17 @@ ROWS = (
         ("own_success",)),
     # RECAP's loop: every attempt imitated, its prompt saying how it ended (`episode` rule, positives half the draw).
     Row(_conditioned("ft_cond_own", "conditioned on its own attempts (successes positive, failures negative)"),
-        ("own_success", "own_cracked", "own_failed")),
+        ALL_OWN),
     Row(_conditioned("ft_cond_all", "conditioned on its own attempts and the damaged and failed demonstrations"),
-        ("own_success", "own_cracked", "own_failed"), demos_bad=True),
+        ALL_OWN, demos_bad=True),
     # Only what the rewards locate: every chunk positive but those leading into a crack (credit horizon two
     # chunks), the draw as the data has it (balanced, the few negative chunks would fill half of it).
     Row(_conditioned("ft_cond_own_damage", "conditioned on its own attempts, the chunks into damage negative",
-                     horizon=H, rule="damage", positive_share="null"), ("own_success", "own_cracked", "own_failed")),
+                     horizon=H, rule="damage", positive_share="null"), ALL_OWN),
     # RECAP's own rule: each chunk positive where its `chunk_q` (a value model fitted on the row's data, credit
     # horizon two chunks) is at least its phase's mean, and it leads into no damage; the draw as the data has it.
     Row(_conditioned("ft_cond_own_advantage", "conditioned on its own attempts, labelled by advantage (RECAP's rule)",
-                     signal="chunk_q", horizon=H, **RECAP), ("own_success", "own_cracked", "own_failed")),
+                     signal="chunk_q", horizon=H, **RECAP), ALL_OWN),
 )  # fmt: skip
 ROW = {r.name: r for r in ROWS}
 # The label's check: the conditioned policy asked for "negative" should fail more.
@@ -146,15 +147,20 @@ def ensure_experience(
     checkpoint: Path, folder: Path, seed: int, rollouts: int, n_action_steps: int, image_size: int, min_episodes: int
 ) -> dict:
     """Collect and write one seed's datasets under `folder`, unless a complete collection of the same
-    checkpoint and settings is there; returns its summary (`folder/summary.json`, written last). A dataset
-    with fewer than `min_episodes` episodes (a held-out one and one to train on) is not written."""
+    checkpoint (saved before it) and settings is there; returns its summary (`folder/summary.json`, written
+    last), with `fresh` set when it was collected now. A dataset with fewer than `min_episodes` episodes (a
+    held-out one and one to train on) is not written."""
     from crab.data.lerobot_writer import Episode
     from crab.sim.generate import write_quietly
 
     settings = {"checkpoint": str(checkpoint), "seed": seed, "rollouts": rollouts,
                 "n_action_steps": n_action_steps, "image_size": image_size, "min_episodes": min_episodes}  # fmt: skip
     summary_path = folder / "summary.json"
-    if summary_path.is_file() and json.loads(summary_path.read_text())["settings"] == settings:
+    if (
+        summary_path.is_file()
+        and json.loads(summary_path.read_text())["settings"] == settings
+        and summary_path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime
+    ):
         print(f"reusing {folder}")
         return json.loads(summary_path.read_text())
     start = time.perf_counter()
@@ -176,7 +182,7 @@ def ensure_experience(
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     print(f"{folder}: {summary['outcomes']}; written {written}", flush=True)
-    return summary
+    return {**summary, "fresh": True}
 
 
 def write_manifest(path: Path, row: Row, folder: Path, data_root: Path, datasets: dict[str, int]) -> Path:
@@ -312,6 +318,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     jobs = []
     for s, (base, c) in enumerate(zip(bases, collected, strict=True)):
+        if c.pop("fresh", False):  # new data under the same manifests: no finished fine-tuning of the seed is reused
+            for row in ROWS:
+                shutil.rmtree(out / "runs" / f"{row.name}_seed{s}", ignore_errors=True)
         for row in rows:
             manifest = write_manifest(out / "manifests" / f"{row.name}_seed{s}.csv", row,
                                       seed_dir(data_root, args.base, s), data_root, c["datasets"])  # fmt: skip
