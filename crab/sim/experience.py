@@ -156,13 +156,14 @@ def ensure_experience(
     settings = {"checkpoint": str(checkpoint), "seed": seed, "rollouts": rollouts,
                 "n_action_steps": n_action_steps, "image_size": image_size, "min_episodes": min_episodes}  # fmt: skip
     summary_path = folder / "summary.json"
+    saved = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     if (
-        summary_path.is_file()
-        and json.loads(summary_path.read_text())["settings"] == settings
+        saved is not None
+        and saved["settings"] == settings
         and summary_path.stat().st_mtime > (checkpoint / "pretrained_model").stat().st_mtime
     ):
         print(f"reusing {folder}")
-        return json.loads(summary_path.read_text())
+        return saved
     start = time.perf_counter()
     runs = collect(checkpoint, seed, rollouts, n_action_steps, image_size)
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted collection of this command's own folder
@@ -196,7 +197,7 @@ def write_manifest(path: Path, row: Row, folder: Path, data_root: Path, datasets
     for own in OWN:
         if own.name in row.own and own.name in datasets:
             root = (folder / own.name).relative_to(data_root).as_posix()
-            rows.append({"name": f"{own.name}", "repo_id": f"crab/{own.name}_{folder.name}", "root": root,
+            rows.append({"name": own.name, "repo_id": f"crab/{own.name}_{folder.name}", "root": root,
                          "task": task, "quality": own.quality, "cycle": "experience"})  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
